@@ -1,0 +1,71 @@
+"""shardflow: durable Python workflows on a cluster of PostgreSQL nodes.
+
+Workflows are hash-partitioned across nodes; every write commits in one local transaction on
+the node that owns the workflow's partition, fenced by that ownership.
+"""
+
+from __future__ import annotations
+
+from shardflow.client import Client, WorkflowHandle, WorkflowPage
+from shardflow.config import ClusterConfig, NodeConfig, load_config
+from shardflow.engine import App, StepInfo, WorkflowContext, current_step
+from shardflow.errors import (
+    ClusterNotInitialized,
+    ConfigurationError,
+    InvalidInput,
+    InvalidWorkflowId,
+    NodeUnavailable,
+    NonDeterminismError,
+    PartitionMoved,
+    PayloadNotSerializable,
+    PayloadTooLarge,
+    ResultTimeout,
+    ShardflowError,
+    StepFailedError,
+    UnknownWorkflow,
+    WorkflowCancelled,
+    WorkflowConflict,
+    WorkflowFailed,
+    WorkflowNotFound,
+    WorkflowTimeout,
+)
+from shardflow.storage.records import StepRecord, WorkflowRecord
+from shardflow.sync import SyncClient
+from shardflow.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Client",
+    "ClusterConfig",
+    "ClusterNotInitialized",
+    "ConfigurationError",
+    "InvalidInput",
+    "InvalidWorkflowId",
+    "NodeConfig",
+    "NodeUnavailable",
+    "NonDeterminismError",
+    "PartitionMoved",
+    "PayloadNotSerializable",
+    "PayloadTooLarge",
+    "ResultTimeout",
+    "ShardflowError",
+    "StepFailedError",
+    "StepInfo",
+    "StepRecord",
+    "SyncClient",
+    "UnknownWorkflow",
+    "Worker",
+    "WorkflowCancelled",
+    "WorkflowConflict",
+    "WorkflowContext",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowPage",
+    "WorkflowRecord",
+    "WorkflowTimeout",
+    "current_step",
+    "load_config",
+]

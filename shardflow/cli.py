@@ -1,0 +1,355 @@
+"""The ``shardflow`` command line: cluster management, workers, workflows, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from shardflow import cli_logging
+from shardflow.client import Client
+from shardflow.cluster.admin import cluster_status, init_cluster, migrate_all
+from shardflow.cluster.local import LocalCluster
+from shardflow.config import ClusterConfig, NodeConfig, load_config
+from shardflow.engine.app import App
+from shardflow.errors import ConfigurationError, ShardflowError, WorkflowFailed
+from shardflow.worker import Worker
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except ShardflowError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+class _State:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+
+    def config(self) -> ClusterConfig:
+        try:
+            config = load_config(self.config_path)
+            config.require_nodes()
+            return config
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+pass_state = click.make_pass_decorator(_State)
+
+
+@click.group()
+@click.option("--config", "config_path", envvar="SHARDFLOW_CONFIG", type=click.Path(),
+              help="Cluster config file (default: $SHARDFLOW_CONFIG).")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
+    """shardflow: durable Python workflows on a cluster of PostgreSQL nodes."""
+    cli_logging.configure(verbose)
+    ctx.obj = _State(config_path)
+
+
+def main() -> None:
+    cli(prog_name="shardflow")
+
+
+# -- cluster -------------------------------------------------------------------------------
+
+
+@cli.group()
+def cluster() -> None:
+    """Create, inspect and stop clusters."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=3, show_default=True, help="Number of local nodes.")
+@click.option("--dir", "directory", default="/tmp/shardflow-cluster", show_default=True,
+              type=click.Path(file_okay=False), help="Where node data and the config live.")
+@click.option("--partitions", default=256, show_default=True, help="Fixed partition count.")
+@click.option("--schema", default="shardflow", show_default=True)
+def cluster_up(nodes: int, directory: str, partitions: int, schema: str) -> None:
+    """Start a local cluster of N PostgreSQL nodes (reused if it exists)."""
+    local = LocalCluster(directory)
+    try:
+        if local.exists():
+            config = local.load_config()
+            if len(config.nodes) != nodes:
+                raise ConfigurationError(
+                    f"{directory} holds a {len(config.nodes)}-node cluster; use it as is, or "
+                    f"`shardflow cluster down --destroy --dir {directory}` first"
+                )
+            local.start_all()
+            action = "reused"
+        else:
+            config = local.create(nodes=nodes, partition_count=partitions, schema=schema)
+            action = "created"
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    placement = _run(init_cluster(config))
+    click.echo(f"{action} {len(config.nodes)}-node cluster, {placement.partition_count} "
+               f"partitions, placement v{placement.version}")
+    click.echo(f"config: {local.config_path}")
+
+
+@cluster.command("down")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Local cluster directory (default: the config's local_dir).")
+@click.option("--destroy", is_flag=True, help="Also delete the nodes' data.")
+@pass_state
+def cluster_down(state: _State, directory: str | None, destroy: bool) -> None:
+    """Stop a local cluster's nodes."""
+    directory = directory or state.config().local_dir
+    if not directory:
+        raise click.ClickException("this cluster is not local; pass --dir for a local one")
+    local = LocalCluster(directory)
+    if destroy:
+        local.destroy()
+        click.echo(f"destroyed {directory}")
+    elif local.exists():
+        local.stop_all()
+        click.echo(f"stopped nodes in {directory}")
+
+
+@cluster.command("init")
+@click.option("--node", "dsns", multiple=True, required=True,
+              help="DSN of an existing node (no password in it); repeat per node.")
+@click.option("--name", "names", multiple=True, help="Node names, in --node order.")
+@click.option("--partitions", default=256, show_default=True)
+@click.option("--schema", default="shardflow", show_default=True)
+@click.option("--write-config", type=click.Path(dir_okay=False),
+              help="Write the cluster config file here.")
+def cluster_init(dsns: tuple[str, ...], names: tuple[str, ...], partitions: int, schema: str,
+                 write_config: str | None) -> None:
+    """Install the schema and placement on existing PostgreSQL servers.
+
+    Passwords come from PGPASSWORD, a password file (PGPASSFILE or passfile=) or a libpq
+    service file, never from the command line.
+    """
+    if names and len(names) != len(dsns):
+        raise click.ClickException("give one --name per --node, or none")
+    try:
+        config = ClusterConfig(
+            schema=schema,
+            partition_count=partitions,
+            nodes=tuple(
+                NodeConfig(name=names[i] if names else f"node{i + 1}", dsn=dsn)
+                for i, dsn in enumerate(dsns)
+            ),
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    placement = _run(init_cluster(config))
+    click.echo(f"initialised {len(dsns)} nodes, placement v{placement.version}")
+    if write_config:
+        Path(write_config).write_text(config.to_toml())
+        click.echo(f"config: {write_config}")
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def cluster_status_cmd(state: _State, as_json: bool) -> None:
+    """Per node: reachable, partitions owned, workflows by status."""
+    statuses = _run(cluster_status(state.config()))
+    if as_json:
+        click.echo(json.dumps([s.__dict__ for s in statuses], indent=2))
+        return
+    click.echo(f"{'node':<10} {'address':<26} {'up':<4} {'parts':>5} {'ver':>4}  workflows")
+    for s in statuses:
+        counts = " ".join(f"{k}={v}" for k, v in s.workflows.items()) or "-"
+        if not s.reachable:
+            counts = s.error.split(";")[0]
+        click.echo(f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
+                   f"{s.partitions_owned:>5} {s.placement_version or '-':>4}  {counts}")
+
+
+@cli.command()
+@pass_state
+def migrate(state: _State) -> None:
+    """Apply missing schema migrations on every node."""
+    for node, versions in _run(migrate_all(state.config())).items():
+        click.echo(f"{node}: applied {versions or 'nothing (up to date)'}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@pass_state
+def config_show(state: _State) -> None:
+    """Print the effective configuration, secrets redacted."""
+    click.echo(json.dumps(state.config().redacted(), indent=2))
+
+
+# -- worker and workflows ------------------------------------------------------------------
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` and check that it is an App."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.ClickException(f"--app must look like module:attribute, got {spec!r}")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        app = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise click.ClickException(f"cannot load app {spec!r}: {exc}") from None
+    if not isinstance(app, App):
+        raise click.ClickException(f"{spec} is a {type(app).__name__}, not a shardflow App")
+    return app
+
+
+@cli.command()
+@click.option("--app", "app_spec", required=True, help="The App to run, as module:attribute.")
+@click.option("--concurrency", type=int, help="Workflows run at once (default from config).")
+@pass_state
+def worker(state: _State, app_spec: str, concurrency: int | None) -> None:
+    """Run workflows from every node until SIGTERM or SIGINT (graceful stop)."""
+    app = load_app(app_spec)
+    config = state.config()
+
+    async def serve() -> None:
+        w = Worker(app, config, concurrency=concurrency)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.request_stop)
+        await w.start()
+        click.echo(f"worker {w.owner} serving {len(config.nodes)} nodes", err=True)
+        await w.stopped.wait()
+
+    _run(serve())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--app", "app_spec", required=True, help="The App that defines NAME.")
+@click.option("--input", "input_json", default="null", help="Workflow input as JSON.")
+@click.option("--id", "workflow_id", help="Workflow id (default: a new UUID).")
+@click.option("--routing-key", help="Co-locate with other workflows of this key.")
+@click.option("--wait", type=float, help="Wait up to this many seconds for the result.")
+@pass_state
+def start(state: _State, name: str, app_spec: str, input_json: str, workflow_id: str | None,
+          routing_key: str | None, wait: float | None) -> None:
+    """Start workflow NAME (idempotent for a given --id)."""
+    try:
+        payload = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"--input is not valid JSON: {exc}") from None
+    app = load_app(app_spec)
+
+    async def go() -> None:
+        async with Client(state.config(), app=app) as client:
+            handle = await client.start(name, payload, workflow_id=workflow_id,
+                                        routing_key=routing_key)
+            click.echo(json.dumps({"workflow_id": handle.workflow_id, "created": handle.created}))
+            if wait is not None:
+                click.echo(json.dumps(await handle.result(timeout=wait)))
+
+    _run(go())
+
+
+def _record_json(record: Any) -> str:
+    data = dict(record.__dict__)
+    return json.dumps(data, default=str, indent=2)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@click.option("--steps", is_flag=True, help="Also show the recorded steps.")
+@pass_state
+def get(state: _State, workflow_id: str, routing_key: str | None, steps: bool) -> None:
+    """Show one workflow."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            click.echo(_record_json(await client.get(workflow_id, routing_key=routing_key)))
+            if steps:
+                for step in await client.steps(workflow_id, routing_key=routing_key):
+                    click.echo(_record_json(step))
+
+    _run(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@pass_state
+def result(state: _State, workflow_id: str, routing_key: str | None, timeout: float) -> None:
+    """Wait for a workflow and print its output as JSON."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            try:
+                output = await client.result(workflow_id, routing_key=routing_key,
+                                             timeout=timeout)
+            except WorkflowFailed as exc:
+                raise click.ClickException(f"workflow failed: {json.dumps(exc.error)}") from None
+            click.echo(json.dumps(output))
+
+    _run(go())
+
+
+@cli.command("list")
+@click.option("--status")
+@click.option("--name")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--cursor")
+@pass_state
+def list_cmd(state: _State, status: str | None, name: str | None, limit: int,
+             cursor: str | None) -> None:
+    """List workflows across all nodes, newest first."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            page = await client.list(status=status, name=name, limit=limit, cursor=cursor)
+            for r in page.items:
+                click.echo(f"{r.workflow_id}\t{r.name}\t{r.status}\t{r.created_at}")
+            if page.unavailable_nodes:
+                click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})",
+                           err=True)
+            if page.next_cursor:
+                click.echo(f"next: --cursor {page.next_cursor}", err=True)
+
+    _run(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@pass_state
+def cancel(state: _State, workflow_id: str, routing_key: str | None) -> None:
+    """Cancel a pending or running workflow."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            done = await client.cancel(workflow_id, routing_key=routing_key)
+            click.echo("cancelled" if done else "already finished")
+
+    _run(go())
+
+
+@cli.command()
+@click.option("--count", default=300, show_default=True, help="Workflows to run.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
+@click.option("--concurrency", default=64, show_default=True, help="Slots per worker.")
+@pass_state
+def demo(state: _State, count: int, workers: int, concurrency: int) -> None:
+    """Run the demo order workflow COUNT times across the cluster and print a summary."""
+    from shardflow.demo_runner import run_demo
+
+    click.echo(_run(run_demo(state.config(), state.config_path, count=count, workers=workers,
+                             concurrency=concurrency)))

@@ -1,0 +1,388 @@
+"""The client: start, inspect, wait for and cancel workflows, routed to the owning node.
+
+Routing uses the cached placement; a node that no longer owns a partition answers with
+PartitionMoved, and the client refreshes the placement (highest version any node reports)
+and retries on the new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+from shardflow.config import ClusterConfig
+from shardflow.engine.app import App, WorkflowDef
+from shardflow.engine.codec import check_identifier, encode_payload
+from shardflow.errors import (
+    ClusterNotInitialized,
+    InvalidInput,
+    NodeUnavailable,
+    PartitionMoved,
+    ResultTimeout,
+    UnknownWorkflow,
+    WorkflowCancelled,
+    WorkflowConflict,
+    WorkflowFailed,
+    WorkflowNotFound,
+)
+from shardflow.routing import Placement, partition_for
+from shardflow.storage import AdminStore, ClientStore, NodeConnector
+from shardflow.storage.conninfo import make_conninfo
+from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
+
+log = logging.getLogger("shardflow.client")
+
+T = TypeVar("T")
+_MOVED_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class WorkflowPage:
+    """One page of ``list()``: newest first; pass ``next_cursor`` to get the next page.
+
+    ``unavailable_nodes`` names nodes that could not be read: the page lacks their workflows.
+    """
+
+    items: list[WorkflowRecord]
+    next_cursor: str | None
+    unavailable_nodes: list[str]
+
+
+class Client:
+    """Async client. ``async with Client(config, app=app) as client: ...``
+
+    ``app`` lets the client check workflow names before anything is written; without it,
+    start workflows by passing the decorated workflow itself.
+    """
+
+    def __init__(self, config: ClusterConfig, *, app: App | None = None):
+        config.require_nodes()
+        self.config = config
+        self.app = app
+        self._connectors: dict[str, NodeConnector] = {}
+        self._placement: Placement | None = None
+        self._refresh_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open pools to the configured nodes and load the placement."""
+        for node in self.config.nodes:
+            self._connector(node.name, node.dsn)
+        await self.refresh_placement()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._connectors.values()))
+        self._connectors.clear()
+
+    @property
+    def placement(self) -> Placement:
+        if self._placement is None:
+            raise ClusterNotInitialized("the client is not connected: call connect() first")
+        return self._placement
+
+    def _connector(self, name: str, dsn: str) -> NodeConnector:
+        if name not in self._connectors:
+            self._connectors[name] = NodeConnector(
+                name=name,
+                dsn=dsn,
+                schema=self.config.schema,
+                connect_timeout=self.config.connect_timeout,
+                pool_max_size=self.config.pool_max_size,
+                application_name="shardflow-client",
+            )
+        return self._connectors[name]
+
+    async def refresh_placement(self, *, min_version: int = 0) -> Placement:
+        """Ask every reachable node for its placement and keep the highest version."""
+        async with self._refresh_lock:
+            if self._placement is not None and self._placement.version > min_version:
+                return self._placement
+            stores = [AdminStore(c) for c in self._connectors.values()]
+            answers = await asyncio.gather(
+                *(s.latest_placement() for s in stores), return_exceptions=True
+            )
+            found = [a for a in answers if isinstance(a, Placement)]
+            if not found:
+                errors = [a for a in answers if isinstance(a, BaseException)]
+                if errors and all(isinstance(e, NodeUnavailable) for e in errors):
+                    raise NodeUnavailable(
+                        "no configured node is reachable to read the placement; start the "
+                        "nodes or check the configuration",
+                        node="*",
+                    )
+                raise ClusterNotInitialized(
+                    "no node has a placement yet: run `shardflow cluster init` or `cluster up`"
+                )
+            best = max(found, key=lambda p: p.version)
+            for node in best.nodes:
+                configured = next((n for n in self.config.nodes if n.name == node.name), None)
+                self._connector(node.name, configured.dsn if configured else
+                                make_conninfo(dict(node.conninfo)))
+            self._placement = best
+            return best
+
+    def route(self, key: str) -> tuple[int, str]:
+        """(partition, owning node name) for a workflow id or routing key."""
+        placement = self.placement
+        partition = partition_for(key, placement.partition_count)
+        return partition, placement.owner(partition)
+
+    async def _routed(
+        self, key: str, op: Callable[[ClientStore, int], Awaitable[T]]
+    ) -> T:
+        """Run ``op`` on the node owning ``key``, following moves."""
+        last: PartitionMoved | None = None
+        for attempt in range(_MOVED_RETRIES):
+            partition, node = self.route(key)
+            try:
+                return await op(ClientStore(self._connectors[node]), partition)
+            except PartitionMoved as moved:
+                last = moved
+                before = self.placement.version
+                await self.refresh_placement(min_version=moved.placement_version)
+                if self.placement.version == before:
+                    await asyncio.sleep(0.05 * (attempt + 1))  # a move is in progress
+        assert last is not None
+        raise last
+
+    # -- starting -----------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: WorkflowDef | str,
+        input: Any = None,
+        *,
+        workflow_id: str | None = None,
+        routing_key: str | None = None,
+    ) -> WorkflowHandle:
+        """Start a workflow, or return the existing one with the same id (idempotent).
+
+        Raises InvalidInput subclasses before writing anything, WorkflowConflict when the id
+        exists under another workflow name, NodeUnavailable when the owner is down.
+        """
+        name = self._workflow_name(workflow)
+        definition = workflow if isinstance(workflow, WorkflowDef) else self.app_workflow(name)
+        limits = self.config.limits
+        wf_id = workflow_id if workflow_id is not None else str(uuid.uuid4())
+        check_identifier(wf_id, what="workflow_id", max_length=limits.max_id_length)
+        if routing_key is not None:
+            check_identifier(routing_key, what="routing_key", max_length=limits.max_id_length)
+        payload = encode_payload(input, max_bytes=limits.max_payload_bytes, what="workflow input")
+        timeout = timedelta(seconds=definition.timeout) if definition and definition.timeout else None
+
+        async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
+            outcome = await store.insert_workflow(
+                partition=partition, workflow_id=wf_id, name=name, routing_key=routing_key,
+                input=payload.text, timeout=timeout,
+            )
+            if outcome.created:
+                await _best_effort_notify(store, partition)
+                return WorkflowHandle(self, wf_id, routing_key, created=True)
+            existing = outcome.record
+            assert existing is not None
+            if existing.name != name:
+                raise WorkflowConflict(
+                    f"workflow id {wf_id!r} already exists as a {existing.name!r} workflow, "
+                    f"not {name!r}; choose another id"
+                )
+            return WorkflowHandle(self, wf_id, routing_key, created=False)
+
+        return await self._routed(routing_key or wf_id, insert)
+
+    def _workflow_name(self, workflow: WorkflowDef | str) -> str:
+        if isinstance(workflow, WorkflowDef):
+            return workflow.name
+        if not isinstance(workflow, str) or not workflow:
+            raise UnknownWorkflow(f"workflow must be a registered workflow or its name, got {workflow!r}")
+        return workflow
+
+    def app_workflow(self, name: str) -> WorkflowDef | None:
+        """The definition of ``name`` from the client's app (UnknownWorkflow if missing)."""
+        if self.app is None:
+            raise UnknownWorkflow(
+                f"cannot check workflow name {name!r}: create the client with app=... or pass "
+                "the decorated workflow instead of its name"
+            )
+        return self.app.get_workflow(name)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, workflow_id: str, *, routing_key: str | None = None) -> WorkflowRecord:
+        """The workflow's current record; WorkflowNotFound if there is none."""
+        key = self._key(workflow_id, routing_key)
+
+        async def fetch(store: ClientStore, partition: int) -> WorkflowRecord:
+            record = await store.get_workflow(partition, workflow_id)
+            if record is None:
+                await store.check_owned(partition)  # a moved partition is not "not found"
+                raise WorkflowNotFound(
+                    f"no workflow {workflow_id!r}"
+                    + (f" with routing key {routing_key!r}" if routing_key else "")
+                    + "; check the id (and routing key)"
+                )
+            return record
+
+        return await self._routed(key, fetch)
+
+    async def status(self, workflow_id: str, *, routing_key: str | None = None) -> str:
+        return (await self.get(workflow_id, routing_key=routing_key)).status
+
+    async def steps(self, workflow_id: str, *, routing_key: str | None = None) -> list[StepRecord]:
+        """The workflow's checkpoints in order (its durable history)."""
+        await self.get(workflow_id, routing_key=routing_key)
+        return await self._routed(
+            self._key(workflow_id, routing_key),
+            lambda store, partition: store.steps(partition, workflow_id),
+        )
+
+    async def result(
+        self, workflow_id: str, *, routing_key: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """Wait for the workflow to end and return its output.
+
+        Raises WorkflowFailed, WorkflowCancelled, or ResultTimeout (the workflow goes on).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            record = await self.get(workflow_id, routing_key=routing_key)
+            if record.status == "succeeded":
+                return record.output
+            if record.status == "failed":
+                raise WorkflowFailed(workflow_id, record.error)
+            if record.status == "cancelled":
+                raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled")
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise ResultTimeout(
+                    f"workflow {workflow_id!r} is still {record.status} after {timeout}s; "
+                    "call result() again to keep waiting"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    async def cancel(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
+        """Cancel a pending or running workflow. False if it had already ended.
+
+        A running step is not interrupted; its worker's next write is refused.
+        """
+        await self.get(workflow_id, routing_key=routing_key)
+        return await self._routed(
+            self._key(workflow_id, routing_key),
+            lambda store, partition: store.cancel_workflow(partition, workflow_id),
+        )
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> WorkflowPage:
+        """Workflows across all nodes, newest first, optionally filtered; paginated."""
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit must be between 1 and 1000")
+        after = _decode_cursor(cursor) if cursor else None
+        names = list(self.placement.counts())
+        answers = await asyncio.gather(
+            *(
+                ClientStore(self._connectors[n]).list_workflows(
+                    status=status, name=name, limit=limit, after=after
+                )
+                for n in names
+            ),
+            return_exceptions=True,
+        )
+        items: list[WorkflowRecord] = []
+        unavailable = []
+        for node, answer in zip(names, answers, strict=True):
+            if isinstance(answer, NodeUnavailable):
+                unavailable.append(node)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                items.extend(answer)
+        items.sort(key=lambda r: (r.created_at, r.workflow_id), reverse=True)
+        page = items[:limit]
+        next_cursor = None
+        if len(items) > limit or (len(page) == limit and page):
+            last = page[-1]
+            assert last.created_at is not None
+            next_cursor = _encode_cursor(last.created_at, last.workflow_id)
+        return WorkflowPage(items=page, next_cursor=next_cursor, unavailable_nodes=unavailable)
+
+    @staticmethod
+    def _key(workflow_id: str, routing_key: str | None) -> str:
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise InvalidInput("workflow_id must be a non-empty string")
+        return routing_key or workflow_id
+
+
+async def _best_effort_notify(store: ClientStore, partition: int) -> None:
+    # The start is committed; a lost wake-up only delays pick-up until the next poll.
+    try:
+        await store.notify_work(partition)
+    except NodeUnavailable as exc:
+        log.info("could not notify workers: %s", exc)
+
+
+def _encode_cursor(created_at: datetime, workflow_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), workflow_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, wf_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(created), str(wf_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor is not one that list() returned; start without it") from exc
+
+
+class WorkflowHandle:
+    """A started workflow: wait for its result, read its status, cancel it."""
+
+    def __init__(
+        self, client: Client, workflow_id: str, routing_key: str | None, *, created: bool
+    ):
+        self.client = client
+        self.workflow_id = workflow_id
+        self.routing_key = routing_key
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r}, created={self.created})"
+
+    async def result(self, timeout: float | None = None) -> Any:
+        return await self.client.result(
+            self.workflow_id, routing_key=self.routing_key, timeout=timeout
+        )
+
+    async def status(self) -> str:
+        return await self.client.status(self.workflow_id, routing_key=self.routing_key)
+
+    async def get(self) -> WorkflowRecord:
+        return await self.client.get(self.workflow_id, routing_key=self.routing_key)
+
+    async def cancel(self) -> bool:
+        return await self.client.cancel(self.workflow_id, routing_key=self.routing_key)

@@ -1,0 +1,137 @@
+"""Cluster-wide administration: migrate every node, initialise the placement, report status."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from shardflow.config import ClusterConfig
+from shardflow.errors import ConfigurationError, ShardflowError
+from shardflow.routing import Placement, PlacementNode, target_placement
+from shardflow.storage import AdminStore, NodeConnector
+from shardflow.storage.conninfo import public_conninfo
+from shardflow.storage.records import NodeIdentity
+
+
+@asynccontextmanager
+async def admin_stores(config: ClusterConfig) -> AsyncIterator[dict[str, AdminStore]]:
+    """An AdminStore per configured node, closed on exit."""
+    config.require_nodes()
+    connectors = [
+        NodeConnector(
+            name=n.name, dsn=n.dsn, schema=config.schema,
+            connect_timeout=config.connect_timeout, pool_max_size=2,
+            application_name="shardflow-admin",
+        )
+        for n in config.nodes
+    ]
+    try:
+        yield {c.name: AdminStore(c) for c in connectors}
+    finally:
+        await asyncio.gather(*(c.close() for c in connectors))
+
+
+async def migrate_all(config: ClusterConfig) -> dict[str, list[int]]:
+    """Apply missing migrations on every node; returns the versions applied per node."""
+    async with admin_stores(config) as stores:
+        results = await asyncio.gather(*(s.migrate() for s in stores.values()))
+        return dict(zip(stores, results, strict=True))
+
+
+async def init_cluster(config: ClusterConfig) -> Placement:
+    """Migrate every node and give the cluster its first placement. Idempotent.
+
+    A node already in another cluster, or a cluster initialised with other nodes or another
+    partition count, is refused with what to do instead.
+    """
+    await migrate_all(config)
+    async with admin_stores(config) as stores:
+        identities = dict(zip(stores, await asyncio.gather(
+            *(s.identity() for s in stores.values())), strict=True))
+        placements = [p for p in await asyncio.gather(
+            *(s.latest_placement() for s in stores.values())) if p is not None]
+        cluster_ids = {i.cluster_id for i in identities.values() if i is not None}
+        if len(cluster_ids) > 1:
+            raise ConfigurationError(
+                "the configured nodes belong to different shardflow clusters; "
+                "list only the nodes of one cluster"
+            )
+        if placements:
+            placement = max(placements, key=lambda p: p.version)
+            _check_matches(config, placement)
+        else:
+            weights = {n.name: n.weight for n in config.nodes}
+            owners = target_placement(weights, config.partition_count)
+            placement = Placement(
+                version=1,
+                nodes=tuple(
+                    PlacementNode(name=n.name, conninfo=public_conninfo(n.dsn), weight=n.weight)
+                    for n in config.nodes
+                ),
+                owners=tuple(owners),
+            )
+        cluster_id = cluster_ids.pop() if cluster_ids else str(uuid.uuid4())
+        await asyncio.gather(*(
+            store.initialize(
+                identity=NodeIdentity(cluster_id=cluster_id, node_name=name,
+                                      partition_count=placement.partition_count),
+                placement=placement,
+                owned=placement.partitions_of(name) if placement.version == 1 else [],
+            )
+            for name, store in stores.items()
+        ))
+        return placement
+
+
+def _check_matches(config: ClusterConfig, placement: Placement) -> None:
+    configured = {n.name for n in config.nodes}
+    placed = {n.name for n in placement.nodes}
+    if configured != placed:
+        raise ConfigurationError(
+            f"the cluster is already initialised with nodes {sorted(placed)}, not "
+            f"{sorted(configured)}; change membership with the add-node/remove-node commands"
+        )
+    if placement.partition_count != config.partition_count:
+        raise ConfigurationError(
+            f"the cluster has {placement.partition_count} partitions, fixed at init; "
+            f"set partition_count = {placement.partition_count} in the configuration"
+        )
+
+
+@dataclass
+class NodeStatus:
+    """What ``cluster status`` shows for one node."""
+
+    name: str
+    address: str
+    reachable: bool
+    error: str = ""
+    partitions_owned: int = 0
+    partitions_moving: int = 0
+    placement_version: int | None = None
+    workflows: dict[str, int] = field(default_factory=dict)
+
+
+async def cluster_status(config: ClusterConfig) -> list[NodeStatus]:
+    """Per node: reachable, partitions owned, workflows by status. Never raises for a node."""
+    async with admin_stores(config) as stores:
+        return list(await asyncio.gather(*(_node_status(s) for s in stores.values())))
+
+
+async def _node_status(store: AdminStore) -> NodeStatus:
+    status = NodeStatus(name=store.db.name, address=store.db.address, reachable=False)
+    try:
+        ownership = await store.ownership()
+        placement = await store.latest_placement()
+        status.workflows = await store.status_counts()
+    except ShardflowError as exc:
+        status.error = str(exc)
+        return status
+    status.reachable = True
+    status.partitions_owned = sum(1 for o in ownership if o.state == "owned")
+    status.partitions_moving = sum(1 for o in ownership if o.state == "moving")
+    status.placement_version = placement.version if placement else None
+    return status

@@ -1,0 +1,201 @@
+"""``App``: the registry of workflows and steps, and the decorators that fill it.
+
+Decorators work bare (``@app.step``) and with arguments (``@app.step(retries=3)``); their
+arguments are validated once, at decoration time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, overload
+
+from shardflow.errors import ConfigurationError, UnknownWorkflow
+
+WorkflowFn = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowDef:
+    """A registered workflow: an ``async def f(ctx)`` or ``async def f(ctx, input)``."""
+
+    name: str
+    fn: WorkflowFn
+    takes_input: bool
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDef:
+    """A registered step. Calling it inside a workflow checkpoints its result.
+
+    ``retries`` extra attempts follow a failure, ``backoff * 2**(attempt-1)`` seconds apart
+    (capped at ``backoff_max``, with jitter), each bounded by ``timeout`` if given. Outside a
+    workflow, calling it simply runs the function.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    retries: int = 0
+    backoff: float = 1.0
+    backoff_max: float = 60.0
+    timeout: float | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed ``attempt``: exponential, capped, half jittered."""
+        delay = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from shardflow.engine.context import current_context
+
+        ctx = current_context()
+        if ctx is not None:
+            return await ctx.run_step(self, args, kwargs)
+        if self.is_async:
+            return await self.fn(*args, **kwargs)
+        return await asyncio.to_thread(self.fn, *args, **kwargs)
+
+
+class App:
+    """A set of workflows and steps that workers run and clients start by name."""
+
+    def __init__(self, name: str = "shardflow"):
+        self.name = name
+        self._workflows: dict[str, WorkflowDef] = {}
+        self._steps: dict[str, StepDef] = {}
+
+    @property
+    def workflows(self) -> dict[str, WorkflowDef]:
+        return dict(self._workflows)
+
+    def get_workflow(self, name: str) -> WorkflowDef:
+        """The workflow registered as ``name``, or UnknownWorkflow listing the known ones."""
+        try:
+            return self._workflows[name]
+        except KeyError:
+            known = ", ".join(sorted(self._workflows)) or "none"
+            raise UnknownWorkflow(
+                f"no workflow named {name!r} is registered in app {self.name!r} "
+                f"(known: {known}); check the name or the --app module"
+            ) from None
+
+    @overload
+    def workflow(self, fn: WorkflowFn, /) -> WorkflowDef: ...
+
+    @overload
+    def workflow(
+        self, *, name: str | None = None, timeout: float | None = None
+    ) -> Callable[[WorkflowFn], WorkflowDef]: ...
+
+    def workflow(
+        self,
+        fn: WorkflowFn | None = None,
+        /,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> WorkflowDef | Callable[[WorkflowFn], WorkflowDef]:
+        """Register an ``async def`` workflow taking ``(ctx)`` or ``(ctx, input)``.
+
+        ``timeout`` (seconds from start) fails the workflow with WorkflowTimeout when exceeded.
+        """
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError("workflow timeout must be positive seconds, or None")
+
+        def register(func: WorkflowFn) -> WorkflowDef:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"workflow {func.__qualname__} must be an `async def` function"
+                )
+            params = [
+                p
+                for p in inspect.signature(func).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            if len(params) not in (1, 2):
+                raise ConfigurationError(
+                    f"workflow {func.__qualname__} must take (ctx) or (ctx, input)"
+                )
+            wf = WorkflowDef(
+                name=self._new_name(name or func.__qualname__, self._workflows),
+                fn=func,
+                takes_input=len(params) == 2,
+                timeout=timeout,
+            )
+            self._workflows[wf.name] = wf
+            return wf
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def step(self, fn: Callable[..., Any], /) -> StepDef: ...
+
+    @overload
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[..., Any]], StepDef]: ...
+
+    def step(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> StepDef | Callable[[Callable[..., Any]], StepDef]:
+        """Register a step (sync or async). Its JSON result is checkpointed once."""
+        if retries < 0:
+            raise ConfigurationError("step retries must be >= 0")
+        if backoff <= 0 or backoff_max < backoff:
+            raise ConfigurationError("step backoff must be > 0 and backoff_max >= backoff")
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError("step timeout must be positive seconds, or None")
+
+        def register(func: Callable[..., Any]) -> StepDef:
+            if not callable(func):
+                raise ConfigurationError(f"step {func!r} is not callable")
+            step_def = StepDef(
+                name=self._new_name(name or func.__qualname__, self._steps),
+                fn=func,
+                retries=retries,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                timeout=timeout,
+            )
+            self._steps[step_def.name] = step_def
+            return step_def
+
+        return register(fn) if fn is not None else register
+
+    @staticmethod
+    def _new_name(name: str, taken: dict[str, Any]) -> str:
+        if not name or len(name) > 200 or "\x00" in name:
+            raise ConfigurationError(f"invalid name {name!r}: 1-200 characters, no NUL")
+        if name.startswith("shardflow."):
+            raise ConfigurationError(f"name {name!r}: the 'shardflow.' prefix is reserved")
+        if name in taken:
+            raise ConfigurationError(
+                f"{name!r} is registered twice; give one of them an explicit name="
+            )
+        return name

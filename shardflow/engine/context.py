@@ -1,0 +1,270 @@
+"""The workflow context: replay from checkpoints, step execution, durable sleep and time.
+
+Running a workflow means calling its function from the top. Each step call takes the next
+sequence number: a recorded checkpoint at that number is returned (or its error raised)
+without running the step; otherwise the step runs and its outcome is recorded, guarded by
+the lease. Anything that would make replay diverge is either recorded (``now``, ``uuid``)
+or detected (a different step name at a recorded position raises NonDeterminismError).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shardflow.engine.codec import encode_error, encode_payload, error_text
+from shardflow.errors import InvalidInput, NonDeterminismError, StepFailedError
+from shardflow.storage.records import ClaimedWorkflow, StepRecord
+
+if TYPE_CHECKING:
+    from shardflow.engine.app import StepDef
+    from shardflow.storage import WorkerStore
+
+SLEEP_STEP = "shardflow.sleep"
+NOW_STEP = "shardflow.now"
+UUID_STEP = "shardflow.uuid"
+
+_current_context: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar(
+    "shardflow_workflow_context", default=None
+)
+_current_step: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar(
+    "shardflow_step", default=None
+)
+
+
+def current_context() -> WorkflowContext | None:
+    """The context of the workflow running in this task, if any."""
+    return _current_context.get()
+
+
+def current_step() -> StepInfo | None:
+    """Inside a step body: which step and attempt this is, and its idempotency key."""
+    return _current_step.get()
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a running step knows about itself.
+
+    ``idempotency_key`` (``workflow_id:step_seq``) is the same on every attempt and every
+    replay: pass it to external services so a re-run step does not act twice.
+    """
+
+    workflow_id: str
+    step_name: str
+    step_seq: int
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.workflow_id}:{self.step_seq}"
+
+
+class Release(BaseException):  # noqa: N818 - control flow, not an error
+    """Suspend the workflow and give it back until ``delay`` from now.
+
+    A BaseException so that ``except Exception`` in workflow code cannot swallow it.
+    """
+
+    def __init__(
+        self,
+        delay: timedelta,
+        *,
+        retry_step_seq: int | None = None,
+        retry_attempts: int = 0,
+        error: dict[str, Any] | None = None,
+    ):
+        super().__init__(delay)
+        self.delay = delay
+        self.retry_step_seq = retry_step_seq
+        self.retry_attempts = retry_attempts
+        self.error = error
+
+
+class LeaseLost(BaseException):  # noqa: N818 - control flow, not an error
+    """This worker no longer holds the workflow (lease expired, cancelled, partition moved)."""
+
+
+class WorkflowContext:
+    """Passed as the first argument of every workflow function."""
+
+    def __init__(
+        self,
+        *,
+        work: ClaimedWorkflow,
+        store: WorkerStore,
+        checkpoints: list[StepRecord],
+        max_payload_bytes: int,
+    ):
+        self._work = work
+        self._store = store
+        self._recorded = {cp.step_seq: cp for cp in checkpoints}
+        self._max_payload_bytes = max_payload_bytes
+        self._next_seq = 0
+        self._claimed_mono = time.monotonic()
+
+    @property
+    def workflow_id(self) -> str:
+        return self._work.workflow_id
+
+    @property
+    def workflow_name(self) -> str:
+        return self._work.name
+
+    @property
+    def partition(self) -> int:
+        return self._work.partition
+
+    @property
+    def attempt(self) -> int:
+        """How many times this workflow has been claimed (1 on the first run)."""
+        return self._work.claim_count
+
+    def database_now(self) -> datetime:
+        """The node's clock, estimated from the claim time: not recorded, not for branching."""
+        elapsed = time.monotonic() - self._claimed_mono
+        return self._work.claimed_at + timedelta(seconds=elapsed)
+
+    async def now(self) -> datetime:
+        """The current time, recorded on first run so every replay sees the same value."""
+        recorded = await self._deterministic(NOW_STEP, lambda: self.database_now().isoformat())
+        return datetime.fromisoformat(recorded)
+
+    async def uuid(self) -> uuid.UUID:
+        """A random UUID, recorded on first run so every replay sees the same value."""
+        return uuid.UUID(await self._deterministic(UUID_STEP, lambda: str(uuid.uuid4())))
+
+    async def sleep(self, seconds: float) -> None:
+        """Durable sleep: the workflow is released and resumes (on any worker) when due."""
+        if seconds < 0:
+            raise InvalidInput("sleep seconds must be >= 0")
+        wake_at_text = await self._deterministic(
+            SLEEP_STEP, lambda: (self.database_now() + timedelta(seconds=seconds)).isoformat()
+        )
+        remaining = datetime.fromisoformat(wake_at_text) - self.database_now()
+        if remaining > timedelta(0):
+            raise Release(remaining)
+
+    async def _deterministic(self, name: str, make: Any) -> str:
+        seq = self._take_seq()
+        recorded = self._replayed(seq, name)
+        if recorded is not None:
+            return str(recorded.output)
+        value: str = make()
+        await self._record(seq, name, "succeeded", output=encode_payload(
+            value, max_bytes=self._max_payload_bytes, what=name).text)
+        return value
+
+    async def run_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run ``step`` at the next position, or replay its recorded outcome."""
+        seq = self._take_seq()
+        recorded = self._replayed(seq, step.name)
+        if recorded is not None:
+            if recorded.status == "succeeded":
+                return recorded.output
+            raise StepFailedError(step.name, recorded.error or {})
+
+        work = self._work
+        attempt = work.retry_attempts + 1 if work.retry_step_seq == seq else 1
+        info = StepInfo(work.workflow_id, step.name, seq, attempt)
+        try:
+            result = await self._invoke(step, info, args, kwargs)
+            encoded = encode_payload(
+                result, max_bytes=self._max_payload_bytes, what=f"result of step {step.name!r}"
+            )
+        except InvalidInput as exc:
+            # A result that cannot be stored fails the same way every time: no retries.
+            error = encode_error(exc)
+            await self._record(seq, step.name, "failed", error=error, attempts=attempt)
+            raise StepFailedError(step.name, error) from None
+        except Exception as exc:
+            error = encode_error(exc)
+            if attempt < step.max_attempts:
+                raise Release(
+                    timedelta(seconds=step.retry_delay(attempt)),
+                    retry_step_seq=seq,
+                    retry_attempts=attempt,
+                    error=error,
+                ) from None
+            await self._record(seq, step.name, "failed", error=error, attempts=attempt)
+            raise StepFailedError(step.name, error) from None
+        await self._record(seq, step.name, "succeeded", output=encoded.text, attempts=attempt)
+        return encoded.value
+
+    async def _invoke(
+        self, step: StepDef, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        token = _current_step.set(info)
+        # The step body is user code: it must not see the workflow context (a step called
+        # from inside a step simply runs).
+        ctx_token = _current_context.set(None)
+        try:
+            if step.is_async:
+                call = step.fn(*args, **kwargs)
+            else:
+                call = asyncio.to_thread(step.fn, *args, **kwargs)
+            if step.timeout is None:
+                return await call
+            try:
+                async with asyncio.timeout(step.timeout):
+                    return await call
+            except TimeoutError:
+                raise TimeoutError(f"step {step.name!r} ran past its {step.timeout}s timeout") from None
+        finally:
+            _current_context.reset(ctx_token)
+            _current_step.reset(token)
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _replayed(self, seq: int, name: str) -> StepRecord | None:
+        recorded = self._recorded.get(seq)
+        if recorded is not None and recorded.step_name != name:
+            raise NonDeterminismError(
+                f"workflow {self.workflow_id!r}: position {seq} was recorded as step "
+                f"{recorded.step_name!r} but the code now calls {name!r}; in-flight workflows "
+                "need code that calls the same steps in the same order"
+            )
+        return recorded
+
+    async def _record(
+        self,
+        seq: int,
+        name: str,
+        status: str,
+        *,
+        output: str | None = None,
+        error: dict[str, Any] | None = None,
+        attempts: int = 1,
+    ) -> None:
+        ok = await self._store.record_step(
+            self._work,
+            step_seq=seq,
+            step_name=name,
+            status=status,
+            output=output,
+            error=error_text(error) if error else None,
+            attempts=attempts,
+        )
+        if not ok:
+            raise LeaseLost()
+
+
+def bind_context(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:
+    return _current_context.set(ctx)
+
+
+def unbind_context(token: contextvars.Token[WorkflowContext | None]) -> None:
+    _current_context.reset(token)
+
+
+def utcnow() -> datetime:
+    """Wall-clock UTC; only for logs and reports, never for leases or timers."""
+    return datetime.now(UTC)

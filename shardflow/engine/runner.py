@@ -1,0 +1,113 @@
+"""Runs one claimed workflow to its next resting point: done, failed, suspended or lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from enum import StrEnum
+
+from shardflow.engine.app import App
+from shardflow.engine.codec import encode_error, encode_payload, error_text
+from shardflow.engine.context import LeaseLost, Release, WorkflowContext, bind_context, unbind_context
+from shardflow.errors import InvalidInput, UnknownWorkflow, WorkflowTimeout
+from shardflow.storage import WorkerStore
+from shardflow.storage.records import ClaimedWorkflow
+
+log = logging.getLogger("shardflow.runner")
+
+# A workflow whose code this worker does not have is given back for a while: a newer worker
+# in a rolling deploy may know it.
+UNKNOWN_WORKFLOW_DELAY = timedelta(seconds=30)
+
+
+class Outcome(StrEnum):
+    """Where a run left the workflow."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+    LOST = "lost"
+
+
+class WorkflowRunner:
+    """Replays a claimed workflow against its checkpoints and records how the run ended."""
+
+    def __init__(self, app: App, *, max_payload_bytes: int):
+        self.app = app
+        self.max_payload_bytes = max_payload_bytes
+
+    async def run(self, store: WorkerStore, work: ClaimedWorkflow) -> Outcome:
+        try:
+            definition = self.app.get_workflow(work.name)
+        except UnknownWorkflow as exc:
+            log.error(
+                "unknown workflow %s; giving it back", work.name,
+                extra={"action": "unknown_workflow", "node": store.node,
+                       "partition": work.partition, "workflow_id": work.workflow_id},
+            )
+            released = await store.release(
+                work, delay=UNKNOWN_WORKFLOW_DELAY, error=error_text(encode_error(exc))
+            )
+            return Outcome.SUSPENDED if released else Outcome.LOST
+
+        ctx = WorkflowContext(
+            work=work,
+            store=store,
+            checkpoints=await store.steps(work.partition, work.workflow_id),
+            max_payload_bytes=self.max_payload_bytes,
+        )
+        remaining = None
+        if work.deadline_at is not None:
+            remaining = (work.deadline_at - ctx.database_now()).total_seconds()
+            if remaining <= 0:
+                return await self._fail(store, work, _timeout_error(work))
+        token = bind_context(ctx)
+        try:
+            async with asyncio.timeout(remaining) as deadline:
+                if definition.takes_input:
+                    result = await definition.fn(ctx, work.input)
+                else:
+                    result = await definition.fn(ctx)
+            output = encode_payload(
+                result, max_bytes=self.max_payload_bytes, what=f"result of workflow {work.name!r}"
+            )
+        except Release as release:
+            delay = release.delay
+            if work.deadline_at is not None:
+                # Wake no later than the deadline, so a timeout is noticed on time.
+                delay = min(delay, work.deadline_at - ctx.database_now())
+            ok = await store.release(
+                work,
+                delay=max(delay, timedelta(0)),
+                retry_step_seq=release.retry_step_seq,
+                retry_attempts=release.retry_attempts,
+                error=error_text(release.error) if release.error else None,
+            )
+            return Outcome.SUSPENDED if ok else Outcome.LOST
+        except LeaseLost:
+            return Outcome.LOST
+        except TimeoutError as exc:
+            if deadline.expired():
+                return await self._fail(store, work, _timeout_error(work))
+            return await self._fail(store, work, exc)
+        except InvalidInput as exc:
+            return await self._fail(store, work, exc)
+        except Exception as exc:
+            return await self._fail(store, work, exc)
+        finally:
+            unbind_context(token)
+        ok = await store.finish(work, status="succeeded", output=output.text)
+        return Outcome.SUCCEEDED if ok else Outcome.LOST
+
+    async def _fail(
+        self, store: WorkerStore, work: ClaimedWorkflow, exc: BaseException
+    ) -> Outcome:
+        ok = await store.finish(work, status="failed", error=error_text(encode_error(exc)))
+        return Outcome.FAILED if ok else Outcome.LOST
+
+
+def _timeout_error(work: ClaimedWorkflow) -> WorkflowTimeout:
+    return WorkflowTimeout(
+        f"workflow {work.workflow_id!r} passed its deadline {work.deadline_at.isoformat() if work.deadline_at else ''}"
+    )

@@ -1,0 +1,124 @@
+"""Cluster administration on one node: identity, placement, ownership, migrations, status."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from shardflow.routing import Placement
+from shardflow.storage.connector import NodeConnector, jsonb
+from shardflow.storage.queries import canonical_schema_text, migrations, render
+from shardflow.storage.records import NodeIdentity, Ownership
+
+
+def _lock_key(schema: str) -> int:
+    """A 63-bit advisory-lock key per schema, stable across processes."""
+    digest = hashlib.blake2b(f"shardflow-migrate:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class AdminStore:
+    """Administrative operations on one node."""
+
+    def __init__(self, connector: NodeConnector):
+        self.db = connector
+
+    async def migrate(self) -> list[int]:
+        """Apply the missing migrations, each in its own transaction under an advisory lock.
+
+        Idempotent and safe to run from several processes at once. Returns applied versions.
+        """
+        applied: list[int] = []
+        async with self.db.connection() as conn:
+            await self.db.execute_script(conn, self.db.queries["migrations_bootstrap"])
+            for migration in migrations():
+                async with conn.transaction():
+                    await self.db.fetch(conn, "migrations_lock", {"key": _lock_key(self.db.schema)})
+                    done = {r["version"] for r in await self.db.fetch(conn, "migrations_applied")}
+                    if migration.version in done:
+                        continue
+                    await self.db.execute_script(conn, render(migration.text, self.db.schema))
+                    await self.db.fetch(
+                        conn,
+                        "migrations_record",
+                        {"version": migration.version, "name": migration.name},
+                    )
+                    applied.append(migration.version)
+        return applied
+
+    async def apply_canonical_schema(self) -> None:
+        """Create the schema straight from sql/schema.sql (used to prove migrations match it)."""
+        async with self.db.transaction() as conn:
+            await self.db.execute_script(conn, self.db.queries["migrations_bootstrap"])
+            await self.db.execute_script(conn, render(canonical_schema_text(), self.db.schema))
+
+    async def drop_schema(self) -> None:
+        async with self.db.connection() as conn:
+            await self.db.execute_script(conn, self.db.queries["schema_drop"])
+
+    async def schema_catalog(self) -> list[tuple[str, str, str]]:
+        rows = await self.db.run("schema_catalog", {"schema": self.db.schema})
+        return [(r["kind"], r["object"], r["definition"]) for r in rows]
+
+    async def identity(self) -> NodeIdentity | None:
+        rows = await self.db.run("node_identity_get")
+        return NodeIdentity(**rows[0]) if rows else None
+
+    async def latest_placement(self) -> Placement | None:
+        rows = await self.db.run("placement_latest")
+        return Placement.from_record(rows[0]) if rows else None
+
+    async def initialize(
+        self, *, identity: NodeIdentity, placement: Placement, owned: list[int]
+    ) -> None:
+        """Record identity, the first placement and this node's partitions in one transaction.
+
+        Idempotent: rows that exist are left alone.
+        """
+        record = placement.to_record()
+        async with self.db.transaction() as conn:
+            await self.db.fetch(
+                conn,
+                "node_identity_insert",
+                {
+                    "cluster_id": identity.cluster_id,
+                    "node_name": identity.node_name,
+                    "partition_count": identity.partition_count,
+                },
+            )
+            await self.db.fetch(
+                conn,
+                "placement_insert",
+                {
+                    "version": placement.version,
+                    "partition_count": placement.partition_count,
+                    "nodes": jsonb(record["nodes"]),
+                    "owners": record["owners"],
+                },
+            )
+            await self.db.fetch(
+                conn, "ownership_insert", {"epoch": placement.version, "partitions": owned}
+            )
+
+    async def ownership(self) -> list[Ownership]:
+        return [Ownership(**r) for r in await self.db.run("ownership_list")]
+
+    async def set_partition_state(self, partition: int, state: str) -> bool:
+        """Set a partition's ownership state (``owned`` or ``moving``); False if not owned here.
+
+        ``moving`` fences the partition: it waits for in-flight writes, then every claim and
+        write for it is rejected inside its own transaction.
+        """
+        rows = await self.db.run("ownership_set_state", {"partition": partition, "state": state})
+        return bool(rows)
+
+    async def status_counts(self) -> dict[str, int]:
+        return {r["status"]: int(r["n"]) for r in await self.db.run("workflow_status_counts")}
+
+    async def hygiene(self) -> dict[str, Any]:
+        rows = await self.db.run("hygiene")
+        return dict(rows[0])
+
+    async def connection_settings(self) -> dict[str, Any]:
+        rows = await self.db.run("connection_settings")
+        return dict(rows[0])

@@ -1,0 +1,128 @@
+"""Client-side workflow operations on one node. Every write is fenced by partition ownership."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from shardflow.errors import PartitionMoved
+from shardflow.storage.connector import NodeConnector
+from shardflow.storage.queries import work_channel
+from shardflow.storage.records import StepRecord, WorkflowRecord
+
+
+@dataclass(frozen=True)
+class InsertOutcome:
+    """What a start did: ``created`` False means the id existed and ``record`` is that row."""
+
+    created: bool
+    record: WorkflowRecord | None
+
+
+class ClientStore:
+    """Starts, reads, lists and cancels workflows on one node."""
+
+    def __init__(self, connector: NodeConnector):
+        self.db = connector
+
+    async def insert_workflow(
+        self,
+        *,
+        partition: int,
+        workflow_id: str,
+        name: str,
+        routing_key: str | None,
+        input: str | None,
+        timeout: timedelta | None,
+    ) -> InsertOutcome:
+        """Insert a pending workflow; an existing id returns the existing row instead.
+
+        ``input`` is JSON text, already validated by the caller.
+        """
+        params = {
+            "partition": partition,
+            "workflow_id": workflow_id,
+            "name": name,
+            "routing_key": routing_key,
+            "input": input,
+            "timeout": timeout,
+        }
+        key = {"partition": partition, "workflow_id": workflow_id}
+        async with self.db.transaction() as conn:
+            if await self.db.fetch(conn, "workflow_insert", params):
+                return InsertOutcome(created=True, record=None)
+            # Nothing inserted: the id exists, or the node does not own the partition.
+            rows = await self.db.fetch(conn, "workflow_get", key)
+            if rows:
+                return InsertOutcome(created=False, record=WorkflowRecord(**rows[0]))
+            await self._raise_moved(conn, partition)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def notify_work(self, partition: int) -> None:
+        """Wake the node's claim loops; sent after the commit, as its own statement."""
+        await self.db.run(
+            "notify_work", {"channel": work_channel(self.db.schema), "payload": str(partition)}
+        )
+
+    async def get_workflow(self, partition: int, workflow_id: str) -> WorkflowRecord | None:
+        rows = await self.db.run(
+            "workflow_get", {"partition": partition, "workflow_id": workflow_id}
+        )
+        return WorkflowRecord(**rows[0]) if rows else None
+
+    async def list_workflows(
+        self,
+        *,
+        status: str | None,
+        name: str | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[WorkflowRecord]:
+        rows = await self.db.run(
+            "workflow_list",
+            {
+                "status": status,
+                "name": name,
+                "limit": limit,
+                "after_created": after[0] if after else None,
+                "after_id": after[1] if after else None,
+            },
+        )
+        return [WorkflowRecord(**r) for r in rows]
+
+    async def cancel_workflow(self, partition: int, workflow_id: str) -> bool:
+        """Cancel a pending or running workflow; False when it was already terminal or absent."""
+        async with self.db.transaction() as conn:
+            key = {"partition": partition, "workflow_id": workflow_id}
+            if await self.db.fetch(conn, "workflow_cancel", key):
+                return True
+            rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
+            if rows and rows[0]["state"] == "owned":
+                return False
+            await self._raise_moved(conn, partition)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
+        rows = await self.db.run(
+            "workflow_steps", {"partition": partition, "workflow_id": workflow_id}
+        )
+        return [StepRecord(**r) for r in rows]
+
+    async def check_owned(self, partition: int) -> None:
+        """Raise PartitionMoved unless this node owns ``partition`` now."""
+        async with self.db.connection() as conn:
+            rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
+            if not rows or rows[0]["state"] != "owned":
+                await self._raise_moved(conn, partition)
+
+    async def _raise_moved(self, conn: Any, partition: int) -> None:
+        latest = await self.db.fetch(conn, "placement_latest")
+        version = int(latest[0]["version"]) if latest else 0
+        raise PartitionMoved(
+            f"node {self.db.name} does not own partition {partition} (placement version "
+            f"{version}); refresh the placement and retry on the owning node",
+            partition=partition,
+            node=self.db.name,
+            placement_version=version,
+        )

@@ -1,0 +1,173 @@
+"""One node's connections, and the one place psycopg errors become shardflow errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from shardflow.errors import ClusterNotInitialized, NodeUnavailable, ShardflowError
+from shardflow.storage.conninfo import display_address
+from shardflow.storage.queries import QueryBook
+
+log = logging.getLogger("shardflow.storage")
+
+Row = dict[str, Any]
+Params = Mapping[str, Any]
+
+
+class StorageError(ShardflowError):
+    """An unexpected database error. It is a bug in shardflow or a broken node: report it."""
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """Wrap an already validated JSON value for a jsonb parameter (None stays SQL NULL)."""
+    return None if value is None else Jsonb(value)
+
+
+class NodeConnector:
+    """A pool of autocommit connections to one node, and helpers that run named queries.
+
+    ``connection()`` is the only way above this module to hold a connection; errors leaving
+    it are NodeUnavailable (cannot reach or lost the node), ClusterNotInitialized (no schema)
+    or StorageError.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dsn: str,
+        schema: str,
+        connect_timeout: float = 5.0,
+        pool_max_size: int = 10,
+        application_name: str = "shardflow",
+    ):
+        self.name = name
+        self.schema = schema
+        self.queries = QueryBook(schema)
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(2, int(connect_timeout)),
+            "application_name": application_name,
+        }
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            dsn,
+            kwargs=self._kwargs,
+            min_size=1,
+            max_size=max(1, pool_max_size),
+            open=False,
+            timeout=connect_timeout,
+            # A node restart breaks every pooled connection; check before handing one out.
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            name=f"shardflow-{name}",
+        )
+        self._opened = False
+
+    @property
+    def address(self) -> str:
+        return display_address(self._dsn)
+
+    async def open(self) -> None:
+        """Start the pool without waiting: a node that is down only fails its own calls."""
+        if not self._opened:
+            await self._pool.open(wait=False)
+            self._opened = True
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+            self._opened = False
+
+    async def __aenter__(self) -> NodeConnector:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled autocommit connection; use ``conn.transaction()`` for several statements."""
+        await self.open()
+        with self.translate_errors():
+            async with self._pool.connection() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection inside one transaction, committed when the block exits cleanly."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def dedicated(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection outside the pool (LISTEN, migrations): closed when the block exits."""
+        with self.translate_errors():
+            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+            try:
+                yield conn
+            finally:
+                await conn.close()
+
+    def translate_errors(self) -> _Translate:
+        return _Translate(self)
+
+    async def fetch(
+        self, conn: psycopg.AsyncConnection[Any], query: str, params: Params | None = None
+    ) -> list[Row]:
+        """Run a named query on ``conn`` and return its rows as dicts (none for no result)."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(self.queries[query], params)
+            return await cur.fetchall() if cur.description else []
+
+    async def run(self, query: str, params: Params | None = None) -> list[Row]:
+        """Run one named query in its own (autocommit) transaction on a pooled connection."""
+        async with self.connection() as conn:
+            return await self.fetch(conn, query, params)
+
+    async def execute_script(self, conn: psycopg.AsyncConnection[Any], script: bytes) -> None:
+        """Run a multi-statement script (migrations): no parameters, simple protocol."""
+        await conn.execute(script)
+
+
+class _Translate:
+    """Context manager that turns psycopg and pool errors into shardflow errors."""
+
+    def __init__(self, connector: NodeConnector):
+        self._node = connector
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, ShardflowError):
+            return False
+        name, address = self._node.name, self._node.address
+        if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
+            raise NodeUnavailable(
+                f"node {name} ({address}) is unavailable: {_first_line(exc)}; only its "
+                "partitions are affected, retry later or check that the node is running",
+                node=name,
+            ) from exc
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+            raise ClusterNotInitialized(
+                f"node {name} ({address}) has no shardflow schema {self._node.schema!r}: "
+                "run `shardflow migrate` or `shardflow cluster init`"
+            ) from exc
+        if isinstance(exc, psycopg.Error):
+            raise StorageError(f"database error on node {name}: {_first_line(exc)}") from exc
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

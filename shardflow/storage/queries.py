@@ -1,0 +1,100 @@
+"""Named SQL queries and migrations, loaded once from the ``sql/`` directory.
+
+A query file holds blocks that start with ``-- name: <query_name>``. ``{schema}`` and
+``{channel}`` are identifiers filled in through ``psycopg.sql``; values are always bound
+parameters. The wheel carries the files as ``shardflow/sql``; a checkout has them at the
+top of the repository.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from psycopg import sql
+
+_NAME_LINE = re.compile(r"^-- name: ([a-z0-9_]+)\s*$", re.MULTILINE)
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def sql_dir() -> Path:
+    """Where the SQL files are: inside the installed package, or in the checkout."""
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "sql", package_dir.parent / "sql"):
+        if (candidate / "queries").is_dir():
+            return candidate
+    raise RuntimeError(f"shardflow's sql/ directory is missing next to {package_dir}; reinstall")
+
+
+@cache
+def raw_queries() -> dict[str, str]:
+    """Every named query's text, by name (schema placeholders not yet filled)."""
+    queries: dict[str, str] = {}
+    for path in sorted((sql_dir() / "queries").glob("*.sql")):
+        text = path.read_text()
+        marks = list(_NAME_LINE.finditer(text))
+        for mark, following in zip(marks, [*marks[1:], None], strict=True):
+            end = following.start() if following else len(text)
+            name = mark.group(1)
+            if name in queries:
+                raise RuntimeError(f"query {name!r} is defined twice (second in {path.name})")
+            queries[name] = text[mark.end() : end].strip()
+    return queries
+
+
+def render(text: str, schema: str) -> bytes:
+    """Fill the identifier placeholders of ``text`` for ``schema``."""
+    composed = sql.SQL(text).format(
+        schema=sql.Identifier(schema), channel=sql.Identifier(work_channel(schema))
+    )
+    return composed.as_string(None).encode()
+
+
+def work_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel that announces runnable work for ``schema``."""
+    return f"{schema}_work"
+
+
+class QueryBook:
+    """The named queries rendered for one schema; ``book["claim"]`` is ready to execute."""
+
+    def __init__(self, schema: str):
+        self.schema = schema
+        self._rendered = {name: render(text, schema) for name, text in raw_queries().items()}
+
+    def __getitem__(self, name: str) -> bytes:
+        try:
+            return self._rendered[name]
+        except KeyError:
+            raise KeyError(f"unknown query {name!r}: add it to a file in sql/queries") from None
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered, forward-only schema migration file."""
+
+    version: int
+    name: str
+    text: str
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """All migrations in version order; the numbering must have no gaps."""
+    found = []
+    for path in sorted((sql_dir() / "migrations").glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if not match:
+            raise RuntimeError(f"migration file {path.name} is not named NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RuntimeError(f"migration {expected:04d} is missing (found {migration.version})")
+    return tuple(found)
+
+
+def canonical_schema_text() -> str:
+    """``sql/schema.sql``: the whole current schema in one file."""
+    return (sql_dir() / "schema.sql").read_text()

@@ -1,0 +1,82 @@
+"""Typed rows that cross the storage seam."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeIdentity:
+    """Which cluster a node belongs to, and under what name."""
+
+    cluster_id: str
+    node_name: str
+    partition_count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ownership:
+    """One partition a node owns (state ``owned``) or is moving away (``moving``)."""
+
+    partition: int
+    epoch: int
+    state: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkflowRecord:
+    """A workflow as stored on its node."""
+
+    partition: int
+    workflow_id: str
+    name: str
+    routing_key: str | None
+    status: str
+    input: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    run_at: datetime | None = None
+    deadline_at: datetime | None = None
+    claim_count: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    """One checkpoint: the recorded outcome of the step at ``step_seq``."""
+
+    step_seq: int
+    step_name: str
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 1
+    recorded_at: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedWorkflow:
+    """A workflow this worker now holds a lease on."""
+
+    partition: int
+    workflow_id: str
+    name: str
+    input: Any
+    lease_token: str
+    deadline_at: datetime | None
+    claim_count: int
+    retry_step_seq: int | None
+    retry_attempts: int
+    claimed_at: datetime

@@ -1,0 +1,177 @@
+"""Worker-side operations on one node: claim, checkpoint, finish, lease upkeep, reaping.
+
+Every state change is a guarded statement naming the partition, the expected status, the
+lease token (unexpired) and the partition fence. Losing a race is a False return, not an
+exception: the worker then drops the workflow, whoever holds it now carries on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from shardflow.storage.connector import NodeConnector
+from shardflow.storage.records import ClaimedWorkflow, StepRecord
+
+
+class WorkerStore:
+    """The claim loop's, runner's, heartbeat's and reaper's queries for one node."""
+
+    def __init__(self, connector: NodeConnector):
+        self.db = connector
+
+    @property
+    def node(self) -> str:
+        return self.db.name
+
+    async def ready_partitions(self, *, scan: int = 1000) -> list[int]:
+        return [r["partition"] for r in await self.db.run("ready_partitions", {"scan": scan})]
+
+    async def next_due_seconds(self) -> float | None:
+        """Seconds until the earliest pending workflow is due (negative: overdue; None: none)."""
+        rows = await self.db.run("next_due_seconds")
+        seconds = rows[0]["seconds"] if rows else None
+        return None if seconds is None else float(seconds)
+
+    async def claim(
+        self, *, partition: int, limit: int, owner: str, lease: timedelta
+    ) -> list[ClaimedWorkflow]:
+        """Lease up to ``limit`` runnable workflows of one partition (none if not owned)."""
+        token = str(uuid.uuid4())
+        rows = await self.db.run(
+            "claim",
+            {
+                "partition": partition,
+                "limit": limit,
+                "owner": owner,
+                "lease": lease,
+                "lease_token": token,
+            },
+        )
+        return [
+            ClaimedWorkflow(partition=partition, lease_token=token, **row) for row in rows
+        ]
+
+    async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
+        rows = await self.db.run(
+            "workflow_steps", {"partition": partition, "workflow_id": workflow_id}
+        )
+        return [StepRecord(**r) for r in rows]
+
+    async def record_step(
+        self,
+        work: ClaimedWorkflow,
+        *,
+        step_seq: int,
+        step_name: str,
+        status: str,
+        output: str | None = None,
+        error: str | None = None,
+        attempts: int = 1,
+    ) -> bool:
+        """Write the checkpoint of one step; False if the lease or the partition was lost.
+
+        ``output`` and ``error`` are JSON text, already validated by the engine.
+        """
+        rows = await self.db.run(
+            "step_record",
+            {
+                **_lease_key(work),
+                "step_seq": step_seq,
+                "step_name": step_name,
+                "status": status,
+                "output": output,
+                "error": error,
+                "attempts": attempts,
+            },
+        )
+        return bool(rows)
+
+    async def finish(
+        self,
+        work: ClaimedWorkflow,
+        *,
+        status: str,
+        output: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Move a held workflow to a terminal status; False if the lease was lost."""
+        rows = await self.db.run(
+            "workflow_finish",
+            {**_lease_key(work), "status": status, "output": output, "error": error},
+        )
+        return bool(rows)
+
+    async def release(
+        self,
+        work: ClaimedWorkflow,
+        *,
+        delay: timedelta,
+        retry_step_seq: int | None = None,
+        retry_attempts: int = 0,
+        error: str | None = None,
+    ) -> bool:
+        """Give a held workflow back as pending until ``delay`` from the database's now."""
+        rows = await self.db.run(
+            "workflow_release",
+            {
+                **_lease_key(work),
+                "delay": delay,
+                "retry_step_seq": retry_step_seq,
+                "retry_attempts": retry_attempts,
+                "error": error,
+            },
+        )
+        return bool(rows)
+
+    async def renew_leases(self, *, owner: str, lease: timedelta) -> int:
+        """Extend every unexpired lease ``owner`` holds here; returns how many."""
+        return len(await self.db.run("lease_renew", {"owner": owner, "lease": lease}))
+
+    async def acquire_service_lease(self, *, service: str, holder: str, ttl: timedelta) -> bool:
+        """Take or keep the node-wide lease of a singleton service; True while we hold it."""
+        params = {"service": service, "holder": holder, "ttl": ttl}
+        async with self.db.connection() as conn:
+            if await self.db.fetch(conn, "service_lease_takeover", params):
+                return True
+            return bool(await self.db.fetch(conn, "service_lease_insert", params))
+
+    async def requeue_expired(self, *, limit: int = 500) -> int:
+        """Make workflows whose lease expired runnable again, one partition per statement."""
+        expired = await self.db.run("expired_leases", {"limit": limit})
+        by_partition: dict[int, list[str]] = {}
+        for row in expired:
+            by_partition.setdefault(row["partition"], []).append(row["workflow_id"])
+        requeued = 0
+        for partition, ids in by_partition.items():
+            rows = await self.db.run(
+                "requeue_expired", {"partition": partition, "workflow_ids": ids}
+            )
+            requeued += len(rows)
+        return requeued
+
+    async def notifications(self, *, timeout: float) -> AsyncIterator[str | None]:
+        """LISTEN for work on a dedicated connection; yields payloads, or None every ``timeout``.
+
+        Ends with NodeUnavailable when the connection is lost; the caller reconnects.
+        """
+        async with self.db.dedicated() as conn:
+            await conn.execute(self.db.queries["listen_work"])
+            while True:
+                with self.db.translate_errors():
+                    got_any = False
+                    async for notify in conn.notifies(timeout=timeout):
+                        got_any = True
+                        yield notify.payload
+                    if not got_any:
+                        yield None
+
+
+def _lease_key(work: ClaimedWorkflow) -> dict[str, Any]:
+    return {
+        "partition": work.partition,
+        "workflow_id": work.workflow_id,
+        "lease_token": work.lease_token,
+    }

@@ -1,0 +1,73 @@
+"""Lease renewal on a thread of its own, with its own event loop and connections.
+
+A step that blocks the worker's event loop (CPU-bound async code, a blocking call) cannot
+starve it: the heartbeat keeps renewing this worker incarnation's leases on every node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from datetime import timedelta
+
+from shardflow.config import ClusterConfig
+from shardflow.errors import ShardflowError
+from shardflow.storage import NodeConnector, WorkerStore
+
+log = logging.getLogger("shardflow.worker")
+
+
+class HeartbeatThread:
+    """Renews ``owner``'s leases on every node each ``heartbeat_seconds``."""
+
+    def __init__(self, *, config: ClusterConfig, owner: str):
+        self.config = config
+        self.owner = owner
+        self.started = threading.Event()
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="shardflow-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self.started.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Idempotent; returns once the thread has closed its connections."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+
+    def _main(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        settings = self.config.worker
+        lease = timedelta(seconds=settings.lease_seconds)
+        connectors = [
+            NodeConnector(
+                name=node.name,
+                dsn=node.dsn,
+                schema=self.config.schema,
+                connect_timeout=min(self.config.connect_timeout, settings.heartbeat_seconds),
+                pool_max_size=1,
+                application_name="shardflow-heartbeat",
+            )
+            for node in self.config.nodes
+        ]
+        stores = [WorkerStore(c) for c in connectors]
+        self.started.set()
+        try:
+            while not self._stop.is_set():
+                await asyncio.gather(*(self._renew(s, lease) for s in stores))
+                await asyncio.to_thread(self._stop.wait, settings.heartbeat_seconds)
+        finally:
+            await asyncio.gather(*(c.close() for c in connectors), return_exceptions=True)
+
+    async def _renew(self, store: WorkerStore, lease: timedelta) -> None:
+        try:
+            self.renewals += await store.renew_leases(owner=self.owner, lease=lease)
+        except ShardflowError as exc:
+            log.warning("heartbeat failed: %s", exc,
+                        extra={"action": "heartbeat_failed", "node": store.node})

@@ -1,0 +1,114 @@
+"""The claim loop of one node: claim up to the free slots, hand work to the executor.
+
+Wakes on NOTIFY (``wake()``), on the next known due time, or on a jittered poll, which is
+always running as the safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from shardflow.config import WorkerSettings
+from shardflow.errors import NodeUnavailable
+from shardflow.storage import WorkerStore
+from shardflow.storage.records import ClaimedWorkflow
+from shardflow.worker.service import Backoff, Service, jittered
+from shardflow.worker.slots import Slots
+
+log = logging.getLogger("shardflow.worker")
+
+
+class ClaimLoop(Service):
+    """Claims runnable workflows of one node, one partition per claim statement."""
+
+    def __init__(
+        self,
+        *,
+        store: WorkerStore,
+        owner: str,
+        slots: Slots,
+        settings: WorkerSettings,
+        execute: Callable[[WorkerStore, ClaimedWorkflow], None],
+        **kwargs: object,
+    ):
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.name = f"claim-loop:{store.node}"
+        self.store = store
+        self.owner = owner
+        self.slots = slots
+        self.settings = settings
+        self._execute = execute
+        self._woken = asyncio.Event()
+        self.claimed_total = 0
+
+    def wake(self) -> None:
+        """Look for work now (called on NOTIFY, or when the executor frees a slot)."""
+        self._woken.set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        lease = timedelta(seconds=self.settings.lease_seconds)
+        while not self.stopping.is_set():
+            try:
+                await self._wait_for_slot()
+                if self.stopping.is_set():
+                    return
+                self._woken.clear()
+                claimed = await self._claim_round(lease)
+                backoff.reset()
+                if claimed:
+                    continue
+                await self._idle(await self._idle_seconds())
+            except NodeUnavailable as exc:
+                log.warning("claim loop waiting for node: %s", exc,
+                            extra={"action": "node_unavailable", "node": self.store.node})
+                if await self.pause(backoff.next()):
+                    return
+
+    async def _wait_for_slot(self) -> None:
+        if self.slots.free > 0:
+            return
+        waiter = asyncio.ensure_future(self.slots.wait_free())
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for fut in (waiter, stopper):
+            fut.cancel()
+
+    async def _claim_round(self, lease: timedelta) -> int:
+        claimed = 0
+        for partition in await self.store.ready_partitions():
+            free = self.slots.free
+            if free <= 0 or self.stopping.is_set():
+                break
+            batch = await self.store.claim(
+                partition=partition,
+                limit=min(free, self.settings.claim_batch),
+                owner=self.owner,
+                lease=lease,
+            )
+            self.slots.take(len(batch))
+            for work in batch:
+                self._execute(self.store, work)
+            claimed += len(batch)
+        self.claimed_total += claimed
+        return claimed
+
+    async def _idle_seconds(self) -> float:
+        poll = jittered(self.settings.poll_seconds)
+        due = await self.store.next_due_seconds()
+        if due is None:
+            return poll
+        # Timers (sleeps, retry backoff) are picked up on time rather than at the next poll.
+        return max(0.0, min(poll, due + 0.005))
+
+    async def _idle(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        waker = asyncio.ensure_future(self._woken.wait())
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({waker, stopper}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for fut in (waker, stopper):
+            fut.cancel()

@@ -1,0 +1,40 @@
+"""Execution slots shared by every claim loop of a worker: claims never exceed free slots."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Slots:
+    """A counter of free execution slots that claim loops can wait on."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._in_use = 0
+        self._changed = asyncio.Condition()
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self._in_use
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def take(self, n: int) -> None:
+        if n > self.free:
+            raise RuntimeError("claimed more workflows than free slots")
+        self._in_use += n
+
+    async def give_back(self) -> None:
+        self._in_use -= 1
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_free(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0)
+
+    async def wait_idle(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._in_use == 0)

@@ -1,0 +1,179 @@
+"""A worker process's services for every node it serves, with one start/stop lifecycle.
+
+Per node: a claim loop, a LISTEN listener and a reaper. For the process: shared execution
+slots, the executor (one task per claimed workflow), and the heartbeat thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections import Counter
+from datetime import timedelta
+from types import TracebackType
+
+from shardflow.config import ClusterConfig
+from shardflow.engine.app import App
+from shardflow.engine.runner import Outcome, WorkflowRunner
+from shardflow.errors import ShardflowError
+from shardflow.storage import NodeConnector, WorkerStore
+from shardflow.storage.records import ClaimedWorkflow
+from shardflow.worker.heartbeat import HeartbeatThread
+from shardflow.worker.listener import Listener
+from shardflow.worker.producer import ClaimLoop
+from shardflow.worker.reaper import Reaper
+from shardflow.worker.service import Service
+from shardflow.worker.slots import Slots
+
+log = logging.getLogger("shardflow.worker")
+
+
+class Worker:
+    """Runs an App's workflows from every node of the cluster.
+
+    Use ``async with Worker(app, config):`` or ``start()`` / ``stop()``. ``stopped`` is set
+    when the worker stops, on request or because a service failed.
+    """
+
+    def __init__(self, app: App, config: ClusterConfig, *, concurrency: int | None = None):
+        config.require_nodes()
+        if concurrency is not None:
+            config = config.replace(worker=_with(config, concurrency=concurrency))
+        self.app = app
+        self.config = config
+        self.settings = config.worker
+        # One owner id per incarnation: a restarted process never inherits old leases.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.outcomes: Counter[str] = Counter()
+        self.stopped = asyncio.Event()
+        self._runner = WorkflowRunner(app, max_payload_bytes=config.limits.max_payload_bytes)
+        self._connectors: list[NodeConnector] = []
+        self._services: list[Service] = []
+        self._loops: list[ClaimLoop] = []
+        self._tasks: dict[asyncio.Task[None], tuple[WorkerStore, ClaimedWorkflow]] = {}
+        self._slots = Slots(self.settings.concurrency)
+        self._heartbeat = HeartbeatThread(config=config, owner=self.owner)
+        self._started = False
+        self._stop_requested = False
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._heartbeat.start()
+        for node in self.config.nodes:
+            connector = NodeConnector(
+                name=node.name,
+                dsn=node.dsn,
+                schema=self.config.schema,
+                connect_timeout=self.config.connect_timeout,
+                pool_max_size=self.config.pool_max_size,
+                application_name="shardflow-worker",
+            )
+            await connector.open()
+            self._connectors.append(connector)
+            store = WorkerStore(connector)
+            loop = ClaimLoop(
+                store=store, owner=self.owner, slots=self._slots, settings=self.settings,
+                execute=self._execute, on_failure=self._service_failed,
+            )
+            self._loops.append(loop)
+            self._services += [
+                loop,
+                Listener(store=store, wake=loop.wake, poll_seconds=self.settings.poll_seconds,
+                         on_failure=self._service_failed),
+                Reaper(store=store, holder=self.owner, interval=self.settings.reaper_seconds,
+                       wake=loop.wake, on_failure=self._service_failed),
+            ]
+        for service in self._services:
+            service.start()
+        log.info("worker started", extra={"action": "worker_started", "owner": self.owner})
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop from a signal handler or a callback."""
+        if not self._stop_requested:
+            self._stop_requested = True
+            asyncio.ensure_future(self.stop())
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight work finish (up to the grace period), release the rest.
+
+        Idempotent.
+        """
+        if self.stopped.is_set() or not self._started:
+            self.stopped.set()
+            return
+        self._stop_requested = True
+        for loop in self._loops:
+            loop.stopping.set()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace_seconds)
+        leftover = dict(self._tasks)
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
+        # Unfinished work goes back now instead of waiting for its lease to expire.
+        for store, work in leftover.values():
+            try:
+                await store.release(work, delay=timedelta(0))
+            except ShardflowError as exc:
+                log.warning("could not release %s: %s", work.workflow_id, exc)
+        await asyncio.gather(*(s.stop(timeout=5) for s in self._services))
+        self._heartbeat.stop()
+        await asyncio.gather(*(c.close() for c in self._connectors), return_exceptions=True)
+        self.stopped.set()
+        log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
+
+    def _execute(self, store: WorkerStore, work: ClaimedWorkflow) -> None:
+        task = asyncio.create_task(self._run_one(store, work), name=f"wf:{work.workflow_id}")
+        self._tasks[task] = (store, work)
+
+    async def _run_one(self, store: WorkerStore, work: ClaimedWorkflow) -> None:
+        try:
+            outcome = await self._runner.run(store, work)
+            self.outcomes[outcome] += 1
+            if outcome is Outcome.LOST:
+                log.info("lost the lease of %s", work.workflow_id,
+                         extra={"action": "lease_lost", "node": store.node,
+                                "partition": work.partition, "workflow_id": work.workflow_id})
+        except ShardflowError as exc:
+            # Node trouble mid-run: the lease expires and the reaper makes it runnable again.
+            self.outcomes["error"] += 1
+            log.warning("run of %s abandoned: %s", work.workflow_id, exc,
+                        extra={"action": "run_abandoned", "node": store.node,
+                               "partition": work.partition, "workflow_id": work.workflow_id})
+        finally:
+            current = asyncio.current_task()
+            if current is not None:
+                self._tasks.pop(current, None)
+            await self._slots.give_back()
+            for loop in self._loops:
+                if loop.store is store:
+                    loop.wake()
+
+    def _service_failed(self, service: Service, exc: BaseException) -> None:
+        log.critical("stopping worker: %s failed", service.name)
+        self.request_stop()
+
+
+def _with(config: ClusterConfig, **changes: object) -> object:
+    from dataclasses import replace
+
+    return replace(config.worker, **changes)

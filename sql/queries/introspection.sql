@@ -1,0 +1,32 @@
+-- name: schema_catalog
+-- A canonical description of a schema (columns, constraints, indexes), used to prove that
+-- the migrations build exactly the schema in sql/schema.sql.
+SELECT 'column' AS kind, c.relname || '.' || a.attname AS object,
+       format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '') AS definition
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname = %(schema)s AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+  AND c.relname <> 'schema_migrations'
+UNION ALL
+SELECT 'constraint', c.relname || '.' || con.conname,
+       replace(pg_get_constraintdef(con.oid), %(schema)s || '.', '')
+FROM pg_constraint con
+JOIN pg_class c ON c.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname <> 'schema_migrations'
+UNION ALL
+SELECT 'index', i.indexname, replace(i.indexdef, %(schema)s || '.', '')
+FROM pg_indexes i
+WHERE i.schemaname = %(schema)s AND i.tablename <> 'schema_migrations'
+ORDER BY 1, 2;
+
+-- name: hygiene
+-- What a healthy node looks like after any scenario.
+SELECT (SELECT count(*) FROM pg_prepared_xacts) AS prepared_xacts,
+       (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory') AS advisory_locks,
+       (SELECT count(*) FROM pg_stat_activity
+        WHERE state = 'idle in transaction' AND pid <> pg_backend_pid()) AS idle_in_transaction;

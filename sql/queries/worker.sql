@@ -1,0 +1,143 @@
+-- Worker-side queries. Every state change is a guarded UPDATE naming one partition, the lease
+-- token it expects, and the partition fence; losing a race returns no row.
+
+-- name: listen_work
+LISTEN {channel};
+
+-- name: ready_partitions
+-- Which partitions have runnable work, oldest first; no row locks (runs on every shard).
+SELECT partition
+FROM (
+    SELECT partition, run_at FROM {schema}.workflows
+    WHERE status = 'pending' AND run_at <= now()
+    ORDER BY run_at
+    LIMIT %(scan)s
+) AS ready
+GROUP BY partition
+ORDER BY min(run_at);
+
+-- name: next_due_seconds
+-- Seconds until the earliest pending workflow becomes runnable (NULL when none is pending).
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
+FROM {schema}.workflows
+WHERE status = 'pending';
+
+-- name: claim
+-- MATERIALIZED keeps LIMIT exact: an UPDATE ... FROM (subquery LIMIT n FOR UPDATE SKIP
+-- LOCKED) was seen claiming more than n rows under a nested-loop plan.
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+), candidates AS MATERIALIZED (
+    SELECT workflow_id FROM {schema}.workflows
+    WHERE partition = %(partition)s AND status = 'pending' AND run_at <= now()
+      AND EXISTS (SELECT 1 FROM fence)
+    ORDER BY run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.workflows AS w
+SET status = 'running',
+    lease_token = %(lease_token)s,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease)s::interval,
+    claimed_at = now(),
+    claim_count = w.claim_count + 1,
+    updated_at = now()
+FROM candidates AS c
+WHERE w.partition = %(partition)s AND w.workflow_id = c.workflow_id
+RETURNING w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+          w.retry_step_seq, w.retry_attempts, w.claimed_at;
+
+-- name: step_record
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+), lease AS (
+    SELECT workflow_id FROM {schema}.workflows
+    WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+      AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
+    FOR SHARE
+)
+INSERT INTO {schema}.steps
+    (partition, workflow_id, step_seq, step_name, status, output, error, attempts, lease_token)
+SELECT %(partition)s, %(workflow_id)s, %(step_seq)s, %(step_name)s, %(status)s,
+       %(output)s::json, %(error)s::json, %(attempts)s, %(lease_token)s
+WHERE EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM lease)
+ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
+RETURNING step_seq;
+
+-- name: workflow_finish
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
+    completed_at = now(), updated_at = now(),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+  AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;
+
+-- name: workflow_release
+-- Suspends a running workflow until now() + delay (durable sleep, step retry backoff).
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = 'pending', run_at = now() + %(delay)s::interval,
+    retry_step_seq = %(retry_step_seq)s, retry_attempts = %(retry_attempts)s,
+    error = %(error)s::json, updated_at = now(),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+  AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;
+
+-- name: lease_renew
+-- The heartbeat: extends every unexpired lease this worker incarnation holds on the node.
+UPDATE {schema}.workflows
+SET lease_expires_at = now() + %(lease)s::interval
+WHERE status = 'running' AND lease_owner = %(owner)s AND lease_expires_at > now()
+RETURNING partition, workflow_id;
+
+-- name: service_lease_takeover
+UPDATE {schema}.service_leases
+SET holder = %(holder)s, expires_at = now() + %(ttl)s::interval
+WHERE service = %(service)s AND (holder = %(holder)s OR expires_at < now())
+RETURNING holder;
+
+-- name: service_lease_insert
+INSERT INTO {schema}.service_leases (service, holder, expires_at)
+VALUES (%(service)s, %(holder)s, now() + %(ttl)s::interval)
+ON CONFLICT (service) DO NOTHING
+RETURNING holder;
+
+-- name: expired_leases
+SELECT partition, workflow_id
+FROM {schema}.workflows
+WHERE status = 'running' AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT %(limit)s;
+
+-- name: requeue_expired
+-- The reaper makes expired work runnable again; it never runs work itself.
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = 'pending', run_at = now(), updated_at = now(),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE partition = %(partition)s AND workflow_id = ANY(%(workflow_ids)s::text[])
+  AND status = 'running' AND lease_expires_at < now()
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;

@@ -1,0 +1,56 @@
+-- Client-side workflow queries. Every write names one partition and locks that partition's
+-- ownership row FOR SHARE in the same statement: the write fence.
+
+-- name: workflow_insert
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+INSERT INTO {schema}.workflows
+    (partition, workflow_id, name, routing_key, status, input, deadline_at)
+SELECT %(partition)s, %(workflow_id)s, %(name)s, %(routing_key)s, 'pending', %(input)s::json,
+       now() + %(timeout)s::interval
+WHERE EXISTS (SELECT 1 FROM fence)
+ON CONFLICT (partition, workflow_id) DO NOTHING
+RETURNING workflow_id;
+
+-- name: workflow_get
+SELECT partition, workflow_id, name, routing_key, status, input, output, error,
+       run_at, deadline_at, claim_count, created_at, updated_at, completed_at
+FROM {schema}.workflows
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s;
+
+-- name: workflow_list
+SELECT partition, workflow_id, name, routing_key, status, created_at, updated_at, completed_at
+FROM {schema}.workflows
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND (%(after_created)s::timestamptz IS NULL
+       OR (created_at, workflow_id) < (%(after_created)s::timestamptz, %(after_id)s::text))
+ORDER BY created_at DESC, workflow_id DESC
+LIMIT %(limit)s;
+
+-- name: workflow_cancel
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = 'cancelled', completed_at = now(), updated_at = now(),
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+  AND status IN ('pending', 'running')
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;
+
+-- name: workflow_steps
+SELECT step_seq, step_name, status, output, error, attempts, recorded_at
+FROM {schema}.steps
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+ORDER BY step_seq;
+
+-- name: notify_work
+-- Sent as its own statement after the commit (never from a trigger): see DESIGN.md.
+SELECT pg_notify(%(channel)s, %(payload)s);

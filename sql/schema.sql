@@ -1,0 +1,98 @@
+-- shardflow schema: the whole current schema in one file, for reading.
+-- A test proves that applying every migration in sql/migrations gives exactly this.
+-- Every table that belongs to a workflow has `partition` as the first column of its primary
+-- key: it is the Citus distribution column, the unit a rebalance copies, and the value every
+-- claim and every write names exactly once.
+
+-- Which cluster this node belongs to and what it is called there. One row.
+CREATE TABLE {schema}.node_identity (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    cluster_id text NOT NULL,
+    node_name text NOT NULL,
+    partition_count integer NOT NULL CHECK (partition_count > 0),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Every published placement, newest = highest version. Every node keeps the whole map, so
+-- any reachable node can tell a client where each partition lives.
+CREATE TABLE {schema}.placements (
+    version bigint PRIMARY KEY,
+    partition_count integer NOT NULL,
+    nodes jsonb NOT NULL,          -- list of objects: name, conninfo (no password), weight
+    owners text[] NOT NULL,        -- owners[partition + 1] = node name
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The partitions this node owns: the write fence. A row exists only while the node owns
+-- (or is moving away) the partition; every write locks it FOR SHARE in its own transaction.
+CREATE TABLE {schema}.partition_ownership (
+    partition integer PRIMARY KEY,
+    epoch bigint NOT NULL,
+    state text NOT NULL CHECK (state IN ('owned', 'moving')),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE {schema}.workflows (
+    partition integer NOT NULL,
+    workflow_id text NOT NULL,
+    name text NOT NULL,
+    routing_key text,
+    status text NOT NULL
+        CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled')),
+    input json,
+    output json,
+    error json,
+    run_at timestamptz NOT NULL DEFAULT now(),
+    deadline_at timestamptz,
+    claim_count integer NOT NULL DEFAULT 0,
+    -- Retry state of the first step that has no checkpoint yet (steps run in order).
+    retry_step_seq integer,
+    retry_attempts integer NOT NULL DEFAULT 0,
+    lease_token uuid,
+    lease_owner text,
+    lease_expires_at timestamptz,
+    claimed_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    completed_at timestamptz,
+    PRIMARY KEY (partition, workflow_id)
+);
+
+-- The claim path: runnable rows only, so finished workflows never slow a claim.
+CREATE INDEX workflows_runnable_idx
+    ON {schema}.workflows (partition, run_at) WHERE status = 'pending';
+CREATE INDEX workflows_ready_idx
+    ON {schema}.workflows (run_at) WHERE status = 'pending';
+-- Heartbeats renew by owner; the reaper finds expired leases.
+CREATE INDEX workflows_lease_owner_idx
+    ON {schema}.workflows (lease_owner) WHERE status = 'running';
+CREATE INDEX workflows_lease_expiry_idx
+    ON {schema}.workflows (lease_expires_at) WHERE status = 'running';
+-- Listing across the cluster, newest first.
+CREATE INDEX workflows_created_idx
+    ON {schema}.workflows (created_at DESC, workflow_id DESC);
+
+-- One checkpoint per (workflow, step sequence): the replay log.
+CREATE TABLE {schema}.steps (
+    partition integer NOT NULL,
+    workflow_id text NOT NULL,
+    step_seq integer NOT NULL CHECK (step_seq >= 0),
+    step_name text NOT NULL,
+    status text NOT NULL CHECK (status IN ('succeeded', 'failed')),
+    output json,
+    error json,
+    attempts integer NOT NULL DEFAULT 1,
+    lease_token uuid NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (partition, workflow_id, step_seq),
+    FOREIGN KEY (partition, workflow_id)
+        REFERENCES {schema}.workflows (partition, workflow_id) ON DELETE CASCADE
+);
+
+-- Singleton services on a node (the reaper) hold a lease row, not an advisory lock: advisory
+-- locks do not survive a transaction pooler and are per node on Citus.
+CREATE TABLE {schema}.service_leases (
+    service text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
