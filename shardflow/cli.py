@@ -49,8 +49,13 @@ pass_state = click.make_pass_decorator(_State)
 
 
 @click.group()
-@click.option("--config", "config_path", envvar="SHARDFLOW_CONFIG", type=click.Path(),
-              help="Cluster config file (default: $SHARDFLOW_CONFIG).")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="SHARDFLOW_CONFIG",
+    type=click.Path(),
+    help="Cluster config file (default: $SHARDFLOW_CONFIG).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
@@ -73,8 +78,14 @@ def cluster() -> None:
 
 @cluster.command("up")
 @click.option("--nodes", default=3, show_default=True, help="Number of local nodes.")
-@click.option("--dir", "directory", default="/tmp/shardflow-cluster", show_default=True,
-              type=click.Path(file_okay=False), help="Where node data and the config live.")
+@click.option(
+    "--dir",
+    "directory",
+    default="/tmp/shardflow-cluster",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where node data and the config live.",
+)
 @click.option("--partitions", default=256, show_default=True, help="Fixed partition count.")
 @click.option("--schema", default="shardflow", show_default=True)
 def cluster_up(nodes: int, directory: str, partitions: int, schema: str) -> None:
@@ -96,14 +107,20 @@ def cluster_up(nodes: int, directory: str, partitions: int, schema: str) -> None
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     placement = _run(init_cluster(config))
-    click.echo(f"{action} {len(config.nodes)}-node cluster, {placement.partition_count} "
-               f"partitions, placement v{placement.version}")
+    click.echo(
+        f"{action} {len(config.nodes)}-node cluster, {placement.partition_count} "
+        f"partitions, placement v{placement.version}"
+    )
     click.echo(f"config: {local.config_path}")
 
 
 @cluster.command("down")
-@click.option("--dir", "directory", type=click.Path(file_okay=False),
-              help="Local cluster directory (default: the config's local_dir).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Local cluster directory (default: the config's local_dir).",
+)
 @click.option("--destroy", is_flag=True, help="Also delete the nodes' data.")
 @pass_state
 def cluster_down(state: _State, directory: str | None, destroy: bool) -> None:
@@ -121,15 +138,26 @@ def cluster_down(state: _State, directory: str | None, destroy: bool) -> None:
 
 
 @cluster.command("init")
-@click.option("--node", "dsns", multiple=True, required=True,
-              help="DSN of an existing node (no password in it); repeat per node.")
+@click.option(
+    "--node",
+    "dsns",
+    multiple=True,
+    required=True,
+    help="DSN of an existing node (no password in it); repeat per node.",
+)
 @click.option("--name", "names", multiple=True, help="Node names, in --node order.")
 @click.option("--partitions", default=256, show_default=True)
 @click.option("--schema", default="shardflow", show_default=True)
-@click.option("--write-config", type=click.Path(dir_okay=False),
-              help="Write the cluster config file here.")
-def cluster_init(dsns: tuple[str, ...], names: tuple[str, ...], partitions: int, schema: str,
-                 write_config: str | None) -> None:
+@click.option(
+    "--write-config", type=click.Path(dir_okay=False), help="Write the cluster config file here."
+)
+def cluster_init(
+    dsns: tuple[str, ...],
+    names: tuple[str, ...],
+    partitions: int,
+    schema: str,
+    write_config: str | None,
+) -> None:
     """Install the schema and placement on existing PostgreSQL servers.
 
     Passwords come from PGPASSWORD, a password file (PGPASSFILE or passfile=) or a libpq
@@ -169,8 +197,10 @@ def cluster_status_cmd(state: _State, as_json: bool) -> None:
         counts = " ".join(f"{k}={v}" for k, v in s.workflows.items()) or "-"
         if not s.reachable:
             counts = s.error.split(";")[0]
-        click.echo(f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
-                   f"{s.partitions_owned:>5} {s.placement_version or '-':>4}  {counts}")
+        click.echo(
+            f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
+            f"{s.partitions_owned:>5} {s.placement_version or '-':>4}  {counts}"
+        )
 
 
 @cli.command()
@@ -240,8 +270,15 @@ def worker(state: _State, app_spec: str, concurrency: int | None) -> None:
 @click.option("--routing-key", help="Co-locate with other workflows of this key.")
 @click.option("--wait", type=float, help="Wait up to this many seconds for the result.")
 @pass_state
-def start(state: _State, name: str, app_spec: str, input_json: str, workflow_id: str | None,
-          routing_key: str | None, wait: float | None) -> None:
+def start(
+    state: _State,
+    name: str,
+    app_spec: str,
+    input_json: str,
+    workflow_id: str | None,
+    routing_key: str | None,
+    wait: float | None,
+) -> None:
     """Start workflow NAME (idempotent for a given --id)."""
     try:
         payload = json.loads(input_json)
@@ -251,8 +288,9 @@ def start(state: _State, name: str, app_spec: str, input_json: str, workflow_id:
 
     async def go() -> None:
         async with Client(state.config(), app=app) as client:
-            handle = await client.start(name, payload, workflow_id=workflow_id,
-                                        routing_key=routing_key)
+            handle = await client.start(
+                name, payload, workflow_id=workflow_id, routing_key=routing_key
+            )
             click.echo(json.dumps({"workflow_id": handle.workflow_id, "created": handle.created}))
             if wait is not None:
                 click.echo(json.dumps(await handle.result(timeout=wait)))
@@ -294,8 +332,7 @@ def result(state: _State, workflow_id: str, routing_key: str | None, timeout: fl
     async def go() -> None:
         async with Client(state.config()) as client:
             try:
-                output = await client.result(workflow_id, routing_key=routing_key,
-                                             timeout=timeout)
+                output = await client.result(workflow_id, routing_key=routing_key, timeout=timeout)
             except WorkflowFailed as exc:
                 raise click.ClickException(f"workflow failed: {json.dumps(exc.error)}") from None
             click.echo(json.dumps(output))
@@ -309,8 +346,9 @@ def result(state: _State, workflow_id: str, routing_key: str | None, timeout: fl
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor")
 @pass_state
-def list_cmd(state: _State, status: str | None, name: str | None, limit: int,
-             cursor: str | None) -> None:
+def list_cmd(
+    state: _State, status: str | None, name: str | None, limit: int, cursor: str | None
+) -> None:
     """List workflows across all nodes, newest first."""
 
     async def go() -> None:
@@ -319,8 +357,7 @@ def list_cmd(state: _State, status: str | None, name: str | None, limit: int,
             for r in page.items:
                 click.echo(f"{r.workflow_id}\t{r.name}\t{r.status}\t{r.created_at}")
             if page.unavailable_nodes:
-                click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})",
-                           err=True)
+                click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})", err=True)
             if page.next_cursor:
                 click.echo(f"next: --cursor {page.next_cursor}", err=True)
 
@@ -351,5 +388,14 @@ def demo(state: _State, count: int, workers: int, concurrency: int) -> None:
     """Run the demo order workflow COUNT times across the cluster and print a summary."""
     from shardflow.demo_runner import run_demo
 
-    click.echo(_run(run_demo(state.config(), state.config_path, count=count, workers=workers,
-                             concurrency=concurrency)))
+    click.echo(
+        _run(
+            run_demo(
+                state.config(),
+                state.config_path,
+                count=count,
+                workers=workers,
+                concurrency=concurrency,
+            )
+        )
+    )

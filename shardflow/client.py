@@ -77,7 +77,9 @@ class Client:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -134,8 +136,9 @@ class Client:
             best = max(found, key=lambda p: p.version)
             for node in best.nodes:
                 configured = next((n for n in self.config.nodes if n.name == node.name), None)
-                self._connector(node.name, configured.dsn if configured else
-                                make_conninfo(dict(node.conninfo)))
+                self._connector(
+                    node.name, configured.dsn if configured else make_conninfo(dict(node.conninfo))
+                )
             self._placement = best
             return best
 
@@ -145,9 +148,7 @@ class Client:
         partition = partition_for(key, placement.partition_count)
         return partition, placement.owner(partition)
 
-    async def _routed(
-        self, key: str, op: Callable[[ClientStore, int], Awaitable[T]]
-    ) -> T:
+    async def _routed(self, key: str, op: Callable[[ClientStore, int], Awaitable[T]]) -> T:
         """Run ``op`` on the node owning ``key``, following moves."""
         last: PartitionMoved | None = None
         for attempt in range(_MOVED_RETRIES):
@@ -186,12 +187,18 @@ class Client:
         if routing_key is not None:
             check_identifier(routing_key, what="routing_key", max_length=limits.max_id_length)
         payload = encode_payload(input, max_bytes=limits.max_payload_bytes, what="workflow input")
-        timeout = timedelta(seconds=definition.timeout) if definition and definition.timeout else None
+        timeout = (
+            timedelta(seconds=definition.timeout) if definition and definition.timeout else None
+        )
 
         async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
             outcome = await store.insert_workflow(
-                partition=partition, workflow_id=wf_id, name=name, routing_key=routing_key,
-                input=payload.text, timeout=timeout,
+                partition=partition,
+                workflow_id=wf_id,
+                name=name,
+                routing_key=routing_key,
+                input=payload.text,
+                timeout=timeout,
             )
             if outcome.created:
                 await _best_effort_notify(store, partition)
@@ -211,7 +218,9 @@ class Client:
         if isinstance(workflow, WorkflowDef):
             return workflow.name
         if not isinstance(workflow, str) or not workflow:
-            raise UnknownWorkflow(f"workflow must be a registered workflow or its name, got {workflow!r}")
+            raise UnknownWorkflow(
+                f"workflow must be a registered workflow or its name, got {workflow!r}"
+            )
         return workflow
 
     def app_workflow(self, name: str) -> WorkflowDef | None:
@@ -362,9 +371,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 class WorkflowHandle:
     """A started workflow: wait for its result, read its status, cancel it."""
 
-    def __init__(
-        self, client: Client, workflow_id: str, routing_key: str | None, *, created: bool
-    ):
+    def __init__(self, client: Client, workflow_id: str, routing_key: str | None, *, created: bool):
         self.client = client
         self.workflow_id = workflow_id
         self.routing_key = routing_key

@@ -245,7 +245,7 @@ def _build(cls: type[Any], values: Mapping[str, Any], section: str) -> Any:
 
 def _coerce(type_name: object, value: Any, key: str) -> Any:
     target = {"int": int, "float": float, "str": str}.get(str(type_name))
-    if target is None or isinstance(value, target) and not isinstance(value, bool):
+    if target is None or (isinstance(value, target) and not isinstance(value, bool)):
         return value
     try:
         return target(value)

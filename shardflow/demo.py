@@ -36,7 +36,9 @@ async def charge_card(order: dict[str, Any]) -> dict[str, Any]:
 
 @app.step
 def ship(order: dict[str, Any], charge: dict[str, Any]) -> str:
-    return f"order {order['n']}: shipped {order['quantity']} x {order['sku']} for {charge['amount']}"
+    return (
+        f"order {order['n']}: shipped {order['quantity']} x {order['sku']} for {charge['amount']}"
+    )
 
 
 @app.workflow(timeout=300)

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 from shardflow.client import Client
 from shardflow.config import ClusterConfig
@@ -24,8 +25,16 @@ async def run_demo(
         env["SHARDFLOW_CONFIG"] = config_path
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shardflow", "worker", "--app", "shardflow.demo:app",
-            "--concurrency", str(concurrency), env=env, stdin=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-m",
+            "shardflow",
+            "worker",
+            "--app",
+            "shardflow.demo:app",
+            "--concurrency",
+            str(concurrency),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
         )
         for _ in range(workers)
     ]
@@ -33,14 +42,19 @@ async def run_demo(
         async with Client(config, app=app) as client:
             began = time.monotonic()
             ids = [f"demo-{run_id}-{i}" for i in range(count)]
-            orders = [{"n": i, "sku": f"sku-{i % 7}", "quantity": 1 + i % 3} for i in range(count)]
+            orders: list[dict[str, Any]] = [
+                {"n": i, "sku": f"sku-{i % 7}", "quantity": 1 + i % 3} for i in range(count)
+            ]
             handles = []
             for start in range(0, count, 100):  # bounded concurrency for the starts
-                handles += await asyncio.gather(*(
-                    client.start(process_order, order, workflow_id=wf_id)
-                    for wf_id, order in zip(ids[start:start + 100], orders[start:start + 100],
-                                            strict=True)
-                ))
+                handles += await asyncio.gather(
+                    *(
+                        client.start(process_order, order, workflow_id=wf_id)
+                        for wf_id, order in zip(
+                            ids[start : start + 100], orders[start : start + 100], strict=True
+                        )
+                    )
+                )
             started = time.monotonic() - began
             outputs = await asyncio.gather(
                 *(h.result(timeout=300) for h in handles), return_exceptions=True
@@ -48,7 +62,8 @@ async def run_demo(
             elapsed = time.monotonic() - began
             per_node: Counter[str] = Counter(client.route(i)[1] for i in ids)
             done_per_node: Counter[str] = Counter(
-                client.route(i)[1] for i, out in zip(ids, outputs, strict=True)
+                client.route(i)[1]
+                for i, out in zip(ids, outputs, strict=True)
                 if not isinstance(out, BaseException)
             )
             retried = sum(1 for o in orders if o["n"] % 5 == 0)

@@ -25,8 +25,9 @@ class SyncClient:
 
     def __init__(self, config: ClusterConfig, *, app: App | None = None):
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="shardflow-sync-client")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="shardflow-sync-client"
+        )
         self._thread.start()
         self._client = Client(config, app=app)
         try:
@@ -49,7 +50,9 @@ class SyncClient:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()
@@ -91,27 +94,29 @@ class SyncClient:
         return self._call(self._client.cancel(workflow_id, routing_key=routing_key))
 
     def list(
-        self, *, status: str | None = None, name: str | None = None, limit: int = 50,
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
         cursor: str | None = None,
     ) -> WorkflowPage:
-        return self._call(
-            self._client.list(status=status, name=name, limit=limit, cursor=cursor)
-        )
+        return self._call(self._client.list(status=status, name=name, limit=limit, cursor=cursor))
 
 
 class SyncWorkflowHandle:
     """The synchronous twin of WorkflowHandle (it forwards to the SyncClient)."""
 
-    def __init__(self, client: SyncClient, workflow_id: str, routing_key: str | None,
-                 created: bool):
+    def __init__(
+        self, client: SyncClient, workflow_id: str, routing_key: str | None, created: bool
+    ):
         self.client = client
         self.workflow_id = workflow_id
         self.routing_key = routing_key
         self.created = created
 
     def result(self, timeout: float | None = None) -> Any:
-        return self.client.result(self.workflow_id, routing_key=self.routing_key,
-                                  timeout=timeout)
+        return self.client.result(self.workflow_id, routing_key=self.routing_key, timeout=timeout)
 
     def status(self) -> str:
         return self.client.status(self.workflow_id, routing_key=self.routing_key)

@@ -22,8 +22,11 @@ async def admin_stores(config: ClusterConfig) -> AsyncIterator[dict[str, AdminSt
     config.require_nodes()
     connectors = [
         NodeConnector(
-            name=n.name, dsn=n.dsn, schema=config.schema,
-            connect_timeout=config.connect_timeout, pool_max_size=2,
+            name=n.name,
+            dsn=n.dsn,
+            schema=config.schema,
+            connect_timeout=config.connect_timeout,
+            pool_max_size=2,
             application_name="shardflow-admin",
         )
         for n in config.nodes
@@ -49,10 +52,14 @@ async def init_cluster(config: ClusterConfig) -> Placement:
     """
     await migrate_all(config)
     async with admin_stores(config) as stores:
-        identities = dict(zip(stores, await asyncio.gather(
-            *(s.identity() for s in stores.values())), strict=True))
-        placements = [p for p in await asyncio.gather(
-            *(s.latest_placement() for s in stores.values())) if p is not None]
+        identities = dict(
+            zip(stores, await asyncio.gather(*(s.identity() for s in stores.values())), strict=True)
+        )
+        placements = [
+            p
+            for p in await asyncio.gather(*(s.latest_placement() for s in stores.values()))
+            if p is not None
+        ]
         cluster_ids = {i.cluster_id for i in identities.values() if i is not None}
         if len(cluster_ids) > 1:
             raise ConfigurationError(
@@ -74,15 +81,20 @@ async def init_cluster(config: ClusterConfig) -> Placement:
                 owners=tuple(owners),
             )
         cluster_id = cluster_ids.pop() if cluster_ids else str(uuid.uuid4())
-        await asyncio.gather(*(
-            store.initialize(
-                identity=NodeIdentity(cluster_id=cluster_id, node_name=name,
-                                      partition_count=placement.partition_count),
-                placement=placement,
-                owned=placement.partitions_of(name) if placement.version == 1 else [],
+        await asyncio.gather(
+            *(
+                store.initialize(
+                    identity=NodeIdentity(
+                        cluster_id=cluster_id,
+                        node_name=name,
+                        partition_count=placement.partition_count,
+                    ),
+                    placement=placement,
+                    owned=placement.partitions_of(name) if placement.version == 1 else [],
+                )
+                for name, store in stores.items()
             )
-            for name, store in stores.items()
-        ))
+        )
         return placement
 
 

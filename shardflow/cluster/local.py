@@ -186,19 +186,24 @@ class LocalCluster:
             self._server_cmd(
                 [
                     str(self.pg_bin / "initdb"),
-                    "-D", str(node.data_dir),
-                    "-U", DB_USER,
-                    "--pwfile", str(pwfile),
+                    "-D",
+                    str(node.data_dir),
+                    "-U",
+                    DB_USER,
+                    "--pwfile",
+                    str(pwfile),
                     "--auth-local=trust",
                     "--auth-host=scram-sha-256",
-                    "-E", "UTF8",
+                    "-E",
+                    "UTF8",
                     "--no-instructions",
                 ]
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        settings = dict(SERVER_SETTINGS, port=str(node.port),
-                        unix_socket_directories=f"'{node.directory}'")
+        settings = dict(
+            SERVER_SETTINGS, port=str(node.port), unix_socket_directories=f"'{node.directory}'"
+        )
         conf = "\n".join(f"{k} = {v}" for k, v in settings.items())
         with (node.data_dir / "postgresql.conf").open("a") as fh:
             fh.write(f"\n# shardflow local node\n{conf}\n")
@@ -206,8 +211,16 @@ class LocalCluster:
     def _create_database(self, node: LocalNode) -> None:
         # Over the node's own Unix socket, where the server user is trusted: no password.
         self._server_cmd(
-            [str(self.pg_bin / "createdb"), "-h", str(node.directory), "-p", str(node.port),
-             "-U", DB_USER, DB_NAME]
+            [
+                str(self.pg_bin / "createdb"),
+                "-h",
+                str(node.directory),
+                "-p",
+                str(node.port),
+                "-U",
+                DB_USER,
+                DB_NAME,
+            ]
         )
 
     def _pg_ctl(self, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -218,8 +231,9 @@ class LocalCluster:
     ) -> subprocess.CompletedProcess[str]:
         if self._run_as is not None:
             argv = ["runuser", "-u", self._run_as.pw_name, "--", *argv]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False,
-                                stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            argv, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+        )
         if check and result.returncode != 0:
             raise ConfigurationError(
                 f"{Path(argv[argv.index('--') + 1] if '--' in argv else argv[0]).name} failed "

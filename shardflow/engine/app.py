@@ -54,7 +54,7 @@ class StepDef:
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed ``attempt``: exponential, capped, half jittered."""
-        delay = min(self.backoff_max, self.backoff * 2 ** (attempt - 1))
+        delay = min(self.backoff_max, self.backoff * 2.0 ** (attempt - 1))
         return delay / 2 + random.uniform(0, delay / 2)
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -96,7 +96,7 @@ class App:
 
     @overload
     def workflow(
-        self, *, name: str | None = None, timeout: float | None = None
+        self, /, *, name: str | None = None, timeout: float | None = None
     ) -> Callable[[WorkflowFn], WorkflowDef]: ...
 
     def workflow(
@@ -145,6 +145,7 @@ class App:
     @overload
     def step(
         self,
+        /,
         *,
         name: str | None = None,
         retries: int = 0,

@@ -65,7 +65,7 @@ class StepInfo:
         return f"{self.workflow_id}:{self.step_seq}"
 
 
-class Release(BaseException):  # noqa: N818 - control flow, not an error
+class Release(BaseException):
     """Suspend the workflow and give it back until ``delay`` from now.
 
     A BaseException so that ``except Exception`` in workflow code cannot swallow it.
@@ -86,7 +86,7 @@ class Release(BaseException):  # noqa: N818 - control flow, not an error
         self.error = error
 
 
-class LeaseLost(BaseException):  # noqa: N818 - control flow, not an error
+class LeaseLost(BaseException):
     """This worker no longer holds the workflow (lease expired, cancelled, partition moved)."""
 
 
@@ -156,8 +156,12 @@ class WorkflowContext:
         if recorded is not None:
             return str(recorded.output)
         value: str = make()
-        await self._record(seq, name, "succeeded", output=encode_payload(
-            value, max_bytes=self._max_payload_bytes, what=name).text)
+        await self._record(
+            seq,
+            name,
+            "succeeded",
+            output=encode_payload(value, max_bytes=self._max_payload_bytes, what=name).text,
+        )
         return value
 
     async def run_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -214,7 +218,9 @@ class WorkflowContext:
                 async with asyncio.timeout(step.timeout):
                     return await call
             except TimeoutError:
-                raise TimeoutError(f"step {step.name!r} ran past its {step.timeout}s timeout") from None
+                raise TimeoutError(
+                    f"step {step.name!r} ran past its {step.timeout}s timeout"
+                ) from None
         finally:
             _current_context.reset(ctx_token)
             _current_step.reset(token)

@@ -9,8 +9,14 @@ from enum import StrEnum
 
 from shardflow.engine.app import App
 from shardflow.engine.codec import encode_error, encode_payload, error_text
-from shardflow.engine.context import LeaseLost, Release, WorkflowContext, bind_context, unbind_context
-from shardflow.errors import InvalidInput, UnknownWorkflow, WorkflowTimeout
+from shardflow.engine.context import (
+    LeaseLost,
+    Release,
+    WorkflowContext,
+    bind_context,
+    unbind_context,
+)
+from shardflow.errors import UnknownWorkflow, WorkflowTimeout
 from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
 
@@ -42,9 +48,14 @@ class WorkflowRunner:
             definition = self.app.get_workflow(work.name)
         except UnknownWorkflow as exc:
             log.error(
-                "unknown workflow %s; giving it back", work.name,
-                extra={"action": "unknown_workflow", "node": store.node,
-                       "partition": work.partition, "workflow_id": work.workflow_id},
+                "unknown workflow %s; giving it back",
+                work.name,
+                extra={
+                    "action": "unknown_workflow",
+                    "node": store.node,
+                    "partition": work.partition,
+                    "workflow_id": work.workflow_id,
+                },
             )
             released = await store.release(
                 work, delay=UNKNOWN_WORKFLOW_DELAY, error=error_text(encode_error(exc))
@@ -91,8 +102,6 @@ class WorkflowRunner:
             if deadline.expired():
                 return await self._fail(store, work, _timeout_error(work))
             return await self._fail(store, work, exc)
-        except InvalidInput as exc:
-            return await self._fail(store, work, exc)
         except Exception as exc:
             return await self._fail(store, work, exc)
         finally:
@@ -100,14 +109,11 @@ class WorkflowRunner:
         ok = await store.finish(work, status="succeeded", output=output.text)
         return Outcome.SUCCEEDED if ok else Outcome.LOST
 
-    async def _fail(
-        self, store: WorkerStore, work: ClaimedWorkflow, exc: BaseException
-    ) -> Outcome:
+    async def _fail(self, store: WorkerStore, work: ClaimedWorkflow, exc: BaseException) -> Outcome:
         ok = await store.finish(work, status="failed", error=error_text(encode_error(exc)))
         return Outcome.FAILED if ok else Outcome.LOST
 
 
 def _timeout_error(work: ClaimedWorkflow) -> WorkflowTimeout:
-    return WorkflowTimeout(
-        f"workflow {work.workflow_id!r} passed its deadline {work.deadline_at.isoformat() if work.deadline_at else ''}"
-    )
+    deadline = work.deadline_at.isoformat() if work.deadline_at else "?"
+    return WorkflowTimeout(f"workflow {work.workflow_id!r} passed its deadline {deadline}")

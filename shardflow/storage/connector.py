@@ -148,9 +148,11 @@ class _Translate:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
         if exc is None or isinstance(exc, ShardflowError):
-            return False
+            return
         name, address = self._node.name, self._node.address
         if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
             raise NodeUnavailable(
@@ -165,7 +167,6 @@ class _Translate:
             ) from exc
         if isinstance(exc, psycopg.Error):
             raise StorageError(f"database error on node {name}: {_first_line(exc)}") from exc
-        return False
 
 
 def _first_line(exc: BaseException) -> str:

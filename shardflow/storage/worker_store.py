@@ -50,9 +50,7 @@ class WorkerStore:
                 "lease_token": token,
             },
         )
-        return [
-            ClaimedWorkflow(partition=partition, lease_token=token, **row) for row in rows
-        ]
+        return [ClaimedWorkflow(partition=partition, lease_token=token, **row) for row in rows]
 
     async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
         rows = await self.db.run(

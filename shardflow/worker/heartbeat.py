@@ -69,5 +69,8 @@ class HeartbeatThread:
         try:
             self.renewals += await store.renew_leases(owner=self.owner, lease=lease)
         except ShardflowError as exc:
-            log.warning("heartbeat failed: %s", exc,
-                        extra={"action": "heartbeat_failed", "node": store.node})
+            log.warning(
+                "heartbeat failed: %s",
+                exc,
+                extra={"action": "heartbeat_failed", "node": store.node},
+            )

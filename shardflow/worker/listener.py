@@ -17,7 +17,11 @@ log = logging.getLogger("shardflow.worker")
 
 class Listener(Service):
     def __init__(
-        self, *, store: WorkerStore, wake: Callable[[], None], poll_seconds: float,
+        self,
+        *,
+        store: WorkerStore,
+        wake: Callable[[], None],
+        poll_seconds: float,
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -39,8 +43,11 @@ class Listener(Service):
                         self.notifications += 1
                         self._wake()
             except NodeUnavailable as exc:
-                log.info("listener reconnecting: %s", exc,
-                         extra={"action": "listen_reconnect", "node": self.store.node})
+                log.info(
+                    "listener reconnecting: %s",
+                    exc,
+                    extra={"action": "listen_reconnect", "node": self.store.node},
+                )
                 # The claim loop cannot have been woken while we were away: poll once now.
                 self._wake()
                 if await self.pause(backoff.next()):

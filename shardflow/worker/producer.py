@@ -63,8 +63,11 @@ class ClaimLoop(Service):
                     continue
                 await self._idle(await self._idle_seconds())
             except NodeUnavailable as exc:
-                log.warning("claim loop waiting for node: %s", exc,
-                            extra={"action": "node_unavailable", "node": self.store.node})
+                log.warning(
+                    "claim loop waiting for node: %s",
+                    exc,
+                    extra={"action": "node_unavailable", "node": self.store.node},
+                )
                 if await self.pause(backoff.next()):
                     return
 

@@ -19,7 +19,12 @@ log = logging.getLogger("shardflow.worker")
 
 class Reaper(Service):
     def __init__(
-        self, *, store: WorkerStore, holder: str, interval: float, wake: Callable[[], None],
+        self,
+        *,
+        store: WorkerStore,
+        holder: str,
+        interval: float,
+        wake: Callable[[], None],
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -43,6 +48,9 @@ class Reaper(Service):
                 continue  # the claim loop reports the outage; try again next round
             if requeued:
                 self.requeued_total += requeued
-                log.warning("requeued %d workflows whose lease expired", requeued,
-                            extra={"action": "requeue_expired", "node": self.store.node})
+                log.warning(
+                    "requeued %d workflows whose lease expired",
+                    requeued,
+                    extra={"action": "requeue_expired", "node": self.store.node},
+                )
                 self._wake()

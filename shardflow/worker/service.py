@@ -61,8 +61,9 @@ class Service:
             raise
         except BaseException as exc:
             self.failure = exc
-            log.critical("%s crashed: %r", self.name, exc, exc_info=exc,
-                         extra={"action": "service_crashed"})
+            log.critical(
+                "%s crashed: %r", self.name, exc, exc_info=exc, extra={"action": "service_crashed"}
+            )
             if self._on_failure is not None:
                 self._on_failure(self, exc)
 

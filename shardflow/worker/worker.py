@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 
@@ -41,7 +42,7 @@ class Worker:
     def __init__(self, app: App, config: ClusterConfig, *, concurrency: int | None = None):
         config.require_nodes()
         if concurrency is not None:
-            config = config.replace(worker=_with(config, concurrency=concurrency))
+            config = config.replace(worker=replace(config.worker, concurrency=concurrency))
         self.app = app
         self.config = config
         self.settings = config.worker
@@ -58,13 +59,16 @@ class Worker:
         self._heartbeat = HeartbeatThread(config=config, owner=self.owner)
         self._started = False
         self._stop_requested = False
+        self._stop_task: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> Worker:
         await self.start()
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
@@ -91,16 +95,29 @@ class Worker:
             self._connectors.append(connector)
             store = WorkerStore(connector)
             loop = ClaimLoop(
-                store=store, owner=self.owner, slots=self._slots, settings=self.settings,
-                execute=self._execute, on_failure=self._service_failed,
+                store=store,
+                owner=self.owner,
+                slots=self._slots,
+                settings=self.settings,
+                execute=self._execute,
+                on_failure=self._service_failed,
             )
             self._loops.append(loop)
             self._services += [
                 loop,
-                Listener(store=store, wake=loop.wake, poll_seconds=self.settings.poll_seconds,
-                         on_failure=self._service_failed),
-                Reaper(store=store, holder=self.owner, interval=self.settings.reaper_seconds,
-                       wake=loop.wake, on_failure=self._service_failed),
+                Listener(
+                    store=store,
+                    wake=loop.wake,
+                    poll_seconds=self.settings.poll_seconds,
+                    on_failure=self._service_failed,
+                ),
+                Reaper(
+                    store=store,
+                    holder=self.owner,
+                    interval=self.settings.reaper_seconds,
+                    wake=loop.wake,
+                    on_failure=self._service_failed,
+                ),
             ]
         for service in self._services:
             service.start()
@@ -110,7 +127,7 @@ class Worker:
         """Begin a graceful stop from a signal handler or a callback."""
         if not self._stop_requested:
             self._stop_requested = True
-            asyncio.ensure_future(self.stop())
+            self._stop_task = asyncio.ensure_future(self.stop())
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight work finish (up to the grace period), release the rest.
@@ -150,15 +167,32 @@ class Worker:
             outcome = await self._runner.run(store, work)
             self.outcomes[outcome] += 1
             if outcome is Outcome.LOST:
-                log.info("lost the lease of %s", work.workflow_id,
-                         extra={"action": "lease_lost", "node": store.node,
-                                "partition": work.partition, "workflow_id": work.workflow_id})
-        except ShardflowError as exc:
+                log.info(
+                    "lost the lease of %s",
+                    work.workflow_id,
+                    extra={
+                        "action": "lease_lost",
+                        "node": store.node,
+                        "partition": work.partition,
+                        "workflow_id": work.workflow_id,
+                    },
+                )
+        except Exception as exc:
+            if not isinstance(exc, ShardflowError):
+                log.exception("bug: run of %s crashed", work.workflow_id)
             # Node trouble mid-run: the lease expires and the reaper makes it runnable again.
             self.outcomes["error"] += 1
-            log.warning("run of %s abandoned: %s", work.workflow_id, exc,
-                        extra={"action": "run_abandoned", "node": store.node,
-                               "partition": work.partition, "workflow_id": work.workflow_id})
+            log.warning(
+                "run of %s abandoned: %s",
+                work.workflow_id,
+                exc,
+                extra={
+                    "action": "run_abandoned",
+                    "node": store.node,
+                    "partition": work.partition,
+                    "workflow_id": work.workflow_id,
+                },
+            )
         finally:
             current = asyncio.current_task()
             if current is not None:
@@ -171,9 +205,3 @@ class Worker:
     def _service_failed(self, service: Service, exc: BaseException) -> None:
         log.critical("stopping worker: %s failed", service.name)
         self.request_stop()
-
-
-def _with(config: ClusterConfig, **changes: object) -> object:
-    from dataclasses import replace
-
-    return replace(config.worker, **changes)

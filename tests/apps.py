@@ -1,0 +1,160 @@
+"""Workflows used by the tests (importable by worker subprocesses as tests.apps:app)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from shardflow import App, WorkflowContext, current_step
+
+app = App("tests")
+
+# Step executions per (workflow_id, step) in this process: proves what replay did not re-run.
+executions: Counter[tuple[str, str]] = Counter()
+# Flipped by the non-determinism test to change the workflow's code between runs.
+shape = {"first_step": "step_a"}
+
+
+def _count(name: str) -> None:
+    step = current_step()
+    assert step is not None
+    executions[(step.workflow_id, name)] += 1
+
+
+@app.step
+def add_one(n: int) -> int:
+    _count("add_one")
+    return n + 1
+
+
+@app.workflow
+async def three_steps(ctx: WorkflowContext, n: int) -> int:
+    """The standard workload W: three sequential steps, each returning its input + 1."""
+    return await add_one(await add_one(await add_one(n)))
+
+
+@app.step(retries=3, backoff=0.05, backoff_max=0.2)
+def flaky(fail_times: int) -> str:
+    step = current_step()
+    assert step is not None
+    _count("flaky")
+    if step.attempt <= fail_times:
+        raise ConnectionError(f"transient failure on attempt {step.attempt}")
+    return f"ok after {step.attempt} attempts"
+
+
+@app.workflow
+async def retrying(ctx: WorkflowContext, fail_times: int) -> str:
+    return await flaky(fail_times)
+
+
+@app.workflow
+async def compensating(ctx: WorkflowContext, fail_times: int) -> str:
+    """Catches a step that fails on every attempt and carries on."""
+    try:
+        return await flaky(fail_times)
+    except Exception as exc:
+        return f"compensated: {type(exc).__name__}"
+
+
+@app.step
+def record(label: str) -> str:
+    _count(label)
+    return label
+
+
+@app.workflow
+async def sleepy(ctx: WorkflowContext, seconds: float) -> dict[str, Any]:
+    before = await record("before-sleep")
+    started = await ctx.now()
+    await ctx.sleep(seconds)
+    woke = await ctx.now()
+    after = await record("after-sleep")
+    return {"steps": [before, after], "slept": (woke - started).total_seconds()}
+
+
+@app.step
+def step_a() -> str:
+    return "a"
+
+
+@app.step
+def step_b() -> str:
+    return "b"
+
+
+@app.workflow
+async def shape_shifter(ctx: WorkflowContext) -> str:
+    first = await (step_a() if shape["first_step"] == "step_a" else step_b())
+    await ctx.sleep(0.2)
+    return first
+
+
+@app.step
+def append_line(path: str, line: str) -> str:
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+    return line
+
+
+@app.step
+async def wait_for_gate(marker: str, gate: str, log_path: str) -> str:
+    """Announces that it runs (marker file), then blocks until the gate file exists."""
+    with open(log_path, "a") as fh:
+        fh.write("gate-step\n")
+    Path(marker).touch()
+    while not Path(gate).exists():
+        await asyncio.sleep(0.02)
+    return "through the gate"
+
+
+@app.workflow
+async def gated(ctx: WorkflowContext, paths: dict[str, str]) -> str:
+    await append_line(paths["log"], "first-step")
+    through = await wait_for_gate(paths["marker"], paths["gate"], paths["log"])
+    await append_line(paths["log"], "last-step")
+    return through
+
+
+@app.step
+async def hog_event_loop(seconds: float) -> str:
+    """Blocks the worker's event loop (no await) for longer than the lease."""
+    _count("hog")
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "done"
+
+
+@app.workflow
+async def hog(ctx: WorkflowContext, seconds: float) -> str:
+    return await hog_event_loop(seconds)
+
+
+@app.step
+def too_big(size: int) -> str:
+    return "x" * size
+
+
+@app.workflow
+async def big_result(ctx: WorkflowContext, size: int) -> str:
+    return await too_big(size)
+
+
+@app.workflow(timeout=0.5)
+async def overdue(ctx: WorkflowContext) -> str:
+    await ctx.sleep(30)
+    return "never"
+
+
+@app.workflow
+async def echo(ctx: WorkflowContext, value: Any) -> Any:
+    return value
+
+
+@app.workflow
+async def no_input(ctx: WorkflowContext) -> str:
+    return ctx.workflow_id
