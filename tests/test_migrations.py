@@ -7,7 +7,6 @@ import asyncio
 from shardflow.config import ClusterConfig
 from shardflow.storage import AdminStore, NodeConnector
 from shardflow.storage.queries import migrations
-
 from tests.helpers import run
 
 

@@ -40,7 +40,11 @@ def test_stable_across_processes_and_hash_seeds() -> None:
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run(
             [sys.executable, "-c", _SCRIPT, json.dumps(KEYS)],
-            env=env, capture_output=True, text=True, check=True, timeout=60,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         )
         results.append(json.loads(out.stdout))
     assert results[0] == results[1]

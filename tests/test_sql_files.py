@@ -41,7 +41,8 @@ def test_every_query_is_used_and_every_used_name_exists() -> None:
 def test_no_sql_text_in_python_modules() -> None:
     pattern = re.compile(r"\b(SELECT|INSERT INTO|UPDATE|DELETE FROM)\s+\S")
     offenders = [
-        str(path) for path in PACKAGE.rglob("*.py")
+        str(path)
+        for path in PACKAGE.rglob("*.py")
         if any(pattern.search(c) for c in _constants_of(path))
     ]
     assert offenders == []
@@ -49,7 +50,8 @@ def test_no_sql_text_in_python_modules() -> None:
 
 def _constants_of(path: Path) -> list[str]:
     return [
-        n.value for n in ast.walk(ast.parse(path.read_text()))
+        n.value
+        for n in ast.walk(ast.parse(path.read_text()))
         if isinstance(n, ast.Constant) and isinstance(n.value, str)
     ]
 
@@ -73,9 +75,21 @@ def test_queries_render_schema_as_identifier() -> None:
 def test_wheel_carries_the_sql(tmp_path: Path) -> None:
     root = PACKAGE.parent
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(root)],
-        check=True, capture_output=True, timeout=170,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=170,
     )
     (wheel,) = tmp_path.glob("shardflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

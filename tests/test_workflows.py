@@ -33,7 +33,9 @@ def test_workload_w_runs_and_records_one_checkpoint_per_step(config: ClusterConf
             assert await handle.result(timeout=20) == 44
             steps = await client.steps(handle.workflow_id)
             assert [(s.step_seq, s.step_name, s.output) for s in steps] == [
-                (0, "add_one", 42), (1, "add_one", 43), (2, "add_one", 44)
+                (0, "add_one", 42),
+                (1, "add_one", 43),
+                (2, "add_one", 44),
             ]
             record = await handle.get()
             assert record.status == "succeeded"
@@ -236,8 +238,7 @@ def test_list_across_nodes_with_filters_and_pages(config: ClusterConfig) -> None
             seen: list[str] = []
             cursor = None
             while True:
-                page = await client.list(name="no_input", status="pending", limit=5,
-                                         cursor=cursor)
+                page = await client.list(name="no_input", status="pending", limit=5, cursor=cursor)
                 assert page.unavailable_nodes == []
                 seen += [r.workflow_id for r in page.items]
                 cursor = page.next_cursor

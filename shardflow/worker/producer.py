@@ -83,16 +83,18 @@ class ClaimLoop(Service):
     async def _claim_round(self, lease: timedelta) -> int:
         claimed = 0
         for partition in await self.store.ready_partitions():
-            free = self.slots.free
-            if free <= 0 or self.stopping.is_set():
+            if self.stopping.is_set():
                 break
-            batch = await self.store.claim(
-                partition=partition,
-                limit=min(free, self.settings.claim_batch),
-                owner=self.owner,
-                lease=lease,
-            )
-            self.slots.take(len(batch))
+            reserved = self.slots.reserve(self.settings.claim_batch)
+            if reserved == 0:
+                break
+            batch: list[ClaimedWorkflow] = []
+            try:
+                batch = await self.store.claim(
+                    partition=partition, limit=reserved, owner=self.owner, lease=lease
+                )
+            finally:
+                await self.slots.give_back(reserved - len(batch))
             for work in batch:
                 self._execute(self.store, work)
             claimed += len(batch)

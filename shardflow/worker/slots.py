@@ -21,13 +21,20 @@ class Slots:
     def in_use(self) -> int:
         return self._in_use
 
-    def take(self, n: int) -> None:
-        if n > self.free:
-            raise RuntimeError("claimed more workflows than free slots")
-        self._in_use += n
+    def reserve(self, n: int) -> int:
+        """Take up to ``n`` free slots before claiming; returns how many were taken.
 
-    async def give_back(self) -> None:
-        self._in_use -= 1
+        Reserving first (not counting after the claim) keeps concurrent claim loops of
+        several nodes from claiming more than the worker can run.
+        """
+        taken = max(0, min(n, self.free))
+        self._in_use += taken
+        return taken
+
+    async def give_back(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        self._in_use -= n
         async with self._changed:
             self._changed.notify_all()
 

@@ -1,0 +1,52 @@
+# shardflow — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SF := $(BIN)/shardflow
+CLUSTER_DIR ?= /tmp/shardflow-demo
+DEMO_COUNT ?= 300
+DEMO_WORKERS ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo demo-status demo-down lint format test test-all clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## Create the virtualenv and install shardflow with its dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install ## Start (or reuse) a local 3-node cluster and run the demo workflow on it
+	$(SF) cluster up --nodes 3 --dir $(CLUSTER_DIR)
+	$(SF) --config $(CLUSTER_DIR)/shardflow.toml demo --count $(DEMO_COUNT) --workers $(DEMO_WORKERS)
+
+demo-status: install ## Show the demo cluster: nodes, partitions, workflows by status
+	$(SF) --config $(CLUSTER_DIR)/shardflow.toml cluster status
+
+demo-down: install ## Stop the demo cluster and delete its data
+	$(SF) cluster down --destroy --dir $(CLUSTER_DIR)
+
+lint: install ## ruff (lint + format check) and mypy --strict on the package
+	$(BIN)/ruff check shardflow tests locustfiles
+	$(BIN)/ruff format --check shardflow tests locustfiles
+	$(BIN)/mypy
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix shardflow tests locustfiles
+	$(BIN)/ruff format shardflow tests locustfiles
+
+test: lint ## Lint, then the test suite against a fresh local 3-node cluster
+	$(BIN)/pytest
+
+test-all: lint ## The test suite including the long scenarios marked slow
+	$(BIN)/pytest -m ''
+
+clean: ## Remove the virtualenv and caches (not clusters)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build

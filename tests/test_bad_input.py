@@ -1,0 +1,130 @@
+"""Bad input is refused with a typed error before anything is written."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shardflow import (
+    Client,
+    InvalidInput,
+    InvalidWorkflowId,
+    PayloadNotSerializable,
+    PayloadTooLarge,
+    UnknownWorkflow,
+    WorkflowNotFound,
+)
+from shardflow.config import ClusterConfig
+from tests import apps
+from tests.helpers import run
+
+
+async def assert_not_written(client: Client, workflow_id: str) -> None:
+    with pytest.raises(WorkflowNotFound):
+        await client.get(workflow_id)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"when": object()}, PayloadNotSerializable),
+        ({1: "int key"}, PayloadNotSerializable),
+        ("NUL \x00 inside", PayloadNotSerializable),
+        (float("nan"), PayloadNotSerializable),
+        ("x" * (1024 * 1024 + 1), PayloadTooLarge),
+    ],
+)
+def test_bad_payloads_write_nothing(
+    config: ClusterConfig, payload: Any, error: type[Exception]
+) -> None:
+    async def go() -> None:
+        wf_id = f"bad-{uuid.uuid4().hex}"
+        async with Client(config, app=apps.app) as client:
+            with pytest.raises(error) as info:
+                await client.start(apps.echo, payload, workflow_id=wf_id)
+            assert isinstance(info.value, InvalidInput)
+            await assert_not_written(client, wf_id)
+
+    run(go())
+
+
+@pytest.mark.parametrize("workflow_id", ["", "   ", "x" * 201, "nul\x00id", "\udcff"])
+def test_bad_ids_write_nothing(config: ClusterConfig, workflow_id: str) -> None:
+    async def go() -> None:
+        async with Client(config, app=apps.app) as client:
+            with pytest.raises(InvalidWorkflowId):
+                await client.start(apps.echo, 1, workflow_id=workflow_id)
+            with pytest.raises(InvalidWorkflowId):
+                await client.start(apps.echo, 1, routing_key=workflow_id)
+            page = await client.list(name="echo", limit=1000)
+            assert workflow_id not in {r.workflow_id for r in page.items}
+
+    run(go())
+
+
+def test_unknown_workflow_name(config: ClusterConfig) -> None:
+    async def go() -> None:
+        wf_id = f"unknown-{uuid.uuid4().hex}"
+        async with Client(config, app=apps.app) as client:
+            with pytest.raises(UnknownWorkflow, match="known: "):
+                await client.start("no_such_workflow", 1, workflow_id=wf_id)
+            await assert_not_written(client, wf_id)
+        async with Client(config) as client:  # no app: names cannot be checked
+            with pytest.raises(UnknownWorkflow, match="app="):
+                await client.start("echo", 1, workflow_id=wf_id)
+            await assert_not_written(client, wf_id)
+
+    run(go())
+
+
+def test_list_arguments_checked(config: ClusterConfig) -> None:
+    async def go() -> None:
+        async with Client(config) as client:
+            with pytest.raises(InvalidInput, match="status must be"):
+                await client.list(status="finished")
+            with pytest.raises(InvalidInput, match="limit"):
+                await client.list(limit=0)
+            with pytest.raises(InvalidInput, match="cursor"):
+                await client.list(cursor="not-a-cursor")
+
+    run(go())
+
+
+hostile_text = st.text(max_size=300) | st.sampled_from(
+    ["'; DROP TABLE shardflow.workflows; --", "%(partition)s", "{schema}", "\\x00", "\u202e"]
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    workflow_id=hostile_text,
+    payload=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | hostile_text,
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(hostile_text, c, max_size=4),
+        max_leaves=12,
+    ),
+)
+def test_fuzzed_starts_round_trip_or_are_refused(
+    config: ClusterConfig, workflow_id: str, payload: Any
+) -> None:
+    async def go() -> None:
+        wf_id = f"fuzz-{uuid.uuid4().hex[:8]}-{workflow_id}"
+        async with Client(config, app=apps.app) as client:
+            try:
+                handle = await client.start(apps.echo, payload, workflow_id=wf_id)
+            except InvalidInput:
+                # An invalid id cannot even be looked up; a valid one must not exist.
+                with contextlib.suppress(InvalidInput):
+                    await assert_not_written(client, wf_id)
+                return
+            record = await client.get(handle.workflow_id)
+            assert record.workflow_id == wf_id
+            assert record.input == payload
+            await client.cancel(wf_id)
+
+    run(go())
