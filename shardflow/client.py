@@ -340,10 +340,12 @@ class Client:
             next_cursor = _encode_cursor(last.created_at, last.workflow_id)
         return WorkflowPage(items=page, next_cursor=next_cursor, unavailable_nodes=unavailable)
 
-    @staticmethod
-    def _key(workflow_id: str, routing_key: str | None) -> str:
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise InvalidInput("workflow_id must be a non-empty string")
+    def _key(self, workflow_id: str, routing_key: str | None) -> str:
+        """The routing key of a lookup, after the same checks a start applies."""
+        max_length = self.config.limits.max_id_length
+        check_identifier(workflow_id, what="workflow_id", max_length=max_length)
+        if routing_key is not None:
+            check_identifier(routing_key, what="routing_key", max_length=max_length)
         return routing_key or workflow_id
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,3 +35,21 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker_command(config_file: Path) -> tuple[list[str], dict[str, Any]]:
+    """argv and keyword arguments to start ``shardflow worker`` for tests.apps in a subprocess."""
+    argv = [
+        sys.executable,
+        "-m",
+        "shardflow",
+        "--config",
+        str(config_file),
+        "worker",
+        "--app",
+        "tests.apps:app",
+    ]
+    return argv, {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": str(REPO)}}

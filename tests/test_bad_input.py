@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from shardflow import (
@@ -61,6 +61,11 @@ def test_bad_ids_write_nothing(config: ClusterConfig, workflow_id: str) -> None:
                 await client.start(apps.echo, 1, workflow_id=workflow_id)
             with pytest.raises(InvalidWorkflowId):
                 await client.start(apps.echo, 1, routing_key=workflow_id)
+            # Lookups apply the same checks (a NUL once reached the database as a DataError).
+            with pytest.raises(InvalidWorkflowId):
+                await client.get(workflow_id)
+            with pytest.raises(InvalidWorkflowId):
+                await client.cancel(workflow_id)
             page = await client.list(name="echo", limit=1000)
             assert workflow_id not in {r.workflow_id for r in page.items}
 
@@ -109,6 +114,7 @@ hostile_text = st.text(max_size=300) | st.sampled_from(
         max_leaves=12,
     ),
 )
+@example(workflow_id="\x00", payload=None)
 def test_fuzzed_starts_round_trip_or_are_refused(
     config: ClusterConfig, workflow_id: str, payload: Any
 ) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,9 +13,7 @@ from click.testing import CliRunner
 from shardflow.cli import cli
 from shardflow.config import ClusterConfig, load_config
 from shardflow.storage import AdminStore, NodeConnector
-from tests.helpers import run
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import run, worker_command
 
 
 def invoke(config_file: Path, *args: str) -> tuple[int, str]:
@@ -111,22 +107,8 @@ def test_password_on_command_line_is_refused() -> None:
 
 
 def test_worker_stops_gracefully_on_sigterm(config_file: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "shardflow",
-            "--config",
-            str(config_file),
-            "worker",
-            "--app",
-            "tests.apps:app",
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    argv, options = worker_command(config_file)
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, **options)
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()  # printed once the worker is serving

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 
@@ -15,25 +13,12 @@ from shardflow import Client, NodeUnavailable, Worker
 from shardflow.cluster.local import LocalCluster
 from shardflow.config import ClusterConfig
 from tests import apps
-from tests.helpers import run, wait_until
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import run, wait_until, worker_command
 
 
 async def spawn_worker(config_file: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "shardflow",
-        "--config",
-        str(config_file),
-        "worker",
-        "--app",
-        "tests.apps:app",
-        cwd=REPO,
-        stdin=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    argv, options = worker_command(config_file)
+    return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, **options)
 
 
 @pytest.mark.timeout(90)

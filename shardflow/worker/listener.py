@@ -16,6 +16,8 @@ log = logging.getLogger("shardflow.worker")
 
 
 class Listener(Service):
+    cancel_on_stop = True
+
     def __init__(
         self,
         *,

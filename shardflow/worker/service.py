@@ -18,6 +18,8 @@ class Service:
     """Base class: subclasses implement ``run()`` and return from it once ``stopping`` is set."""
 
     name = "service"
+    # Services that only wait (a LISTEN loop) are cancelled at once on stop: nothing to finish.
+    cancel_on_stop = False
 
     def __init__(self, *, on_failure: Callable[[Service, BaseException], None] | None = None):
         self.started = asyncio.Event()
@@ -38,6 +40,10 @@ class Service:
         self.stopping.set()
         task = self._task
         if task is None or task.done():
+            return
+        if self.cancel_on_stop:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
             return
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout)
