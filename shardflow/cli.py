@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import signal
@@ -17,6 +18,8 @@ from shardflow import cli_logging
 from shardflow.client import Client
 from shardflow.cluster.admin import cluster_status, init_cluster, migrate_all
 from shardflow.cluster.local import LocalCluster
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.rebalance import MoveResult, Rebalancer
 from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.engine.app import App
 from shardflow.errors import ConfigurationError, ShardflowError, WorkflowFailed
@@ -187,20 +190,157 @@ def cluster_init(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_state
 def cluster_status_cmd(state: _State, as_json: bool) -> None:
-    """Per node: reachable, partitions owned, workflows by status."""
-    statuses = _run(cluster_status(state.config()))
+    """Per node: reachable, weight, partitions owned/moving, workflows by status."""
+    status = _run(cluster_status(state.config()))
     if as_json:
-        click.echo(json.dumps([s.__dict__ for s in statuses], indent=2))
+        click.echo(json.dumps(dataclasses.asdict(status), indent=2))
         return
-    click.echo(f"{'node':<10} {'address':<26} {'up':<4} {'parts':>5} {'ver':>4}  workflows")
-    for s in statuses:
+    click.echo(
+        f"{'node':<10} {'address':<26} {'up':<4} {'weight':>6} {'parts':>5} "
+        f"{'moving':>6}  workflows"
+    )
+    for s in status.nodes:
         counts = " ".join(f"{k}={v}" for k, v in s.workflows.items()) or "-"
         if not s.reachable:
             counts = s.error.split(";")[0]
+        weight = "-" if s.weight is None else str(s.weight)
         click.echo(
             f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
-            f"{s.partitions_owned:>5} {s.placement_version or '-':>4}  {counts}"
+            f"{weight:>6} {s.partitions_owned:>5} {s.partitions_moving:>6}  {counts}"
         )
+    click.echo(
+        f"placement v{status.placement_version}; "
+        + (
+            "REBALANCE IN PROGRESS (interrupted? run `shardflow cluster rebalance`)"
+            if status.rebalance_in_progress
+            else "no move in progress"
+        )
+        + f"; {status.partitions_to_move} partitions to move for balance"
+    )
+
+
+def _save_config(state: _State, config: ClusterConfig) -> None:
+    """Write membership changes back to the config file the command was given."""
+    if state.config_path:
+        Path(state.config_path).write_text(config.to_toml())
+        click.echo(f"updated {state.config_path}")
+    else:
+        click.echo("note: no --config file to update; add the node to SHARDFLOW_NODES", err=True)
+
+
+@cluster.command("add-node")
+@click.argument("dsn", required=False)
+@click.option("--local", is_flag=True, help="Start one more node in the local cluster.")
+@click.option("--name", help="Name of the new node (default nodeN).")
+@click.option("--weight", default=1, show_default=True, help="Share of partitions to hold.")
+@pass_state
+def cluster_add_node(
+    state: _State, dsn: str | None, local: bool, name: str | None, weight: int
+) -> None:
+    """Join an empty PostgreSQL database to the cluster, then run `cluster rebalance`."""
+    config = state.config()
+    try:
+        if local:
+            if not config.local_dir:
+                raise ConfigurationError("--local needs a cluster made by `shardflow cluster up`")
+            node = LocalCluster(config.local_dir).add_node()
+            node = NodeConfig(name=node.name, dsn=node.dsn, weight=weight)
+        elif dsn:
+            node = NodeConfig(name=name or f"node{len(config.nodes) + 1}", dsn=dsn, weight=weight)
+        else:
+            raise ConfigurationError("give the new node's DSN, or --local")
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def go() -> int:
+        async with ClusterAdmin(config) as admin:
+            return (await admin.add_node(node)).version
+
+    version = _run(go())
+    if not local:
+        _save_config(state, config.replace(nodes=(*config.nodes, node)))
+    click.echo(
+        f"added {node.name} (placement v{version}); move partitions onto it with "
+        "`shardflow cluster rebalance`"
+    )
+
+
+@cluster.command("rebalance")
+@click.option("--dry-run", is_flag=True, help="Print the plan, move nothing.")
+@click.option("--limit", type=int, help="Move at most this many partitions now.")
+@pass_state
+def cluster_rebalance(state: _State, dry_run: bool, limit: int | None) -> None:
+    """Move partitions until every node holds its share; resumes interrupted moves."""
+    config = state.config()
+
+    async def go() -> None:
+        async with ClusterAdmin(config) as admin:
+            planned = await Rebalancer(admin).plan()
+            if dry_run:
+                for move in planned:
+                    click.echo(f"partition {move.partition:>5}: {move.source} -> {move.target}")
+                click.echo(f"{len(planned)} partitions to move")
+                return
+            total = len(planned) if limit is None else min(limit, len(planned))
+            with click.progressbar(length=total, label="moving partitions", show_pos=True) as bar:
+                copied = [0]
+
+                def moved(result: MoveResult) -> None:
+                    copied[0] += result.rows
+                    bar.label = f"moving partitions ({copied[0]} rows copied)"
+                    if not result.resumed:
+                        bar.update(1)
+
+                report = await Rebalancer(admin, on_move=moved).run(limit=limit)
+            freezes = sorted(m.freeze_seconds for m in report.moves)
+            p50 = freezes[len(freezes) // 2] if freezes else 0.0
+            click.echo(
+                f"moved {len(report.moves)} partitions, {report.rows} rows in "
+                f"{report.seconds:.2f}s; freeze p50 {p50 * 1000:.0f} ms, max "
+                f"{(freezes[-1] if freezes else 0) * 1000:.0f} ms; placement "
+                f"v{report.placement_version}"
+            )
+
+    _run(go())
+
+
+@cluster.command("drain")
+@click.argument("node")
+@pass_state
+def cluster_drain(state: _State, node: str) -> None:
+    """Move every partition off NODE (weight 0), ready for `cluster remove-node`."""
+    config = state.config()
+
+    async def go() -> None:
+        async with ClusterAdmin(config) as admin:
+            await admin.set_weight(node, 0)
+            report = await Rebalancer(admin).run()
+            click.echo(
+                f"drained {node}: moved {len(report.moves)} partitions, "
+                f"{report.rows} rows in {report.seconds:.2f}s"
+            )
+
+    _run(go())
+
+
+@cluster.command("remove-node")
+@click.argument("node")
+@pass_state
+def cluster_remove_node(state: _State, node: str) -> None:
+    """Remove a drained NODE; refused while it owns a partition or holds any row."""
+    config = state.config()
+
+    async def go() -> int:
+        async with ClusterAdmin(config) as admin:
+            return (await admin.remove_node(node)).version
+
+    version = _run(go())
+    remaining = tuple(n for n in config.nodes if n.name != node)
+    if config.local_dir:
+        LocalCluster(config.local_dir).forget_node(node)
+    else:
+        _save_config(state, config.replace(nodes=remaining))
+    click.echo(f"removed {node} (placement v{version})")
 
 
 @cli.command()

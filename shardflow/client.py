@@ -42,7 +42,8 @@ from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 log = logging.getLogger("shardflow.client")
 
 T = TypeVar("T")
-_MOVED_RETRIES = 5
+# How long a call keeps re-routing while a partition it needs is being moved.
+_MOVE_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -149,20 +150,31 @@ class Client:
         return partition, placement.owner(partition)
 
     async def _routed(self, key: str, op: Callable[[ClientStore, int], Awaitable[T]]) -> T:
-        """Run ``op`` on the node owning ``key``, following moves."""
-        last: PartitionMoved | None = None
-        for attempt in range(_MOVED_RETRIES):
+        """Run ``op`` on the node owning ``key``, following moves.
+
+        A partition being moved rejects writes for a moment (its freeze); the client keeps
+        refreshing the placement and retrying for up to ``_MOVE_WAIT_SECONDS``.
+        """
+        deadline = time.monotonic() + _MOVE_WAIT_SECONDS
+        delay = 0.01
+        while True:
             partition, node = self.route(key)
             try:
-                return await op(ClientStore(self._connectors[node]), partition)
+                return await op(ClientStore(self._connector_for(node)), partition)
             except PartitionMoved as moved:
-                last = moved
+                if time.monotonic() + delay > deadline:
+                    raise
                 before = self.placement.version
                 await self.refresh_placement(min_version=moved.placement_version)
                 if self.placement.version == before:
-                    await asyncio.sleep(0.05 * (attempt + 1))  # a move is in progress
-        assert last is not None
-        raise last
+                    await asyncio.sleep(delay)  # the move is still in its freeze
+                    delay = min(delay * 2, 0.2)
+
+    def _connector_for(self, node: str) -> NodeConnector:
+        connector = self._connectors.get(node)
+        if connector is None:
+            raise ClusterNotInitialized(f"the placement names node {node!r} but has no address")
+        return connector
 
     # -- starting -----------------------------------------------------------------------
 
@@ -315,7 +327,7 @@ class Client:
         names = list(self.placement.counts())
         answers = await asyncio.gather(
             *(
-                ClientStore(self._connectors[n]).list_workflows(
+                ClientStore(self._connector_for(n)).list_workflows(
                     status=status, name=name, limit=limit, after=after
                 )
                 for n in names

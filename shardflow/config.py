@@ -49,6 +49,7 @@ class WorkerSettings:
     heartbeat_seconds: float = 10.0
     poll_seconds: float = 1.0
     reaper_seconds: float = 5.0
+    membership_seconds: float = 5.0
     claim_batch: int = 32
     shutdown_grace_seconds: float = 10.0
 
@@ -62,8 +63,10 @@ class WorkerSettings:
                 "worker.heartbeat_seconds must be positive and shorter than worker.lease_seconds "
                 "(a third of it is a good choice)"
             )
-        if self.poll_seconds <= 0 or self.reaper_seconds <= 0:
-            raise ConfigurationError("worker.poll_seconds and worker.reaper_seconds must be > 0")
+        if min(self.poll_seconds, self.reaper_seconds, self.membership_seconds) <= 0:
+            raise ConfigurationError(
+                "worker.poll_seconds, reaper_seconds and membership_seconds must be > 0"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

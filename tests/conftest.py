@@ -23,6 +23,7 @@ TEST_WORKER = WorkerSettings(
     heartbeat_seconds=1.0,
     poll_seconds=0.5,
     reaper_seconds=0.5,
+    membership_seconds=0.5,
     shutdown_grace_seconds=5.0,
 )
 

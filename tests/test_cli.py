@@ -27,7 +27,7 @@ def test_cluster_status_and_config_show(config_file: Path) -> None:
     assert out.count(" yes ") == 3
     code, out = invoke(config_file, "cluster", "status", "--json")
     assert code == 0
-    nodes = json.loads(out)
+    nodes = json.loads(out)["nodes"]
     assert sum(n["partitions_owned"] for n in nodes) == 256
     code, out = invoke(config_file, "config", "show")
     assert code == 0 and "passfile=" in out
@@ -84,7 +84,7 @@ def test_cluster_init_on_existing_servers(config: ClusterConfig, tmp_path: Path)
         assert written.partition_count == 16 and len(written.nodes) == 3
         code, out = invoke(out_file, "cluster", "status", "--json")
         assert code == 0, out
-        assert sum(n["partitions_owned"] for n in json.loads(out)) == 16
+        assert sum(n["partitions_owned"] for n in json.loads(out)["nodes"]) == 16
     finally:
 
         async def drop() -> None:

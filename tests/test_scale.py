@@ -47,7 +47,7 @@ def test_thousand_workflows_across_three_nodes(config: ClusterConfig) -> None:
             assert set(per_node) == {n.name for n in config.nodes}
             assert min(per_node.values()) > count / len(config.nodes) * 0.7
 
-        statuses = await cluster_status(config)
+        statuses = (await cluster_status(config)).nodes
         assert all(s.reachable for s in statuses)
         assert all(s.workflows.get("succeeded", 0) > 0 for s in statuses)
 

@@ -34,6 +34,7 @@ def test_every_query_is_used_and_every_used_name_exists() -> None:
         text = path.read_text()
         used |= set(re.findall(r'\.(?:run|fetch)\((?:conn, )?"([a-z0-9_]+)"', text))
         used |= set(re.findall(r'queries\["([a-z0-9_]+)"\]', text))
+        used |= set(re.findall(r'"((?:copy_out|copy_in|delete_partition)_[a-z]+)"', text))
     assert used, "the scan found no query calls: update this test"
     assert used - names == set(), "code runs queries that sql/queries does not define"
 

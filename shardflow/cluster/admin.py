@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.rebalance import plan_moves
 from shardflow.config import ClusterConfig
 from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.routing import Placement, PlacementNode, target_placement
@@ -121,24 +123,53 @@ class NodeStatus:
     address: str
     reachable: bool
     error: str = ""
+    weight: int | None = None
     partitions_owned: int = 0
     partitions_moving: int = 0
+    unfinished_moves: int = 0
     placement_version: int | None = None
     workflows: dict[str, int] = field(default_factory=dict)
 
 
-async def cluster_status(config: ClusterConfig) -> list[NodeStatus]:
-    """Per node: reachable, partitions owned, workflows by status. Never raises for a node."""
-    async with admin_stores(config) as stores:
-        return list(await asyncio.gather(*(_node_status(s) for s in stores.values())))
+@dataclass
+class ClusterStatus:
+    """The cluster at a glance: nodes, and whether a rebalance is due or in progress."""
+
+    placement_version: int | None
+    nodes: list[NodeStatus]
+    partitions_to_move: int
+
+    @property
+    def rebalance_in_progress(self) -> bool:
+        return any(n.unfinished_moves or n.partitions_moving for n in self.nodes)
 
 
-async def _node_status(store: AdminStore) -> NodeStatus:
-    status = NodeStatus(name=store.db.name, address=store.db.address, reachable=False)
+async def cluster_status(config: ClusterConfig) -> ClusterStatus:
+    """Every node of the configuration and of the placement; never raises for one node."""
+    async with ClusterAdmin(config) as admin:
+        try:
+            placement: Placement | None = await admin.latest_placement()
+        except ShardflowError:
+            placement = None
+        weights = placement.weights() if placement else {}
+        nodes = await asyncio.gather(
+            *(_node_status(admin, name, weights.get(name)) for name in admin.node_names)
+        )
+        return ClusterStatus(
+            placement_version=placement.version if placement else None,
+            nodes=list(nodes),
+            partitions_to_move=len(plan_moves(placement)) if placement else 0,
+        )
+
+
+async def _node_status(admin: ClusterAdmin, name: str, weight: int | None) -> NodeStatus:
+    store = admin.admin(name)
+    status = NodeStatus(name=name, address=store.db.address, reachable=False, weight=weight)
     try:
         ownership = await store.ownership()
         placement = await store.latest_placement()
         status.workflows = await store.status_counts()
+        status.unfinished_moves = len(await admin.mover(name).active_moves())
     except ShardflowError as exc:
         status.error = str(exc)
         return status

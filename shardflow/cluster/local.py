@@ -132,6 +132,33 @@ class LocalCluster:
         self.config_path.write_text(config.to_toml())
         return config
 
+    def add_node(self) -> NodeConfig:
+        """initdb and start one more node, and add it to the config file."""
+        config = self.load_config()
+        taken = {n.name for n in config.nodes} | {p.name for p in self.directory.iterdir()}
+        number = len(config.nodes) + 1
+        while f"node{number}" in taken:
+            number += 1
+        node = LocalNode(f"node{number}", self.directory / f"node{number}", _free_port())
+        password = self._password()
+        self._init_node(node, password)
+        self.start_node(node)
+        self._create_database(node)
+        added = NodeConfig(name=node.name, dsn=self._dsn(node))
+        self.config_path.write_text(config.replace(nodes=(*config.nodes, added)).to_toml())
+        return added
+
+    def forget_node(self, name: str) -> None:
+        """Stop a node that left the cluster and drop it from the config file (data kept)."""
+        config = self.load_config()
+        self.stop_node(self.node(name))
+        remaining = tuple(n for n in config.nodes if n.name != name)
+        self.config_path.write_text(config.replace(nodes=remaining).to_toml())
+
+    def _password(self) -> str:
+        line = self.passfile.read_text().strip()
+        return line.rsplit(":", 1)[1]
+
     def start_all(self) -> None:
         for node in self.nodes():
             self.start_node(node)

@@ -57,6 +57,22 @@ class Placement:
             counts[owner] = counts.get(owner, 0) + 1
         return counts
 
+    def with_owner(self, partition: int, node: str) -> Placement:
+        """The next version, with ``partition`` owned by ``node``."""
+        owners = list(self.owners)
+        owners[partition] = node
+        return Placement(version=self.version + 1, nodes=self.nodes, owners=tuple(owners))
+
+    def with_nodes(self, nodes: tuple[PlacementNode, ...]) -> Placement:
+        """The next version, with another node list (membership or weights changed)."""
+        names = {n.name for n in nodes}
+        if missing := {o for o in self.owners if o not in names}:
+            raise ValueError(f"nodes {sorted(missing)} still own partitions")
+        return Placement(version=self.version + 1, nodes=nodes, owners=self.owners)
+
+    def weights(self) -> dict[str, int]:
+        return {n.name: n.weight for n in self.nodes}
+
     def to_record(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -102,12 +118,14 @@ def target_placement(
 
     With ``current`` (today's owners), only partitions on removed or over-full nodes move.
     """
-    if not weights:
-        raise ValueError("a placement needs at least one node")
+    active = {name: w for name, w in weights.items() if w > 0}
+    if not active:
+        raise ValueError("a placement needs at least one node with a positive weight")
     if current is not None and len(current) != partition_count:
         raise ValueError("current placement has a different partition count")
-    ring = _ring(weights)
-    quotas = weighted_quotas(weights, partition_count)
+    # Weight 0 marks a node being drained: it keeps no partition.
+    ring = _ring(active)
+    quotas = dict.fromkeys(weights, 0) | weighted_quotas(active, partition_count)
     preference = [
         [conf["nodename"] for conf in ring.range(f"partition-{p}", unique=True)]
         for p in range(partition_count)

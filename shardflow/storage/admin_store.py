@@ -100,6 +100,20 @@ class AdminStore:
                 conn, "ownership_insert", {"epoch": placement.version, "partitions": owned}
             )
 
+    async def store_placement(self, placement: Placement) -> bool:
+        """Store a placement version; False if this node has that version with other owners."""
+        record = placement.to_record()
+        params = {
+            "version": placement.version,
+            "partition_count": placement.partition_count,
+            "nodes": jsonb(record["nodes"]),
+            "owners": record["owners"],
+        }
+        async with self.db.transaction() as conn:
+            await self.db.fetch(conn, "placement_insert", params)
+            rows = await self.db.fetch(conn, "placement_get", {"version": placement.version})
+        return Placement.from_record(rows[0]) == placement
+
     async def ownership(self) -> list[Ownership]:
         return [Ownership(**r) for r in await self.db.run("ownership_list")]
 

@@ -136,6 +136,9 @@ class WorkerStore:
                 return True
             return bool(await self.db.fetch(conn, "service_lease_insert", params))
 
+    async def release_service_lease(self, *, service: str, holder: str) -> None:
+        await self.db.run("service_lease_release", {"service": service, "holder": holder})
+
     async def requeue_expired(self, *, limit: int = 500) -> int:
         """Make workflows whose lease expired runnable again, one partition per statement."""
         expired = await self.db.run("expired_leases", {"limit": limit})

@@ -27,11 +27,18 @@ class HeartbeatThread:
         self.started = threading.Event()
         self.renewals = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._wanted = {node.name: node.dsn for node in config.nodes}
         self._thread = threading.Thread(target=self._main, name="shardflow-heartbeat", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
         self.started.wait(timeout=10)
+
+    def set_nodes(self, nodes: dict[str, str]) -> None:
+        """Renew on these nodes (name -> DSN) from the next beat on (membership changed)."""
+        with self._lock:
+            self._wanted = dict(nodes)
 
     def stop(self) -> None:
         """Idempotent; returns once the thread has closed its connections."""
@@ -45,25 +52,32 @@ class HeartbeatThread:
     async def _loop(self) -> None:
         settings = self.config.worker
         lease = timedelta(seconds=settings.lease_seconds)
-        connectors = [
-            NodeConnector(
-                name=node.name,
-                dsn=node.dsn,
-                schema=self.config.schema,
-                connect_timeout=min(self.config.connect_timeout, settings.heartbeat_seconds),
-                pool_max_size=1,
-                application_name="shardflow-heartbeat",
-            )
-            for node in self.config.nodes
-        ]
-        stores = [WorkerStore(c) for c in connectors]
+        connectors: dict[str, NodeConnector] = {}
         self.started.set()
         try:
             while not self._stop.is_set():
-                await asyncio.gather(*(self._renew(s, lease) for s in stores))
+                with self._lock:
+                    wanted = dict(self._wanted)
+                for name in set(connectors) - set(wanted):
+                    await connectors.pop(name).close()
+                for name, dsn in wanted.items():
+                    if name not in connectors:
+                        connectors[name] = NodeConnector(
+                            name=name,
+                            dsn=dsn,
+                            schema=self.config.schema,
+                            connect_timeout=min(
+                                self.config.connect_timeout, settings.heartbeat_seconds
+                            ),
+                            pool_max_size=1,
+                            application_name="shardflow-heartbeat",
+                        )
+                await asyncio.gather(
+                    *(self._renew(WorkerStore(c), lease) for c in connectors.values())
+                )
                 await asyncio.to_thread(self._stop.wait, settings.heartbeat_seconds)
         finally:
-            await asyncio.gather(*(c.close() for c in connectors), return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in connectors.values()), return_exceptions=True)
 
     async def _renew(self, store: WorkerStore, lease: timedelta) -> None:
         try:

@@ -20,10 +20,13 @@ from shardflow.config import ClusterConfig
 from shardflow.engine.app import App
 from shardflow.engine.runner import Outcome, WorkflowRunner
 from shardflow.errors import ShardflowError
+from shardflow.routing import Placement
 from shardflow.storage import NodeConnector, WorkerStore
+from shardflow.storage.conninfo import make_conninfo
 from shardflow.storage.records import ClaimedWorkflow
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
+from shardflow.worker.membership import MembershipWatcher
 from shardflow.worker.producer import ClaimLoop
 from shardflow.worker.reaper import Reaper
 from shardflow.worker.service import Service
@@ -51,9 +54,10 @@ class Worker:
         self.outcomes: Counter[str] = Counter()
         self.stopped = asyncio.Event()
         self._runner = WorkflowRunner(app, max_payload_bytes=config.limits.max_payload_bytes)
-        self._connectors: list[NodeConnector] = []
-        self._services: list[Service] = []
-        self._loops: list[ClaimLoop] = []
+        self._connectors: dict[str, NodeConnector] = {}
+        self._node_services: dict[str, list[Service]] = {}
+        self._loops: dict[str, ClaimLoop] = {}
+        self._membership: MembershipWatcher | None = None
         self._tasks: dict[asyncio.Task[None], tuple[WorkerStore, ClaimedWorkflow]] = {}
         self._slots = Slots(self.settings.concurrency)
         self._heartbeat = HeartbeatThread(config=config, owner=self.owner)
@@ -77,51 +81,89 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes this worker claims from now."""
+        return sorted(self._loops)
+
     async def start(self) -> None:
         if self._started:
             return
         self._started = True
         self._heartbeat.start()
         for node in self.config.nodes:
-            connector = NodeConnector(
-                name=node.name,
-                dsn=node.dsn,
-                schema=self.config.schema,
-                connect_timeout=self.config.connect_timeout,
-                pool_max_size=self.config.pool_max_size,
-                application_name="shardflow-worker",
-            )
-            await connector.open()
-            self._connectors.append(connector)
-            store = WorkerStore(connector)
-            loop = ClaimLoop(
-                store=store,
-                owner=self.owner,
-                slots=self._slots,
-                settings=self.settings,
-                execute=self._execute,
-                on_failure=self._service_failed,
-            )
-            self._loops.append(loop)
-            self._services += [
-                loop,
-                Listener(
-                    store=store,
-                    wake=loop.wake,
-                    poll_seconds=self.settings.poll_seconds,
-                    on_failure=self._service_failed,
-                ),
-                Reaper(
-                    store=store,
-                    holder=self.owner,
-                    interval=self.settings.reaper_seconds,
-                    wake=loop.wake,
-                    on_failure=self._service_failed,
-                ),
-            ]
-        for service in self._services:
-            service.start()
+            self._serve_node(node.name, node.dsn)
+        self._membership = MembershipWatcher(
+            connectors=lambda: list(self._connectors.values()),
+            apply=self._follow_placement,
+            interval=self.settings.membership_seconds,
+            on_failure=self._service_failed,
+        )
+        self._membership.start()
         log.info("worker started", extra={"action": "worker_started", "owner": self.owner})
+
+    def _serve_node(self, name: str, dsn: str) -> None:
+        """Start this node's claim loop, listener and reaper."""
+        connector = NodeConnector(
+            name=name,
+            dsn=dsn,
+            schema=self.config.schema,
+            connect_timeout=self.config.connect_timeout,
+            pool_max_size=self.config.pool_max_size,
+            application_name="shardflow-worker",
+        )
+        self._connectors[name] = connector
+        store = WorkerStore(connector)
+        loop = ClaimLoop(
+            store=store,
+            owner=self.owner,
+            slots=self._slots,
+            settings=self.settings,
+            execute=self._execute,
+            on_failure=self._service_failed,
+        )
+        self._loops[name] = loop
+        self._node_services[name] = [
+            loop,
+            Listener(
+                store=store,
+                wake=loop.wake,
+                poll_seconds=self.settings.poll_seconds,
+                on_failure=self._service_failed,
+            ),
+            Reaper(
+                store=store,
+                holder=self.owner,
+                interval=self.settings.reaper_seconds,
+                wake=loop.wake,
+                on_failure=self._service_failed,
+            ),
+        ]
+        for service in self._node_services[name]:
+            service.start()
+
+    async def _follow_placement(self, placement: Placement) -> None:
+        """Serve every node of ``placement``; stop serving nodes it no longer has."""
+        if self._stop_requested:
+            return
+        wanted = {}
+        for node in placement.nodes:
+            configured = next((n for n in self.config.nodes if n.name == node.name), None)
+            wanted[node.name] = configured.dsn if configured else make_conninfo(dict(node.conninfo))
+        for name, dsn in wanted.items():
+            if name not in self._connectors:
+                log.info("serving new node %s", name, extra={"action": "node_added", "node": name})
+                self._serve_node(name, dsn)
+        for name in set(self._connectors) - set(wanted):
+            log.info(
+                "node %s left the cluster", name, extra={"action": "node_removed", "node": name}
+            )
+            await asyncio.gather(*(s.stop(timeout=5) for s in self._node_services.pop(name)))
+            self._loops.pop(name)
+            await self._connectors.pop(name).close()
+        self._heartbeat.set_nodes(
+            {name: dsn for name, dsn in wanted.items() if name in self._connectors}
+        )
 
     def request_stop(self) -> None:
         """Begin a graceful stop from a signal handler or a callback."""
@@ -138,7 +180,9 @@ class Worker:
             self.stopped.set()
             return
         self._stop_requested = True
-        for loop in self._loops:
+        if self._membership is not None:
+            await self._membership.stop(timeout=5)
+        for loop in self._loops.values():
             loop.stopping.set()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace_seconds)
@@ -152,9 +196,12 @@ class Worker:
                 await store.release(work, delay=timedelta(0))
             except ShardflowError as exc:
                 log.warning("could not release %s: %s", work.workflow_id, exc)
-        await asyncio.gather(*(s.stop(timeout=5) for s in self._services))
+        services = [s for group in self._node_services.values() for s in group]
+        await asyncio.gather(*(s.stop(timeout=5) for s in services))
         self._heartbeat.stop()
-        await asyncio.gather(*(c.close() for c in self._connectors), return_exceptions=True)
+        await asyncio.gather(
+            *(c.close() for c in self._connectors.values()), return_exceptions=True
+        )
         self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
 
@@ -198,9 +245,9 @@ class Worker:
             if current is not None:
                 self._tasks.pop(current, None)
             await self._slots.give_back()
-            for loop in self._loops:
-                if loop.store is store:
-                    loop.wake()
+            loop = self._loops.get(store.node)
+            if loop is not None:
+                loop.wake()
 
     def _service_failed(self, service: Service, exc: BaseException) -> None:
         log.critical("stopping worker: %s failed", service.name)

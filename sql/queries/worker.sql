@@ -141,3 +141,6 @@ WHERE partition = %(partition)s AND workflow_id = ANY(%(workflow_ids)s::text[])
   AND status = 'running' AND lease_expires_at < now()
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
+
+-- name: service_lease_release
+DELETE FROM {schema}.service_leases WHERE service = %(service)s AND holder = %(holder)s;

@@ -1,0 +1,249 @@
+"""The administrator's view of the whole cluster: every node, the placement in force, and
+the operations that change membership (add, drain, remove a node).
+
+Membership changes and partition moves publish new placement versions; they all run under
+one cluster-wide lease so two administrators cannot publish conflicting versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from types import TracebackType
+
+from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
+from shardflow.routing import Placement, PlacementNode
+from shardflow.storage import AdminStore, NodeConnector, WorkerStore
+from shardflow.storage.conninfo import make_conninfo, public_conninfo
+from shardflow.storage.rebalance_store import RebalanceStore
+from shardflow.storage.records import NodeIdentity
+
+log = logging.getLogger("shardflow.cluster")
+
+LOCK_TTL = timedelta(seconds=60)
+
+
+class ClusterAdmin:
+    """Connections to every node of the configuration and of the latest placement."""
+
+    def __init__(self, config: ClusterConfig):
+        config.require_nodes()
+        self.config = config
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._connectors: dict[str, NodeConnector] = {}
+        for node in config.nodes:
+            self._add_connector(node.name, node.dsn)
+
+    async def __aenter__(self) -> ClusterAdmin:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.gather(*(c.close() for c in self._connectors.values()))
+
+    def _add_connector(self, name: str, dsn: str) -> NodeConnector:
+        if name not in self._connectors:
+            self._connectors[name] = NodeConnector(
+                name=name,
+                dsn=dsn,
+                schema=self.config.schema,
+                connect_timeout=self.config.connect_timeout,
+                pool_max_size=3,
+                application_name="shardflow-admin",
+            )
+        return self._connectors[name]
+
+    def connector(self, name: str) -> NodeConnector:
+        try:
+            return self._connectors[name]
+        except KeyError:
+            raise ConfigurationError(f"unknown node {name!r}") from None
+
+    def admin(self, name: str) -> AdminStore:
+        return AdminStore(self.connector(name))
+
+    def mover(self, name: str) -> RebalanceStore:
+        return RebalanceStore(self.connector(name))
+
+    @property
+    def node_names(self) -> list[str]:
+        return sorted(self._connectors)
+
+    async def latest_placement(self) -> Placement:
+        """The highest placement version any reachable node has; learns new nodes from it."""
+        answers = await asyncio.gather(
+            *(AdminStore(c).latest_placement() for c in list(self._connectors.values())),
+            return_exceptions=True,
+        )
+        found = [a for a in answers if isinstance(a, Placement)]
+        if not found:
+            raise NodeUnavailable(
+                "no node answered with a placement: start the nodes, or initialise the "
+                "cluster with `shardflow cluster init`",
+                node="*",
+            )
+        placement = max(found, key=lambda p: p.version)
+        for node in placement.nodes:
+            configured = next((n for n in self.config.nodes if n.name == node.name), None)
+            self._add_connector(
+                node.name, configured.dsn if configured else make_conninfo(dict(node.conninfo))
+            )
+        return placement
+
+    async def publish(self, placement: Placement, *, extra_nodes: tuple[str, ...] = ()) -> None:
+        """Store ``placement`` on every node of it (and ``extra_nodes``) that can be reached.
+
+        A version can be written once; if a node already has this version with other
+        owners, another administrator published concurrently and this one stops.
+        """
+        names = {n.name for n in placement.nodes} | set(extra_nodes)
+        results = await asyncio.gather(
+            *(self.admin(n).store_placement(placement) for n in sorted(names)),
+            return_exceptions=True,
+        )
+        stored = 0
+        for name, result in zip(sorted(names), results, strict=True):
+            if isinstance(result, NodeUnavailable):
+                log.warning(
+                    "placement v%d not stored on %s (down): it will learn it later",
+                    placement.version,
+                    name,
+                    extra={"node": name},
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            elif result is False:
+                raise ShardflowError(
+                    f"node {name} already has a different placement v{placement.version}: "
+                    "another rebalance is running; wait for it, then run this again"
+                )
+            else:
+                stored += 1
+        if stored == 0:
+            raise NodeUnavailable("the placement could not be stored on any node", node="*")
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[Placement]:
+        """Hold the cluster's rebalance lease (on the first node by name) while changing it."""
+        placement = await self.latest_placement()
+        lock_node = min(n.name for n in placement.nodes)
+        await self.renew_lock(placement)
+        try:
+            yield placement
+        finally:
+            with contextlib.suppress(NodeUnavailable):
+                await WorkerStore(self.connector(lock_node)).release_service_lease(
+                    service="rebalance", holder=self.holder
+                )
+
+    async def renew_lock(self, placement: Placement) -> None:
+        lock_node = min(n.name for n in placement.nodes)
+        store = WorkerStore(self.connector(lock_node))
+        if not await store.acquire_service_lease(
+            service="rebalance", holder=self.holder, ttl=LOCK_TTL
+        ):
+            raise ShardflowError(
+                f"another administrator holds the cluster's rebalance lease (on {lock_node}); "
+                "wait for it to finish (the lease expires 60 s after its holder stops)"
+            )
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def add_node(self, node: NodeConfig) -> Placement:
+        """Join an empty PostgreSQL database to the cluster (no partitions yet). Idempotent."""
+        async with self.exclusive() as placement:
+            if any(n.name == node.name for n in placement.nodes):
+                return placement
+            connector = self._add_connector(node.name, node.dsn)
+            store = AdminStore(connector)
+            await store.migrate()
+            identity = await store.identity()
+            cluster = await self.admin(placement.nodes[0].name).identity()
+            assert cluster is not None
+            if identity is not None and identity.cluster_id != cluster.cluster_id:
+                raise ConfigurationError(
+                    f"{node.name} already belongs to another shardflow cluster; use an empty "
+                    "database or drop its shardflow schema first"
+                )
+            if (await RebalanceStore(connector).node_rows())["workflows"]:
+                raise ConfigurationError(f"{node.name} already holds workflows; use an empty one")
+            new = placement.with_nodes(
+                (
+                    *placement.nodes,
+                    PlacementNode(
+                        name=node.name, conninfo=public_conninfo(node.dsn), weight=node.weight
+                    ),
+                )
+            )
+            await store.initialize(
+                identity=NodeIdentity(
+                    cluster_id=cluster.cluster_id,
+                    node_name=node.name,
+                    partition_count=placement.partition_count,
+                ),
+                placement=new,
+                owned=[],
+            )
+            await self.publish(new)
+            return new
+
+    async def set_weight(self, name: str, weight: int) -> Placement:
+        """Change a node's weight (0 = drain it); partitions move at the next rebalance."""
+        if weight < 0:
+            raise ConfigurationError("a node's weight must be >= 0")
+        async with self.exclusive() as placement:
+            if not any(n.name == name for n in placement.nodes):
+                raise ConfigurationError(f"{name} is not a node of this cluster")
+            if weight == 0 and all(n.weight == 0 for n in placement.nodes if n.name != name):
+                raise ConfigurationError(f"cannot drain {name}: no other node would own anything")
+            nodes = tuple(
+                PlacementNode(
+                    name=n.name, conninfo=n.conninfo, weight=weight if n.name == name else n.weight
+                )
+                for n in placement.nodes
+            )
+            if nodes == placement.nodes:
+                return placement
+            new = placement.with_nodes(nodes)
+            await self.publish(new)
+            return new
+
+    async def remove_node(self, name: str) -> Placement:
+        """Remove a drained node. Refused while it owns a partition or holds any row."""
+        async with self.exclusive() as placement:
+            if not any(n.name == name for n in placement.nodes):
+                raise ConfigurationError(f"{name} is not a node of this cluster")
+            if owned := placement.partitions_of(name):
+                raise ConfigurationError(
+                    f"{name} still owns {len(owned)} partitions: run `shardflow cluster drain "
+                    f"{name}` first (it moves them away)"
+                )
+            try:
+                counts = await self.mover(name).node_rows()
+                active = await self.mover(name).active_moves()
+            except NodeUnavailable:
+                raise ConfigurationError(
+                    f"{name} is unreachable, so it cannot be checked for data; bring it back "
+                    "up (its data cannot be moved while it is down), then remove it"
+                ) from None
+            if any(counts.values()) or active:
+                raise ConfigurationError(
+                    f"{name} still holds {counts['workflows']} workflows, {counts['steps']} steps "
+                    f"and {counts['partitions']} ownership rows ({len(active)} unfinished moves): "
+                    "run `shardflow cluster rebalance` to finish moving them, then retry"
+                )
+            new = placement.with_nodes(tuple(n for n in placement.nodes if n.name != name))
+            await self.publish(new, extra_nodes=(name,))
+            return new

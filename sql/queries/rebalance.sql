@@ -1,0 +1,74 @@
+-- Moving a partition between nodes. Every statement names one partition. The column lists of
+-- the COPY pairs must name every column of their table (a test checks it against the catalog).
+
+-- name: move_journal_insert
+INSERT INTO {schema}.partition_moves
+    (move_id, partition, source_node, target_node, phase, placement_version)
+VALUES (%(move_id)s, %(partition)s, %(source_node)s, %(target_node)s, 'fenced',
+        %(placement_version)s);
+
+-- name: move_journal_update
+UPDATE {schema}.partition_moves
+SET phase = %(phase)s, rows_copied = %(rows_copied)s, updated_at = now()
+WHERE move_id = %(move_id)s;
+
+-- name: move_journal_active
+SELECT move_id, partition, source_node, target_node, phase, placement_version, rows_copied
+FROM {schema}.partition_moves
+WHERE phase <> 'done'
+ORDER BY started_at;
+
+-- name: copy_out_workflows
+COPY (
+    SELECT partition, workflow_id, name, routing_key, status, input, output, error, run_at,
+           deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
+           lease_expires_at, claimed_at, created_at, updated_at, completed_at
+    FROM {schema}.workflows WHERE partition = %(partition)s
+) TO STDOUT;
+
+-- name: copy_in_workflows
+COPY {schema}.workflows (
+    partition, workflow_id, name, routing_key, status, input, output, error, run_at,
+    deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
+    lease_expires_at, claimed_at, created_at, updated_at, completed_at
+) FROM STDIN;
+
+-- name: copy_out_steps
+COPY (
+    SELECT partition, workflow_id, step_seq, step_name, status, output, error, attempts,
+           lease_token, recorded_at
+    FROM {schema}.steps WHERE partition = %(partition)s
+) TO STDOUT;
+
+-- name: copy_in_steps
+COPY {schema}.steps (
+    partition, workflow_id, step_seq, step_name, status, output, error, attempts,
+    lease_token, recorded_at
+) FROM STDIN;
+
+-- name: delete_partition_steps
+DELETE FROM {schema}.steps WHERE partition = %(partition)s;
+
+-- name: delete_partition_workflows
+DELETE FROM {schema}.workflows WHERE partition = %(partition)s;
+
+-- name: ownership_take
+-- The flip: committed in the same transaction as the copied rows.
+INSERT INTO {schema}.partition_ownership (partition, epoch, state)
+VALUES (%(partition)s, %(epoch)s, 'owned');
+
+-- name: ownership_drop
+DELETE FROM {schema}.partition_ownership WHERE partition = %(partition)s;
+
+-- name: partition_row_counts
+SELECT (SELECT count(*) FROM {schema}.workflows WHERE partition = %(partition)s) AS workflows,
+       (SELECT count(*) FROM {schema}.steps WHERE partition = %(partition)s) AS steps;
+
+-- name: node_row_counts
+SELECT (SELECT count(*) FROM {schema}.workflows) AS workflows,
+       (SELECT count(*) FROM {schema}.steps) AS steps,
+       (SELECT count(*) FROM {schema}.partition_ownership) AS partitions;
+
+-- name: placement_get
+SELECT version, partition_count, nodes, owners FROM {schema}.placements
+WHERE version = %(version)s;
