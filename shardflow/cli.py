@@ -20,6 +20,7 @@ from shardflow.cluster.admin import cluster_status, init_cluster, migrate_all
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import MoveResult, Rebalancer
+from shardflow.cluster.verify import CheckReport, check_cluster
 from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.engine.app import App
 from shardflow.errors import ConfigurationError, ShardflowError, WorkflowFailed
@@ -219,6 +220,26 @@ def cluster_status_cmd(state: _State, as_json: bool) -> None:
     )
 
 
+@cluster.command("check")
+@pass_state
+def cluster_check(state: _State) -> None:
+    """Verify ownership, placement and data placement on every node; exit 1 on a problem."""
+
+    async def go() -> CheckReport:
+        async with ClusterAdmin(state.config()) as admin:
+            return await check_cluster(admin)
+
+    report = _run(go())
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}")
+    click.echo(
+        f"placement v{report.placement_version}, {report.workflows} workflows: "
+        + ("ok" if report.ok else f"{len(report.problems)} problems")
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
 def _save_config(state: _State, config: ClusterConfig) -> None:
     """Write membership changes back to the config file the command was given."""
     if state.config_path:
@@ -268,13 +289,16 @@ def cluster_add_node(
 @cluster.command("rebalance")
 @click.option("--dry-run", is_flag=True, help="Print the plan, move nothing.")
 @click.option("--limit", type=int, help="Move at most this many partitions now.")
+@click.option(
+    "--force", is_flag=True, help="Take the rebalance lease from a holder you know is dead."
+)
 @pass_state
-def cluster_rebalance(state: _State, dry_run: bool, limit: int | None) -> None:
+def cluster_rebalance(state: _State, dry_run: bool, limit: int | None, force: bool) -> None:
     """Move partitions until every node holds its share; resumes interrupted moves."""
     config = state.config()
 
     async def go() -> None:
-        async with ClusterAdmin(config) as admin:
+        async with ClusterAdmin(config, force=force) as admin:
             planned = await Rebalancer(admin).plan()
             if dry_run:
                 for move in planned:

@@ -34,9 +34,12 @@ LOCK_TTL = timedelta(seconds=60)
 class ClusterAdmin:
     """Connections to every node of the configuration and of the latest placement."""
 
-    def __init__(self, config: ClusterConfig):
+    def __init__(self, config: ClusterConfig, *, force: bool = False):
         config.require_nodes()
         self.config = config
+        # Take the rebalance lease even from a live-looking holder (the operator knows it
+        # is dead, e.g. on another host).
+        self.force = force
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._connectors: dict[str, NodeConnector] = {}
         for node in config.nodes:
@@ -151,13 +154,20 @@ class ClusterAdmin:
     async def renew_lock(self, placement: Placement) -> None:
         lock_node = min(n.name for n in placement.nodes)
         store = WorkerStore(self.connector(lock_node))
-        if not await store.acquire_service_lease(
-            service="rebalance", holder=self.holder, ttl=LOCK_TTL
-        ):
-            raise ShardflowError(
-                f"another administrator holds the cluster's rebalance lease (on {lock_node}); "
-                "wait for it to finish (the lease expires 60 s after its holder stops)"
-            )
+        if await store.acquire_service_lease(service="rebalance", holder=self.holder, ttl=LOCK_TTL):
+            return
+        previous = await store.service_lease_holder("rebalance")
+        if previous is not None and (self.force or _holder_is_dead(previous)):
+            log.warning("taking over the rebalance lease from %s", previous)
+            if await store.steal_service_lease(
+                service="rebalance", holder=self.holder, previous=previous, ttl=LOCK_TTL
+            ):
+                return
+        raise ShardflowError(
+            f"{previous or 'another administrator'} holds the cluster's rebalance lease (on "
+            f"{lock_node}); wait for it to finish, or if that process is gone, re-run with "
+            "--force (the lease also expires 60 s after its holder stops)"
+        )
 
     # -- membership ---------------------------------------------------------------------
 
@@ -247,3 +257,18 @@ class ClusterAdmin:
             new = placement.with_nodes(tuple(n for n in placement.nodes if n.name != name))
             await self.publish(new, extra_nodes=(name,))
             return new
+
+
+def _holder_is_dead(holder: str) -> bool:
+    """True when ``holder`` (host:pid:nonce) was a process on this host that has exited."""
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -139,6 +139,9 @@ class RebalanceStore:
         rows = await self.db.run("partition_row_counts", {"partition": partition})
         return int(rows[0]["workflows"]) + int(rows[0]["steps"])
 
+    async def partitions_with_rows(self) -> set[int]:
+        return {r["partition"] for r in await self.db.run("partitions_with_rows")}
+
     async def node_rows(self) -> dict[str, int]:
         rows = await self.db.run("node_row_counts")
         return {k: int(v) for k, v in rows[0].items()}

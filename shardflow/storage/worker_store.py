@@ -124,9 +124,10 @@ class WorkerStore:
         )
         return bool(rows)
 
-    async def renew_leases(self, *, owner: str, lease: timedelta) -> int:
-        """Extend every unexpired lease ``owner`` holds here; returns how many."""
-        return len(await self.db.run("lease_renew", {"owner": owner, "lease": lease}))
+    async def renew_leases(self, *, owner: str, tokens: list[str], lease: timedelta) -> int:
+        """Extend the unexpired leases ``owner`` holds here under ``tokens``; returns how many."""
+        params = {"owner": owner, "tokens": tokens, "lease": lease}
+        return len(await self.db.run("lease_renew", params))
 
     async def acquire_service_lease(self, *, service: str, holder: str, ttl: timedelta) -> bool:
         """Take or keep the node-wide lease of a singleton service; True while we hold it."""
@@ -135,6 +136,18 @@ class WorkerStore:
             if await self.db.fetch(conn, "service_lease_takeover", params):
                 return True
             return bool(await self.db.fetch(conn, "service_lease_insert", params))
+
+    async def service_lease_holder(self, service: str) -> str | None:
+        """Who holds a live lease of ``service`` now (None when nobody does)."""
+        rows = await self.db.run("service_lease_get", {"service": service})
+        return str(rows[0]["holder"]) if rows and rows[0]["live"] else None
+
+    async def steal_service_lease(
+        self, *, service: str, holder: str, previous: str, ttl: timedelta
+    ) -> bool:
+        """Take ``service``'s lease from ``previous`` (known dead); False if it changed hands."""
+        params = {"service": service, "holder": holder, "previous": previous, "ttl": ttl}
+        return bool(await self.db.run("service_lease_steal", params))
 
     async def release_service_lease(self, *, service: str, holder: str) -> None:
         await self.db.run("service_lease_release", {"service": service, "holder": holder})

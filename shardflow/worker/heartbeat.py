@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from shardflow.config import ClusterConfig
@@ -21,9 +22,13 @@ log = logging.getLogger("shardflow.worker")
 class HeartbeatThread:
     """Renews ``owner``'s leases on every node each ``heartbeat_seconds``."""
 
-    def __init__(self, *, config: ClusterConfig, owner: str):
+    def __init__(
+        self, *, config: ClusterConfig, owner: str, held: Callable[[], dict[str, list[str]]]
+    ):
         self.config = config
         self.owner = owner
+        # node -> lease tokens of the work this worker is running now (read each beat).
+        self._held = held
         self.started = threading.Event()
         self.renewals = 0
         self._stop = threading.Event()
@@ -72,16 +77,21 @@ class HeartbeatThread:
                             pool_max_size=1,
                             application_name="shardflow-heartbeat",
                         )
+                held = self._held()
                 await asyncio.gather(
-                    *(self._renew(WorkerStore(c), lease) for c in connectors.values())
+                    *(
+                        self._renew(WorkerStore(c), held[name], lease)
+                        for name, c in connectors.items()
+                        if held.get(name)
+                    )
                 )
                 await asyncio.to_thread(self._stop.wait, settings.heartbeat_seconds)
         finally:
             await asyncio.gather(*(c.close() for c in connectors.values()), return_exceptions=True)
 
-    async def _renew(self, store: WorkerStore, lease: timedelta) -> None:
+    async def _renew(self, store: WorkerStore, tokens: list[str], lease: timedelta) -> None:
         try:
-            self.renewals += await store.renew_leases(owner=self.owner, lease=lease)
+            self.renewals += await store.renew_leases(owner=self.owner, tokens=tokens, lease=lease)
         except ShardflowError as exc:
             log.warning(
                 "heartbeat failed: %s",

@@ -60,7 +60,7 @@ class Worker:
         self._membership: MembershipWatcher | None = None
         self._tasks: dict[asyncio.Task[None], tuple[WorkerStore, ClaimedWorkflow]] = {}
         self._slots = Slots(self.settings.concurrency)
-        self._heartbeat = HeartbeatThread(config=config, owner=self.owner)
+        self._heartbeat = HeartbeatThread(config=config, owner=self.owner, held=self._held_leases)
         self._started = False
         self._stop_requested = False
         self._stop_task: asyncio.Future[None] | None = None
@@ -204,6 +204,14 @@ class Worker:
         )
         self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
+
+    def _held_leases(self) -> dict[str, list[str]]:
+        """node -> lease tokens of running work. Called from the heartbeat thread:
+        ``list(dict.values())`` copies the dict in one step under the GIL."""
+        held: dict[str, list[str]] = {}
+        for store, work in list(self._tasks.values()):
+            held.setdefault(store.node, []).append(work.lease_token)
+        return held
 
     def _execute(self, store: WorkerStore, work: ClaimedWorkflow) -> None:
         task = asyncio.create_task(self._run_one(store, work), name=f"wf:{work.workflow_id}")

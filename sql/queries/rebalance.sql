@@ -72,3 +72,8 @@ SELECT (SELECT count(*) FROM {schema}.workflows) AS workflows,
 -- name: placement_get
 SELECT version, partition_count, nodes, owners FROM {schema}.placements
 WHERE version = %(version)s;
+
+-- name: partitions_with_rows
+SELECT partition FROM {schema}.workflows GROUP BY partition
+UNION
+SELECT partition FROM {schema}.steps GROUP BY partition;

@@ -102,10 +102,13 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
 RETURNING workflow_id;
 
 -- name: lease_renew
--- The heartbeat: extends every unexpired lease this worker incarnation holds on the node.
+-- The heartbeat: extends the unexpired leases this worker incarnation is running on the node.
+-- By token, not by owner alone: a row copied to another node by a partition move keeps its
+-- old lease, which the worker must not renew there (it can never complete it there).
 UPDATE {schema}.workflows
 SET lease_expires_at = now() + %(lease)s::interval
-WHERE status = 'running' AND lease_owner = %(owner)s AND lease_expires_at > now()
+WHERE status = 'running' AND lease_owner = %(owner)s
+  AND lease_token = ANY(%(tokens)s::uuid[]) AND lease_expires_at > now()
 RETURNING partition, workflow_id;
 
 -- name: service_lease_takeover
@@ -144,3 +147,14 @@ RETURNING workflow_id;
 
 -- name: service_lease_release
 DELETE FROM {schema}.service_leases WHERE service = %(service)s AND holder = %(holder)s;
+
+-- name: service_lease_get
+SELECT holder, expires_at > now() AS live FROM {schema}.service_leases
+WHERE service = %(service)s;
+
+-- name: service_lease_steal
+-- Take over a lease from a holder known to be dead (same host, process gone) or on request.
+UPDATE {schema}.service_leases
+SET holder = %(holder)s, expires_at = now() + %(ttl)s::interval
+WHERE service = %(service)s AND holder = %(previous)s
+RETURNING holder;

@@ -1,0 +1,308 @@
+"""Scale-out: add, drain and remove nodes online, and rebalances interrupted at every phase.
+
+These tests get a cluster of their own (3 nodes, 64 partitions) because they change its
+membership and placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from shardflow import Client, ShardflowError, Worker
+from shardflow.cluster.admin import init_cluster
+from shardflow.cluster.local import LocalCluster
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.rebalance import FAULT_ENV, FAULT_POINTS, PlannedMove, Rebalancer
+from shardflow.cluster.verify import check_cluster
+from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.errors import ConfigurationError
+from shardflow.storage import NodeConnector, WorkerStore
+from tests import apps
+from tests.conftest import TEST_WORKER
+from tests.helpers import REPO, run, wait_until
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    directory = Path(tempfile.mkdtemp(prefix="shardflow-rebalance-", dir="/tmp"))
+    directory.chmod(0o755)
+    local = LocalCluster(directory / "cluster")
+    config = local.create(nodes=3, partition_count=64, schema="shardflow")
+    run(init_cluster(config))
+    try:
+        yield local
+    finally:
+        local.destroy()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def config(cluster: LocalCluster) -> ClusterConfig:
+    """The cluster's configuration as it is now (nodes added by earlier tests included)."""
+    return cluster.load_config().replace(worker=TEST_WORKER, connect_timeout=2.0)
+
+
+@pytest.fixture
+def config_file(config: ClusterConfig, cluster: LocalCluster) -> Path:
+    path = cluster.directory / "test-config.toml"
+    path.write_text(config.to_toml())
+    return path
+
+
+class Load:
+    """Starts W workflows back to back until stopped; counts acknowledged starts and errors."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.acked: list[tuple[str, int]] = []
+        self.errors: list[BaseException] = []
+        self._stop = asyncio.Event()
+        self._batch = uuid.uuid4().hex[:8]
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Load:
+        self._task = asyncio.create_task(self._run())
+        await wait_until(lambda: len(self.acked) >= 20, what="load to start")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            wf_id = f"load-{self._batch}-{i}"
+            try:
+                await self.client.start(apps.three_steps, i, workflow_id=wf_id)
+                self.acked.append((wf_id, i))
+            except ShardflowError as exc:
+                self.errors.append(exc)
+            i += 1
+            await asyncio.sleep(0.005)  # pace the load (not synchronisation)
+
+    async def verify_all_completed(self) -> None:
+        results = await asyncio.gather(
+            *(self.client.result(wf_id, timeout=60) for wf_id, _ in self.acked)
+        )
+        assert results == [n + 3 for _, n in self.acked]
+        histories = await asyncio.gather(*(self.client.steps(wf_id) for wf_id, _ in self.acked))
+        assert all([s.step_seq for s in h] == [0, 1, 2] for h in histories)
+
+
+async def assert_consistent(config: ClusterConfig) -> int:
+    async with ClusterAdmin(config) as admin:
+        report = await check_cluster(admin)
+    assert report.problems == []
+    return report.workflows
+
+
+@pytest.mark.timeout(150)
+def test_add_a_fourth_node_under_load(cluster: LocalCluster, config: ClusterConfig) -> None:
+    async def go() -> None:
+        async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
+            async with Load(client) as load:
+                new_node = cluster.add_node()
+                async with ClusterAdmin(config) as admin:
+                    await admin.add_node(new_node)
+                    report = await Rebalancer(admin).run()
+                    placement = await admin.latest_placement()
+                await wait_until(
+                    lambda: len(load.acked) >= len(report.moves) + 100,
+                    what="more load after the moves",
+                )
+            await load.verify_all_completed()
+            assert load.errors == [], "client-visible errors during the rebalance"
+            assert new_node.name in worker.nodes, "the running worker picked up the new node"
+        counts = Counter(placement.owners)
+        assert len(counts) == 4 and max(counts.values()) - min(counts.values()) <= 1
+        assert len(report.moves) == 16
+        assert all(m.target == new_node.name for m in report.moves)
+        freezes = sorted(m.freeze_seconds for m in report.moves)
+        print(
+            f"\nadd-node: {len(load.acked)} workflows acked, {report.rows} rows moved, "
+            f"freeze p50 {freezes[len(freezes) // 2] * 1000:.1f} ms "
+            f"max {freezes[-1] * 1000:.1f} ms"
+        )
+        await assert_consistent(config)
+
+    run(go(), timeout=140)
+
+
+def _flip_weight(admin_config: ClusterConfig) -> None:
+    """Change node1's weight so that a rebalance has partitions to move."""
+
+    async def go() -> None:
+        async with ClusterAdmin(admin_config) as admin:
+            placement = await admin.latest_placement()
+            weight = placement.weights()["node1"]
+            await admin.set_weight("node1", 2 if weight == 1 else 1)
+            assert await Rebalancer(admin).plan()
+
+    run(go())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fault", FAULT_POINTS)
+def test_rebalance_killed_at_each_phase_converges(
+    config: ClusterConfig, config_file: Path, fault: str
+) -> None:
+    async def seed() -> int:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            ids = [f"seed-{fault}-{uuid.uuid4().hex[:6]}-{i}" for i in range(60)]
+            await asyncio.gather(*(client.start(apps.three_steps, 1, workflow_id=i) for i in ids))
+            await asyncio.gather(*(client.result(i, timeout=30) for i in ids))
+        return await assert_consistent(config)
+
+    before = run(seed())
+    _flip_weight(config)
+    crashed = subprocess.run(
+        [*_cli(config_file), "cluster", "rebalance"],
+        env=_env({FAULT_ENV: fault}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+
+    async def status_then_resume() -> None:
+        async with ClusterAdmin(config) as admin:
+            interrupted = await check_cluster(admin)
+            assert interrupted.problems, "the kill left a move unfinished"
+            report = await Rebalancer(admin).run()
+            assert any(m.resumed for m in report.moves)
+            assert await Rebalancer(admin).plan() == []
+
+    run(status_then_resume())
+    assert run(assert_consistent(config)) == before, "no workflow lost or duplicated"
+
+    async def still_works() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            handles = [await client.start(apps.three_steps, 5) for _ in range(20)]
+            assert [await h.result(timeout=30) for h in handles] == [8] * 20
+
+    run(still_works())
+
+
+def _cli(config_file: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "shardflow", "--config", str(config_file)]
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
+@pytest.mark.timeout(90)
+def test_stale_worker_and_client_after_a_move(config: ClusterConfig) -> None:
+    async def go() -> None:
+        key = f"stale-{uuid.uuid4().hex}"
+        async with Client(config, app=apps.app) as stale, Client(config, app=apps.app) as fresh:
+            partition, source = stale.route(key)
+            target = next(n.name for n in stale.placement.nodes if n.name != source)
+            await fresh.start(apps.three_steps, 10, workflow_id=key)
+            node = next(n for n in stale.placement.nodes if n.name == source)
+            dsn = next((c.dsn for c in config.nodes if c.name == source), "")
+            async with NodeConnector(
+                name=source, dsn=dsn or str(node.conninfo), schema=config.schema
+            ) as conn:
+                old_worker = WorkerStore(conn)
+                claimed = await old_worker.claim(
+                    partition=partition, limit=50, owner="stale", lease=timedelta(seconds=2)
+                )
+                work = next(w for w in claimed if w.workflow_id == key)
+                version_before = stale.placement.version
+
+                async with ClusterAdmin(config) as admin:
+                    await Rebalancer(admin).move(PlannedMove(partition, source, target))
+
+                # The stale worker's writes are refused by the old node: nothing committed.
+                assert not await old_worker.record_step(
+                    work, step_seq=0, step_name="add_one", status="succeeded", output="11"
+                )
+                assert not await old_worker.finish(work, status="succeeded", output="13")
+
+            # The stale client is re-routed transparently, for writes and reads.
+            other = await stale.start(apps.three_steps, 20, workflow_id=f"{key}-2", routing_key=key)
+            assert other.created
+            assert stale.placement.version > version_before
+            assert stale.route(key) == (partition, target)
+            async with Worker(apps.app, config):
+                assert await stale.result(key, timeout=30) == 13
+                assert await stale.result(f"{key}-2", routing_key=key, timeout=30) == 23
+            assert [s.step_seq for s in await stale.steps(key)] == [0, 1, 2]
+
+        async with ClusterAdmin(config) as admin:  # put the partition back in balance
+            await Rebalancer(admin).run()
+        await assert_consistent(config)
+
+    run(go(), timeout=80)
+
+
+@pytest.mark.timeout(150)
+def test_drain_then_remove_a_node_under_load(cluster: LocalCluster, config: ClusterConfig) -> None:
+    async def go() -> None:
+        async with ClusterAdmin(config) as admin:
+            victim = NodeConfig(
+                name=cluster.add_node().name, dsn=cluster.load_config().nodes[-1].dsn
+            )
+            await admin.add_node(victim)
+            await Rebalancer(admin).run()
+            assert (await admin.latest_placement()).partitions_of(victim.name)
+        async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
+            await wait_until(lambda: victim.name in worker.nodes, what="worker to serve it")
+            async with Load(client) as load:
+                async with ClusterAdmin(config) as admin:
+                    with pytest.raises(ConfigurationError, match="drain"):
+                        await admin.remove_node(victim.name)
+                    await admin.set_weight(victim.name, 0)
+                    report = await Rebalancer(admin).run()
+                    assert all(m.source == victim.name for m in report.moves)
+                    placement = await admin.remove_node(victim.name)
+                assert victim.name not in {n.name for n in placement.nodes}
+                await wait_until(
+                    lambda: victim.name not in worker.nodes,
+                    what="worker to stop serving the removed node",
+                )
+                await wait_until(lambda: len(load.acked) >= 100, what="load after removal")
+            await load.verify_all_completed()
+            assert load.errors == []
+        cluster.forget_node(victim.name)
+        await assert_consistent(config)
+
+    run(go(), timeout=140)
+
+
+@pytest.mark.timeout(90)
+def test_remove_refused_while_unreachable(cluster: LocalCluster, config: ClusterConfig) -> None:
+    async def go() -> None:
+        added = cluster.add_node()
+        async with ClusterAdmin(config) as admin:
+            await admin.add_node(added)
+            await admin.set_weight(added.name, 0)  # owns nothing, but may hold rows
+            cluster.stop_node(cluster.node(added.name), mode="immediate")
+            try:
+                with pytest.raises(ConfigurationError, match="unreachable"):
+                    await admin.remove_node(added.name)
+            finally:
+                cluster.start_node(cluster.node(added.name))
+            await admin.remove_node(added.name)
+        cluster.forget_node(added.name)
+        await assert_consistent(config)
+
+    run(go(), timeout=80)
