@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Coroutine
@@ -541,6 +542,60 @@ def cancel(state: _State, workflow_id: str, routing_key: str | None) -> None:
             click.echo("cancelled" if done else "already finished")
 
     _run(go())
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks on a fresh local cluster of their own."""
+
+
+@bench.command("rebalance")
+@click.option("--nodes", default=3, show_default=True, help="Nodes before one is added.")
+@click.option("--partitions", default=64, show_default=True)
+@click.option(
+    "--per-partition",
+    default=2000,
+    show_default=True,
+    help="Finished workflows (3 checkpoints each) loaded per partition.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Where the benchmark cluster lives (default: a new /tmp directory).",
+)
+@click.option("--keep", is_flag=True, help="Leave the benchmark cluster running.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Also write the result as JSON here.",
+)
+def bench_rebalance(
+    nodes: int,
+    partitions: int,
+    per_partition: int,
+    directory: str | None,
+    keep: bool,
+    json_path: str | None,
+) -> None:
+    """Add a node to a loaded cluster under load; report copy speed, freezes, errors."""
+    from shardflow.bench.rebalance import bench_directory, run_rebalance_bench
+
+    root = bench_directory(directory)
+    result = _run(
+        run_rebalance_bench(
+            nodes=nodes, partitions=partitions, per_partition=per_partition, root=root, keep=keep
+        )
+    )
+    if not keep and directory is None:
+        shutil.rmtree(root, ignore_errors=True)
+    data = result.as_dict()
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        click.echo(f"{key:<{width}}  {value}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 @cli.command()

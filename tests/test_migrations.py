@@ -63,3 +63,34 @@ def test_workflow_tables_lead_with_partition(config: ClusterConfig) -> None:
             assert definition.startswith("PRIMARY KEY (partition,"), definition
 
     run(go())
+
+
+def test_partition_moves_copy_every_column(config: ClusterConfig) -> None:
+    """The COPY column lists of a move name every column of every moved table."""
+    import re
+
+    from shardflow.storage.queries import raw_queries
+    from shardflow.storage.rebalance_store import MOVED_TABLES
+
+    async def go() -> dict[str, set[str]]:
+        store = _store(config, config.schema)
+        try:
+            catalog = await store.schema_catalog()
+        finally:
+            await store.db.close()
+        columns: dict[str, set[str]] = {}
+        for kind, obj, _ in catalog:
+            if kind == "column":
+                table, column = obj.split(".")
+                columns.setdefault(table, set()).add(column)
+        return columns
+
+    columns = run(go())
+    for table in MOVED_TABLES:
+        for query in (table.copy_out, table.copy_in):
+            text = raw_queries()[query]
+            pattern = r"SELECT(.*?)FROM" if query == table.copy_out else r"\((.*?)\)"
+            match = re.search(pattern, text, re.S)
+            assert match is not None, query
+            listed = {c.strip().split()[-1] for c in match.group(1).split(",")}
+            assert columns[table.name] <= listed, (query, columns[table.name] - listed)

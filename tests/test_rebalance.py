@@ -306,3 +306,40 @@ def test_remove_refused_while_unreachable(cluster: LocalCluster, config: Cluster
         await assert_consistent(config)
 
     run(go(), timeout=80)
+
+
+def test_cli_check_dry_run_and_bench(config_file: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from shardflow.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(config_file), "cluster", "check"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("ok")
+    result = runner.invoke(cli, ["--config", str(config_file), "cluster", "rebalance", "--dry-run"])
+    assert result.exit_code == 0 and "0 partitions to move" in result.output
+    result = runner.invoke(cli, ["--config", str(config_file), "cluster", "status"])
+    assert result.exit_code == 0 and "no move in progress" in result.output
+    out = tmp_path / "bench.json"
+    result = runner.invoke(
+        cli,
+        [
+            "bench",
+            "rebalance",
+            "--partitions",
+            "8",
+            "--per-partition",
+            "20",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["partitions_moved"] == 2
+    assert data["rows_copied"] >= 2 * 20 * 4
+    assert data["client_errors"] == 0 and data["consistency_problems"] == 0
+    assert data["load_completed"] == data["load_started"]

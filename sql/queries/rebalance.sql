@@ -19,10 +19,15 @@ WHERE phase <> 'done'
 ORDER BY started_at;
 
 -- name: copy_out_workflows
+-- A lease taken on the source can never commit on the target (the worker writes to the node
+-- it claimed from, and the source is fenced): copied leases arrive expired, so the target's
+-- reaper makes that work runnable at once instead of after the lease runs out.
 COPY (
     SELECT partition, workflow_id, name, routing_key, status, input, output, error, run_at,
            deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
-           lease_expires_at, claimed_at, created_at, updated_at, completed_at
+           CASE WHEN status = 'running' THEN '-infinity'::timestamptz
+                ELSE lease_expires_at END AS lease_expires_at,
+           claimed_at, created_at, updated_at, completed_at
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
