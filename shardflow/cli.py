@@ -544,6 +544,39 @@ def cancel(state: _State, workflow_id: str, routing_key: str | None) -> None:
     _run(go())
 
 
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@pass_state
+def requeue(state: _State, workflow_id: str, routing_key: str | None) -> None:
+    """Re-queue a dead-lettered workflow (after fixing what killed its workers)."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            done = await client.requeue(workflow_id, routing_key=routing_key)
+            click.echo("requeued" if done else "not dead-lettered: nothing to do")
+
+    _run(go())
+
+
+@cli.command()
+@click.option("--limit", default=50, show_default=True)
+@pass_state
+def audit(state: _State, limit: int) -> None:
+    """Show the newest administrative actions recorded on every node."""
+
+    async def go() -> None:
+        async with ClusterAdmin(state.config()) as admin:
+            for row in await admin.audit_log(limit=limit):
+                click.echo(
+                    f"{row['at']:%Y-%m-%d %H:%M:%S}  {row['node']:<8} {row['actor']:<24} "
+                    f"{row['action']:<12} {row['target']:<20} "
+                    f"{json.dumps(row['arguments'])}"
+                )
+
+    _run(go())
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks on a fresh local cluster of their own."""

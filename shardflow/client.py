@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig
 from shardflow.engine.app import App, WorkflowDef
 from shardflow.engine.codec import check_identifier, encode_payload
@@ -65,10 +66,12 @@ class Client:
     start workflows by passing the decorated workflow itself.
     """
 
-    def __init__(self, config: ClusterConfig, *, app: App | None = None):
+    def __init__(self, config: ClusterConfig, *, app: App | None = None, actor: str | None = None):
         config.require_nodes()
         self.config = config
         self.app = app
+        # Recorded in the audit log for cancel and requeue.
+        self.actor = actor or default_actor()
         self._connectors: dict[str, NodeConnector] = {}
         self._placement: Placement | None = None
         self._refresh_lock = asyncio.Lock()
@@ -108,6 +111,7 @@ class Client:
                 dsn=dsn,
                 schema=self.config.schema,
                 connect_timeout=self.config.connect_timeout,
+                operation_timeout=self.config.operation_timeout,
                 pool_max_size=self.config.pool_max_size,
                 application_name="shardflow-client",
             )
@@ -224,7 +228,34 @@ class Client:
                 )
             return WorkflowHandle(self, wf_id, routing_key, created=False)
 
-        return await self._routed(routing_key or wf_id, insert)
+        try:
+            return await self._routed(routing_key or wf_id, insert)
+        except NodeUnavailable as lost:
+            # The connection may have dropped after the server committed: look it up rather
+            # than guess (a blind retry is safe too: starts are idempotent by id).
+            return await self._resolve_ambiguous_start(wf_id, routing_key, name, lost)
+
+    async def _resolve_ambiguous_start(
+        self, wf_id: str, routing_key: str | None, name: str, lost: NodeUnavailable
+    ) -> WorkflowHandle:
+        try:
+            record = await self.get(wf_id, routing_key=routing_key)
+        except (NodeUnavailable, WorkflowNotFound):
+            raise NodeUnavailable(
+                f"{lost}. The start of {wf_id!r} may or may not have committed: call start() "
+                "again with the same workflow_id (it is idempotent) once the node is back",
+                node=lost.node,
+            ) from lost
+        if record.name != name:
+            raise WorkflowConflict(
+                f"workflow id {wf_id!r} already exists as a {record.name!r} workflow"
+            )
+        log.info(
+            "ambiguous start of %s resolved by lookup: it committed",
+            wf_id,
+            extra={"action": "ambiguous_start_resolved", "workflow_id": wf_id},
+        )
+        return WorkflowHandle(self, wf_id, routing_key, created=None)
 
     def _workflow_name(self, workflow: WorkflowDef | str) -> str:
         if isinstance(workflow, WorkflowDef):
@@ -280,17 +311,26 @@ class Client:
         """Wait for the workflow to end and return its output.
 
         Raises WorkflowFailed, WorkflowCancelled, or ResultTimeout (the workflow goes on).
+        An outage of the workflow's node is waited out (NodeUnavailable only at the deadline).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            record = await self.get(workflow_id, routing_key=routing_key)
+            try:
+                record = await self.get(workflow_id, routing_key=routing_key)
+            except NodeUnavailable:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(min(delay * 10, 0.5))
+                continue
             if record.status == "succeeded":
                 return record.output
             if record.status == "failed":
                 raise WorkflowFailed(workflow_id, record.error)
             if record.status == "cancelled":
                 raise WorkflowCancelled(f"workflow {workflow_id!r} was cancelled")
+            if record.status == "dead":
+                raise WorkflowFailed(workflow_id, record.error)
             if deadline is not None and time.monotonic() + delay > deadline:
                 raise ResultTimeout(
                     f"workflow {workflow_id!r} is still {record.status} after {timeout}s; "
@@ -307,7 +347,22 @@ class Client:
         await self.get(workflow_id, routing_key=routing_key)
         return await self._routed(
             self._key(workflow_id, routing_key),
-            lambda store, partition: store.cancel_workflow(partition, workflow_id),
+            lambda store, partition: store.cancel_workflow(
+                partition, workflow_id, actor=self.actor
+            ),
+        )
+
+    async def requeue(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
+        """Give a dead-lettered workflow another run (after fixing what killed its workers).
+
+        False if the workflow is not dead-lettered.
+        """
+        await self.get(workflow_id, routing_key=routing_key)
+        return await self._routed(
+            self._key(workflow_id, routing_key),
+            lambda store, partition: store.requeue_workflow(
+                partition, workflow_id, actor=self.actor
+            ),
         )
 
     async def list(
@@ -383,9 +438,16 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class WorkflowHandle:
-    """A started workflow: wait for its result, read its status, cancel it."""
+    """A started workflow: wait for its result, read its status, cancel it.
 
-    def __init__(self, client: Client, workflow_id: str, routing_key: str | None, *, created: bool):
+    ``created`` is True when this call created the workflow, False when the id already
+    existed, and None when the answer was lost (connection dropped after the commit) and the
+    workflow was found by looking it up.
+    """
+
+    def __init__(
+        self, client: Client, workflow_id: str, routing_key: str | None, *, created: bool | None
+    ):
         self.client = client
         self.workflow_id = workflow_id
         self.routing_key = routing_key

@@ -50,12 +50,17 @@ class WorkerSettings:
     poll_seconds: float = 1.0
     reaper_seconds: float = 5.0
     membership_seconds: float = 5.0
+    # A workflow whose lease expires this many times (its worker died each time) is
+    # dead-lettered instead of run again: a poison workflow cannot crash workers forever.
+    max_lease_expiries: int = 5
     claim_batch: int = 32
     shutdown_grace_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigurationError("worker.concurrency must be at least 1")
+        if self.max_lease_expiries < 1:
+            raise ConfigurationError("worker.max_lease_expiries must be at least 1")
         if self.claim_batch < 1:
             raise ConfigurationError("worker.claim_batch must be at least 1")
         if not 0 < self.heartbeat_seconds < self.lease_seconds:
@@ -89,6 +94,8 @@ class ClusterConfig:
     schema: str = "shardflow"
     partition_count: int = 256
     connect_timeout: float = 5.0
+    # Longest a client or worker call may take on one node before it is NodeUnavailable.
+    operation_timeout: float = 30.0
     pool_max_size: int = 10
     nodes: tuple[NodeConfig, ...] = ()
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -104,8 +111,8 @@ class ClusterConfig:
         p = self.partition_count
         if p < 1 or p > 65536 or p & (p - 1):
             raise ConfigurationError("partition_count must be a power of two between 1 and 65536")
-        if self.connect_timeout <= 0:
-            raise ConfigurationError("connect_timeout must be positive")
+        if self.connect_timeout <= 0 or self.operation_timeout <= 0:
+            raise ConfigurationError("connect_timeout and operation_timeout must be positive")
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"node names must be unique, got {names}")
@@ -145,6 +152,7 @@ class ClusterConfig:
             f"schema = {_toml_value(self.schema)}",
             f"partition_count = {self.partition_count}",
             f"connect_timeout = {self.connect_timeout}",
+            f"operation_timeout = {self.operation_timeout}",
             f"pool_max_size = {self.pool_max_size}",
             f"local_dir = {_toml_value(self.local_dir)}",
         ]

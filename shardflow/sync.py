@@ -108,7 +108,11 @@ class SyncWorkflowHandle:
     """The synchronous twin of WorkflowHandle (it forwards to the SyncClient)."""
 
     def __init__(
-        self, client: SyncClient, workflow_id: str, routing_key: str | None, created: bool
+        self,
+        client: SyncClient,
+        workflow_id: str,
+        routing_key: str | None,
+        created: bool | None,
     ):
         self.client = client
         self.workflow_id = workflow_id

@@ -38,7 +38,8 @@ CREATE TABLE {schema}.workflows (
     name text NOT NULL,
     routing_key text,
     status text NOT NULL
-        CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled')),
+        CONSTRAINT workflows_status_check
+        CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled', 'dead')),
     input json,
     output json,
     error json,
@@ -55,6 +56,8 @@ CREATE TABLE {schema}.workflows (
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
     completed_at timestamptz,
+    -- Leases that expired in a row (worker died): past worker.max_lease_expiries, dead-lettered.
+    lease_expiries integer NOT NULL DEFAULT 0,
     PRIMARY KEY (partition, workflow_id)
 );
 
@@ -115,3 +118,14 @@ CREATE TABLE {schema}.partition_moves (
 -- At most one unfinished move per partition.
 CREATE UNIQUE INDEX partition_moves_active_idx
     ON {schema}.partition_moves (partition) WHERE phase <> 'done';
+
+-- Who did what to the cluster or to a workflow, and when (arguments with secrets redacted).
+CREATE TABLE {schema}.audit_log (
+    audit_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at timestamptz NOT NULL DEFAULT now(),
+    actor text NOT NULL,
+    action text NOT NULL,
+    target text NOT NULL,
+    arguments jsonb NOT NULL DEFAULT '{{}}'::jsonb
+);
+CREATE INDEX audit_log_at_idx ON {schema}.audit_log (at DESC);

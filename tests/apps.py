@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -158,3 +159,16 @@ async def echo(ctx: WorkflowContext, value: Any) -> Any:
 @app.workflow
 async def no_input(ctx: WorkflowContext) -> str:
     return ctx.workflow_id
+
+
+@app.step
+def crash_unless_cured(cure_file: str) -> str:
+    """Kills the worker process (like a segfault in a C extension) until the cure exists."""
+    if not Path(cure_file).exists():
+        os._exit(17)
+    return "cured"
+
+
+@app.workflow
+async def poison(ctx: WorkflowContext, cure_file: str) -> str:
+    return await crash_unless_cured(cure_file)

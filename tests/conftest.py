@@ -24,6 +24,7 @@ TEST_WORKER = WorkerSettings(
     poll_seconds=0.5,
     reaper_seconds=0.5,
     membership_seconds=0.5,
+    max_lease_expiries=3,
     shutdown_grace_seconds=5.0,
 )
 
@@ -53,7 +54,9 @@ def local_cluster(cluster_dir: Path) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="session")
 def config(local_cluster: LocalCluster) -> ClusterConfig:
     """The test cluster's configuration, with short leases."""
-    return local_cluster.load_config().replace(worker=TEST_WORKER, connect_timeout=2.0)
+    return local_cluster.load_config().replace(
+        worker=TEST_WORKER, connect_timeout=2.0, operation_timeout=3.0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from types import TracebackType
+from typing import Any
 
+from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage import AdminStore, NodeConnector, WorkerStore
-from shardflow.storage.conninfo import make_conninfo, public_conninfo
+from shardflow.storage.conninfo import make_conninfo, public_conninfo, redact
 from shardflow.storage.rebalance_store import RebalanceStore
 from shardflow.storage.records import NodeIdentity
 
@@ -34,9 +36,10 @@ LOCK_TTL = timedelta(seconds=60)
 class ClusterAdmin:
     """Connections to every node of the configuration and of the latest placement."""
 
-    def __init__(self, config: ClusterConfig, *, force: bool = False):
+    def __init__(self, config: ClusterConfig, *, force: bool = False, actor: str | None = None):
         config.require_nodes()
         self.config = config
+        self.actor = actor or default_actor()
         # Take the rebalance lease even from a live-looking holder (the operator knows it
         # is dead, e.g. on another host).
         self.force = force
@@ -169,6 +172,23 @@ class ClusterAdmin:
             "--force (the lease also expires 60 s after its holder stops)"
         )
 
+    async def audit(self, action: str, target: str, **arguments: Any) -> None:
+        """Record an administrative action on the lock node (no secrets in ``arguments``)."""
+        placement = await self.latest_placement()
+        await self.admin(min(n.name for n in placement.nodes)).audit(
+            actor=self.actor, action=action, target=target, arguments=arguments
+        )
+
+    async def audit_log(self, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest audit rows of every reachable node, newest first."""
+        await self.latest_placement()
+        answers = await asyncio.gather(
+            *(self.admin(n).audit_log(limit=limit) for n in self.node_names),
+            return_exceptions=True,
+        )
+        rows = [r for a in answers if isinstance(a, list) for r in a]
+        return sorted(rows, key=lambda r: r["at"], reverse=True)[:limit]
+
     # -- membership ---------------------------------------------------------------------
 
     async def add_node(self, node: NodeConfig) -> Placement:
@@ -176,6 +196,7 @@ class ClusterAdmin:
         async with self.exclusive() as placement:
             if any(n.name == node.name for n in placement.nodes):
                 return placement
+            await self.audit("add-node", node.name, dsn=redact(node.dsn), weight=node.weight)
             connector = self._add_connector(node.name, node.dsn)
             store = AdminStore(connector)
             await store.migrate()
@@ -226,6 +247,7 @@ class ClusterAdmin:
             )
             if nodes == placement.nodes:
                 return placement
+            await self.audit("drain" if weight == 0 else "set-weight", name, weight=weight)
             new = placement.with_nodes(nodes)
             await self.publish(new)
             return new
@@ -254,6 +276,7 @@ class ClusterAdmin:
                     f"and {counts['partitions']} ownership rows ({len(active)} unfinished moves): "
                     "run `shardflow cluster rebalance` to finish moving them, then retry"
                 )
+            await self.audit("remove-node", name)
             new = placement.with_nodes(tuple(n for n in placement.nodes if n.name != name))
             await self.publish(new, extra_nodes=(name,))
             return new

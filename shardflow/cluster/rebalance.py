@@ -101,7 +101,17 @@ class Rebalancer:
         report = RebalanceReport()
         began = time.monotonic()
         async with self.admin.exclusive():
-            for record in await self._unfinished_moves():
+            unfinished = await self._unfinished_moves()
+            planned = plan_moves(await self.admin.latest_placement())
+            if unfinished or planned:
+                await self.admin.audit(
+                    "rebalance",
+                    "cluster",
+                    planned=len(planned),
+                    unfinished=len(unfinished),
+                    limit=limit,
+                )
+            for record in unfinished:
                 report.moves.append(self._done(await self._resume(record)))
             moves = plan_moves(await self.admin.latest_placement())
             for move in moves[:limit] if limit is not None else moves:

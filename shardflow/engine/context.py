@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shardflow.engine.codec import encode_error, encode_payload, error_text
-from shardflow.errors import InvalidInput, NonDeterminismError, StepFailedError
+from shardflow.errors import InvalidInput, NonDeterminismError, ShardflowError, StepFailedError
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
 if TYPE_CHECKING:
@@ -88,6 +88,19 @@ class Release(BaseException):
 
 class LeaseLost(BaseException):
     """This worker no longer holds the workflow (lease expired, cancelled, partition moved)."""
+
+
+class RunAbandoned(BaseException):
+    """Recording failed for an infrastructure reason (node unreachable, ambiguous commit).
+
+    Not the workflow's fault, so it must not fail the workflow, and workflow code must not
+    catch it: the run stops, its lease expires, and the workflow resumes from its checkpoints.
+    ``cause`` is the storage error.
+    """
+
+    def __init__(self, cause: ShardflowError):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class WorkflowContext:
@@ -250,15 +263,18 @@ class WorkflowContext:
         error: dict[str, Any] | None = None,
         attempts: int = 1,
     ) -> None:
-        ok = await self._store.record_step(
-            self._work,
-            step_seq=seq,
-            step_name=name,
-            status=status,
-            output=output,
-            error=error_text(error) if error else None,
-            attempts=attempts,
-        )
+        try:
+            ok = await self._store.record_step(
+                self._work,
+                step_seq=seq,
+                step_name=name,
+                status=status,
+                output=output,
+                error=error_text(error) if error else None,
+                attempts=attempts,
+            )
+        except ShardflowError as exc:
+            raise RunAbandoned(exc) from exc
         if not ok:
             raise LeaseLost()
 

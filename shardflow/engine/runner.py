@@ -12,6 +12,7 @@ from shardflow.engine.codec import encode_error, encode_payload, error_text
 from shardflow.engine.context import (
     LeaseLost,
     Release,
+    RunAbandoned,
     WorkflowContext,
     bind_context,
     unbind_context,
@@ -98,6 +99,8 @@ class WorkflowRunner:
             return Outcome.SUSPENDED if ok else Outcome.LOST
         except LeaseLost:
             return Outcome.LOST
+        except RunAbandoned as abandoned:
+            raise abandoned.cause from None
         except TimeoutError as exc:
             if deadline.expired():
                 return await self._fail(store, work, _timeout_error(work))

@@ -114,6 +114,20 @@ class AdminStore:
             rows = await self.db.fetch(conn, "placement_get", {"version": placement.version})
         return Placement.from_record(rows[0]) == placement
 
+    async def audit(
+        self, *, actor: str, action: str, target: str, arguments: dict[str, Any]
+    ) -> None:
+        """Record an administrative action (arguments must already be free of secrets)."""
+        await self.db.run(
+            "audit_insert",
+            {"actor": actor, "action": action, "target": target, "arguments": jsonb(arguments)},
+        )
+
+    async def audit_log(self, *, limit: int) -> list[dict[str, Any]]:
+        return [
+            dict(r, node=self.db.name) for r in await self.db.run("audit_list", {"limit": limit})
+        ]
+
     async def ownership(self) -> list[Ownership]:
         return [Ownership(**r) for r in await self.db.run("ownership_list")]
 

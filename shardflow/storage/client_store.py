@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shardflow.errors import PartitionMoved
-from shardflow.storage.connector import NodeConnector
+from shardflow.storage.connector import NodeConnector, jsonb
 from shardflow.storage.queries import work_channel
 from shardflow.storage.records import StepRecord, WorkflowRecord
 
@@ -91,11 +91,37 @@ class ClientStore:
         )
         return [WorkflowRecord(**r) for r in rows]
 
-    async def cancel_workflow(self, partition: int, workflow_id: str) -> bool:
-        """Cancel a pending or running workflow; False when it was already terminal or absent."""
+    async def cancel_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
+        """Cancel a pending or running workflow; False when it was already terminal or absent.
+
+        The audit row is written in the same transaction as the change.
+        """
+        return await self._audited_change(
+            "workflow_cancel", "cancel", partition, workflow_id, actor
+        )
+
+    async def requeue_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
+        """Make a dead-lettered workflow runnable again; False if it is not dead-lettered."""
+        return await self._audited_change(
+            "workflow_requeue", "requeue", partition, workflow_id, actor
+        )
+
+    async def _audited_change(
+        self, query: str, action: str, partition: int, workflow_id: str, actor: str
+    ) -> bool:
+        key = {"partition": partition, "workflow_id": workflow_id}
         async with self.db.transaction() as conn:
-            key = {"partition": partition, "workflow_id": workflow_id}
-            if await self.db.fetch(conn, "workflow_cancel", key):
+            if await self.db.fetch(conn, query, key):
+                await self.db.fetch(
+                    conn,
+                    "audit_insert",
+                    {
+                        "actor": actor,
+                        "action": action,
+                        "target": workflow_id,
+                        "arguments": jsonb({"partition": partition, "node": self.db.name}),
+                    },
+                )
                 return True
             rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
             if rows and rows[0]["state"] == "owned":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -48,29 +49,62 @@ class NodeConnector:
         connect_timeout: float = 5.0,
         pool_max_size: int = 10,
         application_name: str = "shardflow",
+        operation_timeout: float | None = None,
     ):
         self.name = name
         self.schema = schema
         self.queries = QueryBook(schema)
         self._dsn = dsn
         self._connect_timeout = connect_timeout
+        # Bounds one call (connection + statements): a node that stops answering (a network
+        # blackhole) fails fast with NodeUnavailable instead of hanging its callers.
+        self._operation_timeout = operation_timeout
         self._kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(2, int(connect_timeout)),
             "application_name": application_name,
         }
-        self._pool = psycopg_pool.AsyncConnectionPool(
-            dsn,
+        self._pool_max_size = max(1, pool_max_size)
+        self._pool = self._new_pool()
+        self._opened = False
+        self._revive_lock = asyncio.Lock()
+
+    def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
+        return psycopg_pool.AsyncConnectionPool(
+            self._dsn,
             kwargs=self._kwargs,
             min_size=1,
-            max_size=max(1, pool_max_size),
+            max_size=self._pool_max_size,
             open=False,
-            timeout=connect_timeout,
+            timeout=self._connect_timeout,
             # A node restart breaks every pooled connection; check before handing one out.
             check=psycopg_pool.AsyncConnectionPool.check_connection,
-            name=f"shardflow-{name}",
+            name=f"shardflow-{self.name}",
         )
-        self._opened = False
+
+    async def _revive(self, failed: psycopg_pool.AsyncConnectionPool) -> bool:
+        """After a pool timeout: if the node answers a direct connection now, start a fresh pool.
+
+        A pool whose node was down backs off its reconnect attempts for longer and longer;
+        without this, a node that is back could stay unused for many seconds.
+        """
+        async with self._revive_lock:
+            if self._pool is not failed:
+                return True  # another caller already revived it
+            try:
+                probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+            except psycopg.OperationalError:
+                return False
+            await probe.close()
+            self._pool = self._new_pool()
+            await self._pool.open(wait=False)
+            asyncio.get_running_loop().create_task(failed.close())
+            log.info(
+                "node %s is back: connection pool renewed",
+                self.name,
+                extra={"action": "pool_renewed", "node": self.name},
+            )
+            return True
 
     @property
     def address(self) -> str:
@@ -99,8 +133,19 @@ class NodeConnector:
         """A pooled autocommit connection; use ``conn.transaction()`` for several statements."""
         await self.open()
         with self.translate_errors():
-            async with self._pool.connection() as conn:
-                yield conn
+            async with asyncio.timeout(self._operation_timeout):
+                pool = self._pool
+                try:
+                    conn = await pool.getconn()
+                except psycopg_pool.PoolTimeout:
+                    if not await self._revive(pool):
+                        raise
+                    pool = self._pool
+                    conn = await pool.getconn()
+                try:
+                    yield conn
+                finally:
+                    await pool.putconn(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -154,6 +199,12 @@ class _Translate:
         if exc is None or isinstance(exc, ShardflowError):
             return
         name, address = self._node.name, self._node.address
+        if isinstance(exc, TimeoutError):
+            raise NodeUnavailable(
+                f"node {name} ({address}) did not answer within "
+                f"{self._node._operation_timeout}s; only its partitions are affected",
+                node=name,
+            ) from exc
         if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
             raise NodeUnavailable(
                 f"node {name} ({address}) is unavailable: {_first_line(exc)}; only its "

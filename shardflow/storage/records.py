@@ -49,8 +49,8 @@ class WorkflowRecord:
         return self.status in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "dead")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+from shardflow.errors import NodeUnavailable
 from shardflow.storage.connector import NodeConnector
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
@@ -35,13 +36,20 @@ class WorkerStore:
         seconds = rows[0]["seconds"] if rows else None
         return None if seconds is None else float(seconds)
 
+    async def suspect_partitions(self) -> list[int]:
+        """Partitions with runnable suspects: workflows whose worker died while running them."""
+        return [r["partition"] for r in await self.db.run("suspect_partitions")]
+
     async def claim(
-        self, *, partition: int, limit: int, owner: str, lease: timedelta
+        self, *, partition: int, limit: int, owner: str, lease: timedelta, suspect: bool = False
     ) -> list[ClaimedWorkflow]:
-        """Lease up to ``limit`` runnable workflows of one partition (none if not owned)."""
+        """Lease up to ``limit`` runnable workflows of one partition (none if not owned).
+
+        ``suspect`` claims among workflows whose lease expired before (to run them alone).
+        """
         token = str(uuid.uuid4())
         rows = await self.db.run(
-            "claim",
+            "claim_suspect" if suspect else "claim",
             {
                 "partition": partition,
                 "limit": limit,
@@ -152,19 +160,34 @@ class WorkerStore:
     async def release_service_lease(self, *, service: str, holder: str) -> None:
         await self.db.run("service_lease_release", {"service": service, "holder": holder})
 
-    async def requeue_expired(self, *, limit: int = 500) -> int:
-        """Make workflows whose lease expired runnable again, one partition per statement."""
+    async def requeue_expired(
+        self, *, max_expiries: int, dead_error: str, limit: int = 500
+    ) -> tuple[int, list[str]]:
+        """Make workflows whose lease expired runnable again, one partition per statement.
+
+        Returns how many were requeued, and the ids dead-lettered (``max_expiries`` reached).
+        """
         expired = await self.db.run("expired_leases", {"limit": limit})
         by_partition: dict[int, list[str]] = {}
         for row in expired:
             by_partition.setdefault(row["partition"], []).append(row["workflow_id"])
-        requeued = 0
+        requeued, dead = 0, []
         for partition, ids in by_partition.items():
             rows = await self.db.run(
-                "requeue_expired", {"partition": partition, "workflow_ids": ids}
+                "requeue_expired",
+                {
+                    "partition": partition,
+                    "workflow_ids": ids,
+                    "max_expiries": max_expiries,
+                    "dead_error": dead_error,
+                },
             )
-            requeued += len(rows)
-        return requeued
+            for row in rows:
+                if row["status"] == "dead":
+                    dead.append(row["workflow_id"])
+                else:
+                    requeued += 1
+        return requeued, dead
 
     async def notifications(self, *, timeout: float) -> AsyncIterator[str | None]:
         """LISTEN for work on a dedicated connection; yields payloads, or None every ``timeout``.
@@ -179,6 +202,10 @@ class WorkerStore:
                     async for notify in conn.notifies(timeout=timeout):
                         got_any = True
                         yield notify.payload
+                    if conn.closed or conn.broken:
+                        raise NodeUnavailable(
+                            f"node {self.node}: the LISTEN connection was lost", node=self.node
+                        )
                     if not got_any:
                         yield None
 

@@ -75,6 +75,7 @@ class HeartbeatThread:
                                 self.config.connect_timeout, settings.heartbeat_seconds
                             ),
                             pool_max_size=1,
+                            operation_timeout=settings.heartbeat_seconds,
                             application_name="shardflow-heartbeat",
                         )
                 held = self._held()

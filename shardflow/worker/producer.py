@@ -31,7 +31,7 @@ class ClaimLoop(Service):
         owner: str,
         slots: Slots,
         settings: WorkerSettings,
-        execute: Callable[[WorkerStore, ClaimedWorkflow], None],
+        execute: Callable[[WorkerStore, ClaimedWorkflow, int], None],
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -63,6 +63,7 @@ class ClaimLoop(Service):
                     continue
                 await self._idle(await self._idle_seconds())
             except NodeUnavailable as exc:
+                self.slots.isolating.discard(self.store.node)  # do not hold others back
                 log.warning(
                     "claim loop waiting for node: %s",
                     exc,
@@ -81,6 +82,11 @@ class ClaimLoop(Service):
             fut.cancel()
 
     async def _claim_round(self, lease: timedelta) -> int:
+        if await self.store.suspect_partitions():
+            return await self._claim_suspect(lease)
+        self.slots.isolating.discard(self.store.node)
+        if self.slots.isolating:
+            return 0  # another node's loop is draining the worker for a suspect
         claimed = 0
         for partition in await self.store.ready_partitions():
             if self.stopping.is_set():
@@ -96,10 +102,35 @@ class ClaimLoop(Service):
             finally:
                 await self.slots.give_back(reserved - len(batch))
             for work in batch:
-                self._execute(self.store, work)
+                self._execute(self.store, work, 1)
             claimed += len(batch)
         self.claimed_total += claimed
         return claimed
+
+    async def _claim_suspect(self, lease: timedelta) -> int:
+        """Run one suspect alone: wait until the worker is idle, then claim it with every slot.
+
+        If it kills the process again, no innocent workflow dies with it.
+        """
+        self.slots.isolating.add(self.store.node)
+        if self.slots.in_use:
+            return 0  # in-flight work drains first; the executor wakes this loop
+        self.slots.isolating.discard(self.store.node)
+        reserved = self.slots.reserve(self.slots.capacity)
+        batch: list[ClaimedWorkflow] = []
+        try:
+            for partition in await self.store.suspect_partitions():
+                batch = await self.store.claim(
+                    partition=partition, limit=1, owner=self.owner, lease=lease, suspect=True
+                )
+                if batch:
+                    break
+        finally:
+            if not batch:
+                await self.slots.give_back(reserved)
+        if batch:
+            self._execute(self.store, batch[0], reserved)
+        return len(batch)
 
     async def _idle_seconds(self) -> float:
         poll = jittered(self.settings.poll_seconds)

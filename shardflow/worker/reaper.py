@@ -1,11 +1,14 @@
 """The reaper of one node: makes work whose lease expired runnable again.
 
 One reaper per node at a time (a lease row in ``service_leases``, not an advisory lock). It
-never runs work itself, so it cannot get stuck behind the work it should rescue.
+never runs work itself, so it cannot get stuck behind the work it should rescue. A workflow
+whose lease has expired ``max_expiries`` times (each run killed or stalled its worker) is
+dead-lettered instead: a poison workflow cannot take workers down forever.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -16,6 +19,15 @@ from shardflow.worker.service import Service, jittered
 
 log = logging.getLogger("shardflow.worker")
 
+_DEAD_ERROR = json.dumps(
+    {
+        "type": "DeadLettered",
+        "module": "shardflow",
+        "message": "the workflow's lease expired too many times: each run killed or stalled "
+        "its worker. Fix the cause, then `shardflow requeue WORKFLOW_ID`.",
+    }
+)
+
 
 class Reaper(Service):
     def __init__(
@@ -25,6 +37,7 @@ class Reaper(Service):
         holder: str,
         interval: float,
         wake: Callable[[], None],
+        max_expiries: int,
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -32,8 +45,10 @@ class Reaper(Service):
         self.store = store
         self.holder = holder
         self.interval = interval
+        self.max_expiries = max_expiries
         self._wake = wake
         self.requeued_total = 0
+        self.dead_total = 0
 
     async def run(self) -> None:
         ttl = timedelta(seconds=self.interval * 3)
@@ -43,9 +58,23 @@ class Reaper(Service):
                     service="reaper", holder=self.holder, ttl=ttl
                 ):
                     continue
-                requeued = await self.store.requeue_expired()
+                requeued, dead = await self.store.requeue_expired(
+                    max_expiries=self.max_expiries, dead_error=_DEAD_ERROR
+                )
             except NodeUnavailable:
                 continue  # the claim loop reports the outage; try again next round
+            for workflow_id in dead:
+                self.dead_total += 1
+                log.error(
+                    "dead-lettered %s: its lease expired %d times",
+                    workflow_id,
+                    self.max_expiries,
+                    extra={
+                        "action": "dead_lettered",
+                        "node": self.store.node,
+                        "workflow_id": workflow_id,
+                    },
+                )
             if requeued:
                 self.requeued_total += requeued
                 log.warning(

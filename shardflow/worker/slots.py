@@ -11,6 +11,9 @@ class Slots:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self._in_use = 0
+        # Set while a claim loop waits for the worker to drain so that a suspect workflow
+        # can run alone: no loop claims other work meanwhile.
+        self.isolating: set[str] = set()  # nodes whose loops wait to run a suspect
         self._changed = asyncio.Condition()
 
     @property

@@ -109,6 +109,7 @@ class Worker:
             dsn=dsn,
             schema=self.config.schema,
             connect_timeout=self.config.connect_timeout,
+            operation_timeout=self.config.operation_timeout,
             pool_max_size=self.config.pool_max_size,
             application_name="shardflow-worker",
         )
@@ -136,6 +137,7 @@ class Worker:
                 holder=self.owner,
                 interval=self.settings.reaper_seconds,
                 wake=loop.wake,
+                max_expiries=self.settings.max_lease_expiries,
                 on_failure=self._service_failed,
             ),
         ]
@@ -213,11 +215,12 @@ class Worker:
             held.setdefault(store.node, []).append(work.lease_token)
         return held
 
-    def _execute(self, store: WorkerStore, work: ClaimedWorkflow) -> None:
-        task = asyncio.create_task(self._run_one(store, work), name=f"wf:{work.workflow_id}")
+    def _execute(self, store: WorkerStore, work: ClaimedWorkflow, slots: int) -> None:
+        """Run ``work`` in its own task; it gives back ``slots`` execution slots when done."""
+        task = asyncio.create_task(self._run_one(store, work, slots), name=f"wf:{work.workflow_id}")
         self._tasks[task] = (store, work)
 
-    async def _run_one(self, store: WorkerStore, work: ClaimedWorkflow) -> None:
+    async def _run_one(self, store: WorkerStore, work: ClaimedWorkflow, slots: int) -> None:
         try:
             outcome = await self._runner.run(store, work)
             self.outcomes[outcome] += 1
@@ -252,9 +255,9 @@ class Worker:
             current = asyncio.current_task()
             if current is not None:
                 self._tasks.pop(current, None)
-            await self._slots.give_back()
-            loop = self._loops.get(store.node)
-            if loop is not None:
+            await self._slots.give_back(slots)
+            # Wake every loop: one may be waiting for the worker to drain (a suspect).
+            for loop in self._loops.values():
                 loop.wake()
 
     def _service_failed(self, service: Service, exc: BaseException) -> None:

@@ -27,7 +27,7 @@ COPY (
            deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
            CASE WHEN status = 'running' THEN '-infinity'::timestamptz
                 ELSE lease_expires_at END AS lease_expires_at,
-           claimed_at, created_at, updated_at, completed_at
+           claimed_at, created_at, updated_at, completed_at, lease_expiries
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -35,7 +35,7 @@ COPY (
 COPY {schema}.workflows (
     partition, workflow_id, name, routing_key, status, input, output, error, run_at,
     deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
-    lease_expires_at, claimed_at, created_at, updated_at, completed_at
+    lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries
 ) FROM STDIN;
 
 -- name: copy_out_steps

@@ -16,6 +16,11 @@ FROM (
 GROUP BY partition
 ORDER BY min(run_at);
 
+-- name: suspect_partitions
+SELECT DISTINCT partition FROM {schema}.workflows
+WHERE status = 'pending' AND run_at <= now() AND lease_expiries > 0
+LIMIT 16;
+
 -- name: next_due_seconds
 -- Seconds until the earliest pending workflow becomes runnable (NULL when none is pending).
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
@@ -23,6 +28,8 @@ FROM {schema}.workflows
 WHERE status = 'pending';
 
 -- name: claim
+-- Claims workflows that never lost a lease; suspects (whose worker died while running them)
+-- are claimed one at a time by an otherwise idle worker: see claim_suspect.
 -- MATERIALIZED keeps LIMIT exact: an UPDATE ... FROM (subquery LIMIT n FOR UPDATE SKIP
 -- LOCKED) was seen claiming more than n rows under a nested-loop plan.
 WITH fence AS (
@@ -32,6 +39,36 @@ WITH fence AS (
 ), candidates AS MATERIALIZED (
     SELECT workflow_id FROM {schema}.workflows
     WHERE partition = %(partition)s AND status = 'pending' AND run_at <= now()
+      AND lease_expiries = 0
+      AND EXISTS (SELECT 1 FROM fence)
+    ORDER BY run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {schema}.workflows AS w
+SET status = 'running',
+    lease_token = %(lease_token)s,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease)s::interval,
+    claimed_at = now(),
+    claim_count = w.claim_count + 1,
+    updated_at = now()
+FROM candidates AS c
+WHERE w.partition = %(partition)s AND w.workflow_id = c.workflow_id
+RETURNING w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+          w.retry_step_seq, w.retry_attempts, w.claimed_at;
+
+-- name: claim_suspect
+-- A workflow whose lease expired runs alone, so that if it kills its worker again it
+-- takes no innocent workflow down with it (and only its own expiry count grows).
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+), candidates AS MATERIALIZED (
+    SELECT workflow_id FROM {schema}.workflows
+    WHERE partition = %(partition)s AND status = 'pending' AND run_at <= now()
+      AND lease_expiries > 0
       AND EXISTS (SELECT 1 FROM fence)
     ORDER BY run_at
     LIMIT %(limit)s
@@ -77,7 +114,7 @@ WITH fence AS (
 )
 UPDATE {schema}.workflows
 SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
-    completed_at = now(), updated_at = now(),
+    completed_at = now(), updated_at = now(), lease_expiries = 0,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
@@ -94,7 +131,7 @@ WITH fence AS (
 UPDATE {schema}.workflows
 SET status = 'pending', run_at = now() + %(delay)s::interval,
     retry_step_seq = %(retry_step_seq)s, retry_attempts = %(retry_attempts)s,
-    error = %(error)s::json, updated_at = now(),
+    error = %(error)s::json, updated_at = now(), lease_expiries = 0,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
@@ -131,19 +168,24 @@ ORDER BY lease_expires_at
 LIMIT %(limit)s;
 
 -- name: requeue_expired
--- The reaper makes expired work runnable again; it never runs work itself.
+-- The reaper makes expired work runnable again; it never runs work itself. A workflow whose
+-- lease expired max_expiries times in a row (it kills its worker) is dead-lettered instead.
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
 UPDATE {schema}.workflows
-SET status = 'pending', run_at = now(), updated_at = now(),
+SET status = CASE WHEN lease_expiries + 1 >= %(max_expiries)s THEN 'dead' ELSE 'pending' END,
+    error = CASE WHEN lease_expiries + 1 >= %(max_expiries)s THEN %(dead_error)s::json
+                 ELSE error END,
+    lease_expiries = lease_expiries + 1,
+    run_at = now(), updated_at = now(),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = ANY(%(workflow_ids)s::text[])
   AND status = 'running' AND lease_expires_at < now()
   AND EXISTS (SELECT 1 FROM fence)
-RETURNING workflow_id;
+RETURNING workflow_id, status;
 
 -- name: service_lease_release
 DELETE FROM {schema}.service_leases WHERE service = %(service)s AND holder = %(holder)s;

@@ -45,6 +45,20 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
+-- name: workflow_requeue
+-- Gives a dead-lettered workflow another chance (after the code that killed workers is fixed).
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = 'pending', run_at = now(), updated_at = now(), lease_expiries = 0, error = NULL,
+    completed_at = NULL
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND status = 'dead'
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;
+
 -- name: workflow_steps
 SELECT step_seq, step_name, status, output, error, attempts, recorded_at
 FROM {schema}.steps
@@ -54,3 +68,13 @@ ORDER BY step_seq;
 -- name: notify_work
 -- Sent as its own statement after the commit (never from a trigger): see DESIGN.md.
 SELECT pg_notify(%(channel)s, %(payload)s);
+
+-- name: audit_insert
+INSERT INTO {schema}.audit_log (actor, action, target, arguments)
+VALUES (%(actor)s, %(action)s, %(target)s, %(arguments)s);
+
+-- name: audit_list
+SELECT audit_id, at, actor, action, target, arguments
+FROM {schema}.audit_log
+ORDER BY at DESC
+LIMIT %(limit)s;

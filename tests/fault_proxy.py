@@ -1,0 +1,105 @@
+"""A small asyncio TCP proxy in front of one PostgreSQL node, driven by the tests.
+
+Modes: ``pass``; ``latency`` (seconds added to every chunk, both directions); ``blackhole``
+(connections stay open, nothing is forwarded); ``reset()`` closes every connection at once;
+``drop_after(pattern)`` closes a connection right after the server answered a client message
+containing ``pattern`` (the server committed, the client never hears it: an ambiguous commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class FaultProxy:
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.latency = 0.0
+        self.blackhole = False
+        self._drop_pattern: bytes | None = None
+        self.dropped = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def close(self) -> None:
+        self.reset()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def reset(self) -> None:
+        """Abort every open connection (the clients see a reset)."""
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+
+    def heal(self) -> None:
+        self.latency = 0.0
+        self.blackhole = False
+        self._drop_pattern = None
+
+    def drop_after(self, pattern: bytes) -> None:
+        """Arm: the next connection whose client sends ``pattern`` loses the server's answer."""
+        self._drop_pattern = pattern
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        armed = asyncio.Event()
+        await asyncio.gather(
+            self._pipe(reader, up_writer, watch=armed),
+            self._pipe(up_reader, writer, drop_on=armed),
+            return_exceptions=True,
+        )
+        for w in (writer, up_writer):
+            self._writers.discard(w)
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        watch: asyncio.Event | None = None,
+        drop_on: asyncio.Event | None = None,
+    ) -> None:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            while self.blackhole:
+                await asyncio.sleep(0.01)
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if watch is not None and self._drop_pattern and self._drop_pattern in chunk:
+                self._drop_pattern = None
+                watch.set()
+            if drop_on is not None and drop_on.is_set():
+                # The server has answered the armed statement: lose the answer.
+                self.dropped += 1
+                writer.transport.abort()
+                break
+            writer.write(chunk)
+            await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.transport.abort()
