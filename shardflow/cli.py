@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import re
 import shutil
 import signal
 import sys
@@ -366,6 +367,39 @@ def cluster_remove_node(state: _State, node: str) -> None:
     else:
         _save_config(state, config.replace(nodes=remaining))
     click.echo(f"removed {node} (placement v{version})")
+
+
+@cli.group()
+def roles() -> None:
+    """Least-privilege database roles."""
+
+
+@roles.command("create")
+@click.option(
+    "--prefix",
+    default="shardflow",
+    show_default=True,
+    help="Roles are PREFIX_admin, PREFIX_worker and PREFIX_client.",
+)
+@pass_state
+def roles_create(state: _State, prefix: str) -> None:
+    """Create the admin, worker and client roles on every node and grant them the schema.
+
+    Run as the schema owner (needs CREATEROLE). Then GRANT a role to each login user and
+    run workers and clients as those users.
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,40}", prefix):
+        raise click.ClickException("--prefix must be lower-case letters, digits and '_'")
+
+    async def go() -> None:
+        async with ClusterAdmin(state.config()) as admin:
+            placement = await admin.latest_placement()
+            for node in placement.nodes:
+                made = await admin.admin(node.name).create_roles(prefix=prefix)
+                click.echo(f"{node.name}: {', '.join(made.values())}")
+            await admin.audit("roles-create", "cluster", prefix=prefix)
+
+    _run(go())
 
 
 @cli.command()

@@ -7,7 +7,12 @@ from typing import Any
 
 from shardflow.routing import Placement
 from shardflow.storage.connector import NodeConnector, jsonb
-from shardflow.storage.queries import canonical_schema_text, migrations, render
+from shardflow.storage.queries import (
+    canonical_schema_text,
+    migrations,
+    render,
+    roles_script_text,
+)
 from shardflow.storage.records import NodeIdentity, Ownership
 
 
@@ -51,6 +56,14 @@ class AdminStore:
         async with self.db.transaction() as conn:
             await self.db.execute_script(conn, self.db.queries["migrations_bootstrap"])
             await self.db.execute_script(conn, render(canonical_schema_text(), self.db.schema))
+
+    async def create_roles(self, *, prefix: str) -> dict[str, str]:
+        """Create (or refresh the grants of) the admin, worker and client roles."""
+        roles = {kind: f"{prefix}_{kind}" for kind in ("admin", "worker", "client")}
+        script = render(roles_script_text(), self.db.schema, roles=roles)
+        async with self.db.transaction() as conn:
+            await self.db.execute_script(conn, script)
+        return roles
 
     async def drop_schema(self) -> None:
         async with self.db.connection() as conn:

@@ -44,10 +44,18 @@ def raw_queries() -> dict[str, str]:
     return queries
 
 
-def render(text: str, schema: str) -> bytes:
-    """Fill the identifier placeholders of ``text`` for ``schema``."""
+def render(text: str, schema: str, *, roles: dict[str, str] | None = None) -> bytes:
+    """Fill the identifier placeholders of ``text`` for ``schema`` (and role names).
+
+    ``roles`` maps a placeholder to a role name: ``{admin}`` becomes the quoted identifier
+    and ``{admin_name}`` the quoted string literal.
+    """
+    extra: dict[str, sql.Composable] = {}
+    for key, role in (roles or {}).items():
+        extra[key] = sql.Identifier(role)
+        extra[f"{key}_name"] = sql.Literal(role)
     composed = sql.SQL(text).format(
-        schema=sql.Identifier(schema), channel=sql.Identifier(work_channel(schema))
+        schema=sql.Identifier(schema), channel=sql.Identifier(work_channel(schema)), **extra
     )
     return composed.as_string(None).encode()
 
@@ -93,6 +101,11 @@ def migrations() -> tuple[Migration, ...]:
         if migration.version != expected:
             raise RuntimeError(f"migration {expected:04d} is missing (found {migration.version})")
     return tuple(found)
+
+
+def roles_script_text() -> str:
+    """``sql/roles.sql``: the least-privilege roles and their grants."""
+    return (sql_dir() / "roles.sql").read_text()
 
 
 def canonical_schema_text() -> str:

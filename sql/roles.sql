@@ -1,0 +1,40 @@
+-- Least-privilege roles: rendered by `shardflow roles create` (role names are placeholders).
+-- The roles are NOLOGIN: grant them to login users. Run by the schema owner with
+-- CREATEROLE. Idempotent. The runtime never needs DDL or superuser:
+--   admin  - membership and rebalancing: reads and writes every table, no DDL;
+--   worker - claims, checkpoints, finishes; may not touch placement or ownership;
+--   client - starts, reads, cancels and requeues workflows.
+-- SELECT ... FOR SHARE (the write fence) needs an UPDATE privilege on the locked table, so
+-- worker and client get UPDATE on the harmless updated_at column of partition_ownership only.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {admin_name}) THEN
+        CREATE ROLE {admin} NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {worker_name}) THEN
+        CREATE ROLE {worker} NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {client_name}) THEN
+        CREATE ROLE {client} NOLOGIN;
+    END IF;
+END
+$roles$;
+REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {worker}, {client};
+GRANT USAGE ON SCHEMA {schema} TO {admin}, {worker}, {client};
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {admin};
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {admin}, {client};
+
+GRANT SELECT, UPDATE ON {schema}.workflows TO {worker};
+GRANT SELECT, INSERT ON {schema}.steps TO {worker};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.service_leases TO {worker};
+GRANT SELECT ON {schema}.placements, {schema}.node_identity, {schema}.partition_ownership
+    TO {worker};
+GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
+
+GRANT SELECT, INSERT ON {schema}.workflows TO {client};
+GRANT UPDATE (status, run_at, error, updated_at, completed_at, lease_token, lease_owner,
+              lease_expires_at, lease_expiries) ON {schema}.workflows TO {client};
+GRANT SELECT ON {schema}.steps, {schema}.placements, {schema}.node_identity,
+    {schema}.partition_ownership TO {client};
+GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {client};
+GRANT INSERT ON {schema}.audit_log TO {client};

@@ -1,0 +1,91 @@
+"""Least privilege: the runtime works as the worker and client roles, which cannot change the
+schema, the placement or the ownership rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from shardflow import Client, Worker
+from shardflow.cli import cli
+from shardflow.cluster.local import LocalCluster
+from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.storage.conninfo import make_conninfo, parse_conninfo
+from tests import apps
+from tests.helpers import run
+
+LOGINS = {"worker": "sf_test_worker", "client": "sf_test_client"}
+
+
+@pytest.fixture(scope="module")
+def role_configs(
+    config: ClusterConfig, config_file: Path, local_cluster: LocalCluster
+) -> Iterator[dict[str, ClusterConfig]]:
+    result = CliRunner().invoke(cli, ["--config", str(config_file), "roles", "create"])
+    assert result.exit_code == 0, result.output
+    for node in config.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            for kind, login in LOGINS.items():
+                # Test set-up only: login users that hold nothing but the shardflow role.
+                conn.execute(f"DROP ROLE IF EXISTS {login}")
+                conn.execute(f"CREATE ROLE {login} LOGIN IN ROLE shardflow_{kind}")
+    configs = {}
+    for kind, login in LOGINS.items():
+        nodes = []
+        for node in config.nodes:
+            params = parse_conninfo(node.dsn)
+            # Over the node's Unix socket, where local logins are trusted (no password).
+            socket_dir = str(local_cluster.node(node.name).directory)
+            params.update(host=socket_dir, user=login)
+            params.pop("passfile", None)
+            nodes.append(NodeConfig(name=node.name, dsn=make_conninfo(params)))
+        configs[kind] = config.replace(nodes=tuple(nodes))
+    yield configs
+    for node in config.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            for login in LOGINS.values():
+                conn.execute(f"DROP ROLE IF EXISTS {login}")
+
+
+def test_runtime_runs_with_least_privilege(role_configs: dict[str, ClusterConfig]) -> None:
+    async def go() -> None:
+        async with (
+            Worker(apps.app, role_configs["worker"]),
+            Client(role_configs["client"], app=apps.app) as client,
+        ):
+            handles = [await client.start(apps.three_steps, i) for i in range(12)]
+            assert [await h.result(timeout=30) for h in handles] == [i + 3 for i in range(12)]
+            handle = await client.start(apps.sleepy, 30, workflow_id=f"lp-{uuid.uuid4().hex}")
+            assert await handle.cancel()  # cancel (and its audit row) as the client role
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER TABLE shardflow.workflows ADD COLUMN evil int",
+        "DROP TABLE shardflow.steps",
+        "UPDATE shardflow.partition_ownership SET state = 'moving'",
+        "DELETE FROM shardflow.partition_ownership",
+        "INSERT INTO shardflow.placements (version, partition_count, nodes, owners) "
+        "VALUES (999999, 1, '[]', '{}')",
+        "CREATE TABLE shardflow.evil (x int)",
+        "DELETE FROM shardflow.audit_log",
+    ],
+)
+@pytest.mark.parametrize("kind", ["worker", "client"])
+def test_runtime_roles_cannot_change_schema_placement_or_ownership(
+    role_configs: dict[str, ClusterConfig], kind: str, statement: str
+) -> None:
+    dsn = role_configs[kind].nodes[0].dsn
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement)
