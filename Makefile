@@ -9,7 +9,7 @@ DEMO_COUNT ?= 300
 DEMO_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-status demo-down lint format test test-all bench-rebalance clean
+.PHONY: help install demo demo-status demo-down lint format test test-all chaos bench-rebalance clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -47,6 +47,9 @@ test: lint ## Lint, then the test suite against a fresh local 3-node cluster
 
 test-all: lint ## The test suite including the long scenarios marked slow
 	$(BIN)/pytest -m ''
+
+chaos: install ## The long fault scenarios only (worker churn, latency isolation); prints a table
+	$(BIN)/pytest -m slow -s -q tests/test_chaos.py | grep -E "^CHAOS|passed|failed"
 
 bench-rebalance: install ## Benchmark moving partitions onto a new node under load
 	mkdir -p bench-results

@@ -44,7 +44,8 @@ class NodeConfig:
 class WorkerSettings:
     """How a worker claims, leases and polls. Durations are seconds."""
 
-    concurrency: int = 16
+    # Workflows run at once, shared equally among the nodes the worker serves.
+    concurrency: int = 32
     lease_seconds: float = 30.0
     heartbeat_seconds: float = 10.0
     poll_seconds: float = 1.0

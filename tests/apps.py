@@ -172,3 +172,20 @@ def crash_unless_cured(cure_file: str) -> str:
 @app.workflow
 async def poison(ctx: WorkflowContext, cure_file: str) -> str:
     return await crash_unless_cured(cure_file)
+
+
+@app.step
+async def external_effect(log_path: str, key: str) -> str:
+    """An external side effect (a line in a shared file), at least once per step."""
+    await asyncio.sleep(0.2)  # long enough for kills to land mid-step
+    with open(log_path, "a") as fh:
+        fh.write(key + "\n")
+    return key
+
+
+@app.workflow
+async def effects(ctx: WorkflowContext, log_path: str) -> int:
+    for i in range(3):
+        step = await external_effect(log_path, f"{ctx.workflow_id}:{i}")
+        assert step == f"{ctx.workflow_id}:{i}"
+    return 3

@@ -98,3 +98,10 @@ def test_worker_settings_validated() -> None:
 def test_no_nodes_message() -> None:
     with pytest.raises(ConfigurationError, match="SHARDFLOW_NODES"):
         ClusterConfig().require_nodes()
+
+
+def test_deploy_example_config_loads() -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "shardflow.example.toml"
+    config = load_config(example, environ={})
+    assert [n.name for n in config.nodes] == ["pg1", "pg2"]
+    assert "verify-full" in config.nodes[0].dsn

@@ -9,6 +9,8 @@ import sys
 from collections import Counter
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardflow.routing import partition_for, target_placement
 from shardflow.routing.placement import weighted_quotas
@@ -102,3 +104,10 @@ def test_removing_a_node_moves_only_its_partitions() -> None:
         if before[p] != "d":
             assert after[p] == before[p]
     assert "d" not in after
+
+
+@given(key=st.text(alphabet=st.characters(codec=None)), power=st.integers(0, 16))
+def test_router_accepts_any_text(key: str, power: int) -> None:
+    partitions = 2**power
+    assert 0 <= partition_for(key, partitions) < partitions
+    assert partition_for(key, partitions) == partition_for(key, partitions)

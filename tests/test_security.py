@@ -89,3 +89,25 @@ def test_runtime_roles_cannot_change_schema_placement_or_ownership(
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute(statement)
+
+
+def test_ids_past_two_to_the_31(config: ClusterConfig) -> None:
+    """Growing ids are bigint: the audit log keeps working past 2^31."""
+    for node in config.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute(
+                "ALTER TABLE shardflow.audit_log ALTER COLUMN audit_id RESTART WITH 2147483700"
+            )
+
+    async def go() -> None:
+        async with Client(config, app=apps.app) as client:
+            handle = await client.start(apps.echo, 1)
+            assert await handle.cancel()
+        from shardflow.cluster.membership import ClusterAdmin
+
+        async with ClusterAdmin(config) as admin:
+            rows = await admin.audit_log(limit=500)
+        row = next(r for r in rows if r["target"] == handle.workflow_id)
+        assert row["audit_id"] > 2**31
+
+    run(go())

@@ -11,5 +11,6 @@ def partition_for(key: str, partition_count: int) -> int:
     Never Python's ``hash()``: that is salted per process. Changing this function moves every
     workflow, so it is frozen; tests pin known values.
     """
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    # surrogatepass: any Python str routes (the client rejects such ids before writing).
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % partition_count

@@ -73,9 +73,9 @@ class ClaimLoop(Service):
                     return
 
     async def _wait_for_slot(self) -> None:
-        if self.slots.free > 0:
+        if self.slots.free_for(self.store.node) > 0:
             return
-        waiter = asyncio.ensure_future(self.slots.wait_free())
+        waiter = asyncio.ensure_future(self.slots.wait_free(self.store.node))
         stopper = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for fut in (waiter, stopper):
@@ -91,7 +91,7 @@ class ClaimLoop(Service):
         for partition in await self.store.ready_partitions():
             if self.stopping.is_set():
                 break
-            reserved = self.slots.reserve(self.settings.claim_batch)
+            reserved = self.slots.reserve(self.settings.claim_batch, node=self.store.node)
             if reserved == 0:
                 break
             batch: list[ClaimedWorkflow] = []
@@ -100,7 +100,7 @@ class ClaimLoop(Service):
                     partition=partition, limit=reserved, owner=self.owner, lease=lease
                 )
             finally:
-                await self.slots.give_back(reserved - len(batch))
+                await self.slots.give_back(reserved - len(batch), node=self.store.node)
             for work in batch:
                 self._execute(self.store, work, 1)
             claimed += len(batch)
@@ -116,7 +116,7 @@ class ClaimLoop(Service):
         if self.slots.in_use:
             return 0  # in-flight work drains first; the executor wakes this loop
         self.slots.isolating.discard(self.store.node)
-        reserved = self.slots.reserve(self.slots.capacity)
+        reserved = self.slots.reserve(self.slots.capacity, node=self.store.node, whole_worker=True)
         batch: list[ClaimedWorkflow] = []
         try:
             for partition in await self.store.suspect_partitions():
@@ -127,7 +127,7 @@ class ClaimLoop(Service):
                     break
         finally:
             if not batch:
-                await self.slots.give_back(reserved)
+                await self.slots.give_back(reserved, node=self.store.node)
         if batch:
             self._execute(self.store, batch[0], reserved)
         return len(batch)

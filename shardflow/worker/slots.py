@@ -1,50 +1,61 @@
-"""Execution slots shared by every claim loop of a worker: claims never exceed free slots."""
+"""Execution slots of a worker, divided among the nodes it serves.
+
+Claims never exceed free slots, and each node gets at most its equal share of the worker's
+concurrency: a slow node (its workflows hold slots for long) cannot starve the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import Counter
 
 
 class Slots:
-    """A counter of free execution slots that claim loops can wait on."""
+    """Counters of execution slots, in total and per node, that claim loops can wait on."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._in_use = 0
-        # Set while a claim loop waits for the worker to drain so that a suspect workflow
-        # can run alone: no loop claims other work meanwhile.
-        self.isolating: set[str] = set()  # nodes whose loops wait to run a suspect
+        self.nodes = 1  # how many nodes the worker serves (set by the worker)
+        self._by_node: Counter[str] = Counter()
+        # Nodes whose loops wait for the worker to drain so that a suspect workflow can run
+        # alone: no loop claims other work meanwhile.
+        self.isolating: set[str] = set()
         self._changed = asyncio.Condition()
 
     @property
-    def free(self) -> int:
-        return self.capacity - self._in_use
+    def in_use(self) -> int:
+        return sum(self._by_node.values())
 
     @property
-    def in_use(self) -> int:
-        return self._in_use
+    def free(self) -> int:
+        return self.capacity - self.in_use
 
-    def reserve(self, n: int) -> int:
-        """Take up to ``n`` free slots before claiming; returns how many were taken.
+    def fair_share(self) -> int:
+        return max(1, math.ceil(self.capacity / max(1, self.nodes)))
+
+    def free_for(self, node: str) -> int:
+        return max(0, min(self.free, self.fair_share() - self._by_node[node]))
+
+    def reserve(self, n: int, *, node: str, whole_worker: bool = False) -> int:
+        """Take up to ``n`` slots of ``node``'s share before claiming; returns how many.
 
         Reserving first (not counting after the claim) keeps concurrent claim loops of
-        several nodes from claiming more than the worker can run.
+        several nodes from claiming more than the worker can run. ``whole_worker`` ignores
+        the share (a suspect workflow runs alone on an idle worker).
         """
-        taken = max(0, min(n, self.free))
-        self._in_use += taken
+        available = self.free if whole_worker else self.free_for(node)
+        taken = max(0, min(n, available))
+        self._by_node[node] += taken
         return taken
 
-    async def give_back(self, n: int = 1) -> None:
+    async def give_back(self, n: int, *, node: str) -> None:
         if n <= 0:
             return
-        self._in_use -= n
+        self._by_node[node] -= n
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_free(self) -> None:
+    async def wait_free(self, node: str) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0)
-
-    async def wait_idle(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._in_use == 0)
+            await self._changed.wait_for(lambda: self.free_for(node) > 0)

@@ -124,6 +124,7 @@ class Worker:
             on_failure=self._service_failed,
         )
         self._loops[name] = loop
+        self._slots.nodes = len(self._loops)
         self._node_services[name] = [
             loop,
             Listener(
@@ -162,6 +163,8 @@ class Worker:
             )
             await asyncio.gather(*(s.stop(timeout=5) for s in self._node_services.pop(name)))
             self._loops.pop(name)
+            self._slots.nodes = len(self._loops)
+            self._slots.isolating.discard(name)
             await self._connectors.pop(name).close()
         self._heartbeat.set_nodes(
             {name: dsn for name, dsn in wanted.items() if name in self._connectors}
@@ -255,7 +258,7 @@ class Worker:
             current = asyncio.current_task()
             if current is not None:
                 self._tasks.pop(current, None)
-            await self._slots.give_back(slots)
+            await self._slots.give_back(slots, node=store.node)
             # Wake every loop: one may be waiting for the worker to drain (a suspect).
             for loop in self._loops.values():
                 loop.wake()
