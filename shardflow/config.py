@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from shardflow.errors import ConfigurationError
-from shardflow.storage.conninfo import check_no_password, redact
+from shardflow.storage.conninfo import (
+    check_no_password,
+    parse_conninfo,
+    redact,
+)
 
 ENV_PREFIX = "SHARDFLOW_"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -92,6 +96,9 @@ class ClusterConfig:
     """Everything a client, worker or CLI needs to reach a shardflow cluster."""
 
     name: str = "shardflow"
+    # "production" requires TLS with certificate and host name checks on every node
+    # (sslmode=verify-full unless the DSN says verify-ca or verify-full itself).
+    profile: str = "development"
     schema: str = "shardflow"
     partition_count: int = 256
     connect_timeout: float = 5.0
@@ -117,6 +124,10 @@ class ClusterConfig:
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"node names must be unique, got {names}")
+        if self.profile not in PROFILES:
+            raise ConfigurationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
+        if self.profile == "production":
+            object.__setattr__(self, "nodes", tuple(_require_tls(n) for n in self.nodes))
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``, or ConfigurationError naming the known ones."""
@@ -150,6 +161,7 @@ class ClusterConfig:
         """Serialise to the TOML format :func:`load_config` reads."""
         lines = [
             f"name = {_toml_value(self.name)}",
+            f"profile = {_toml_value(self.profile)}",
             f"schema = {_toml_value(self.schema)}",
             f"partition_count = {self.partition_count}",
             f"connect_timeout = {self.connect_timeout}",
@@ -165,6 +177,24 @@ class ClusterConfig:
             lines += ["", "[[nodes]]", f"name = {_toml_value(node.name)}"]
             lines += [f"dsn = {_toml_value(node.dsn)}", f"weight = {node.weight}"]
         return "\n".join(lines) + "\n"
+
+
+PROFILES = ("development", "production")
+_VERIFYING_SSLMODES = ("verify-ca", "verify-full")
+
+
+def _require_tls(node: NodeConfig) -> NodeConfig:
+    """Production: TLS that checks the server's certificate; verify-full when unspecified."""
+    sslmode = parse_conninfo(node.dsn).get("sslmode")
+    if sslmode is None:
+        return NodeConfig(name=node.name, dsn=f"{node.dsn} sslmode=verify-full", weight=node.weight)
+    if sslmode not in _VERIFYING_SSLMODES:
+        raise ConfigurationError(
+            f"node {node.name}: the production profile needs sslmode=verify-full (or "
+            f"verify-ca), not {sslmode!r}; give sslrootcert= the CA that signed the server "
+            "certificates"
+        )
+    return node
 
 
 def _toml_value(value: object) -> str:

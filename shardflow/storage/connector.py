@@ -82,19 +82,18 @@ class NodeConnector:
             name=f"shardflow-{self.name}",
         )
 
-    async def _revive(self, failed: psycopg_pool.AsyncConnectionPool) -> bool:
+    async def _revive(self, failed: psycopg_pool.AsyncConnectionPool) -> None:
         """After a pool timeout: if the node answers a direct connection now, start a fresh pool.
 
         A pool whose node was down backs off its reconnect attempts for longer and longer;
-        without this, a node that is back could stay unused for many seconds.
+        without this, a node that is back could stay unused for many seconds. When the node
+        does not answer, the probe's error (refused, wrong certificate, bad password...) is
+        raised: it says more than the pool's timeout.
         """
         async with self._revive_lock:
             if self._pool is not failed:
-                return True  # another caller already revived it
-            try:
-                probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
-            except psycopg.OperationalError:
-                return False
+                return  # another caller already revived it
+            probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
             await probe.close()
             self._pool = self._new_pool()
             await self._pool.open(wait=False)
@@ -104,7 +103,6 @@ class NodeConnector:
                 self.name,
                 extra={"action": "pool_renewed", "node": self.name},
             )
-            return True
 
     @property
     def address(self) -> str:
@@ -138,8 +136,7 @@ class NodeConnector:
                 try:
                     conn = await pool.getconn()
                 except psycopg_pool.PoolTimeout:
-                    if not await self._revive(pool):
-                        raise
+                    await self._revive(pool)  # raises the real reason if the node is down
                     pool = self._pool
                     conn = await pool.getconn()
                 try:
