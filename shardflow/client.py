@@ -231,8 +231,10 @@ class Client:
         try:
             return await self._routed(routing_key or wf_id, insert)
         except NodeUnavailable as lost:
-            # The connection may have dropped after the server committed: look it up rather
-            # than guess (a blind retry is safe too: starts are idempotent by id).
+            if not lost.maybe_committed:
+                raise  # nothing reached the node: the start certainly did not happen
+            # The connection dropped after the statement was sent: the server may have
+            # committed. Look it up rather than guess (starts are idempotent by id anyway).
             return await self._resolve_ambiguous_start(wf_id, routing_key, name, lost)
 
     async def _resolve_ambiguous_start(

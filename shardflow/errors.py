@@ -70,9 +70,12 @@ class NodeUnavailable(ShardflowError):
     Only that node's partitions are affected: retry later, or check that the node is up.
     """
 
-    def __init__(self, message: str, *, node: str):
+    def __init__(self, message: str, *, node: str, maybe_committed: bool = False):
         super().__init__(message)
         self.node = node
+        # True when the connection failed after a statement was sent: a write may have
+        # committed without the caller hearing it (an ambiguous commit).
+        self.maybe_committed = maybe_committed
 
 
 class NonDeterminismError(ShardflowError):

@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from shardflow import Client, ShardflowError, Worker
+from shardflow.cluster.local import LocalCluster
+from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
 from tests import apps
-from tests.helpers import run, worker_command
+from tests.helpers import run, wait_until, worker_command
+from tests.invariants import check_invariants
 from tests.test_reliability import ids_on, proxied
 
 pytestmark = pytest.mark.slow
@@ -75,26 +78,24 @@ def test_random_worker_kills_under_load(
                 await workers[victim].wait()
                 kills += 1
                 workers[victim] = await spawn()
-            outcomes = done.result()
+            done.result()
             for w in workers:
                 w.terminate()
                 await w.wait()
-            lost = sum(1 for o in outcomes if o != 3)
-            histories = await asyncio.gather(*(client.steps(w) for w in ids))
-            bad_history = sum(1 for h in histories if [s.step_seq for s in h] != [0, 1, 2])
-        lines = Counter(Path(log_path).read_text().split())
-        effects = sum(lines.values())
+            result = await check_invariants(
+                config, client, ids, steps_per_workflow=3, effects_log=Path(log_path)
+            )
         report(
-            "worker-kill-9 churn",
+            "worker kill -9 churn",
             runs=1,
             workflows=count,
             kills=kills,
-            lost=lost,
-            duplicate_records=bad_history,
-            external_duplicate_rate=f"{(effects - len(lines)) / len(lines):.3%}",
+            lost=len(result.lost),
+            duplicate_records=len(result.bad_histories),
+            external_duplicate_rate=f"{result.external_duplicate_rate:.3%}",
         )
-        assert lost == 0 and bad_history == 0
-        assert len(lines) == 3 * count
+        result.assert_ok()
+        assert result.external_effects - result.external_duplicates == 3 * count
 
     run(go(), timeout=290)
 
@@ -155,5 +156,146 @@ def test_latency_on_one_node_leaves_the_others_alone(config: ClusterConfig) -> N
         )
         assert ratio < 2.0
         assert sum(n for node, n in failures.items() if node != slow) == 0
+
+    run(go(), timeout=290)
+
+
+class _Load:
+    """Starts workflows back to back; remembers the acknowledged ones."""
+
+    def __init__(self, client: Client, log_path: str):
+        self.client, self.log_path = client, log_path
+        self.acked: list[str] = []
+        self.refused = 0
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self.stop.is_set():
+            wf_id = f"load-{uuid.uuid4().hex}"
+            try:
+                await self.client.start(apps.effects, self.log_path, workflow_id=wf_id)
+                self.acked.append(wf_id)
+            except ShardflowError:
+                self.refused += 1  # its node is down: not acknowledged, not our promise
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.timeout(300)
+def test_node_killed_under_load_then_restarted(
+    config: ClusterConfig, local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "effects.log"
+    victim = config.nodes[1].name
+
+    async def go() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            load = _Load(client, str(log_path))
+            task = asyncio.ensure_future(load.run())
+            await wait_until(lambda: len(load.acked) >= 100, timeout=60, what="load")
+            local_cluster.stop_node(local_cluster.node(victim), mode="immediate")
+            acked_at_kill = len(load.acked)
+            await wait_until(
+                lambda: len(load.acked) >= acked_at_kill + 100,
+                timeout=60,
+                what="other nodes to keep taking starts",
+            )
+            local_cluster.start_node(local_cluster.node(victim))
+            await wait_until(
+                lambda: len(load.acked) >= acked_at_kill + 200,
+                timeout=60,
+                what="load after the restart",
+            )
+            load.stop.set()
+            await task
+            result = await check_invariants(
+                config, client, load.acked, steps_per_workflow=3, effects_log=log_path, deadline=120
+            )
+        report(
+            "node kill -9 (immediate stop) under load, restart",
+            runs=1,
+            workflows=len(load.acked),
+            refused_while_down=load.refused,
+            lost=len(result.lost),
+            duplicate_records=len(result.bad_histories),
+            external_duplicate_rate=f"{result.external_duplicate_rate:.3%}",
+        )
+        result.assert_ok()
+
+    try:
+        run(go(), timeout=290)
+    finally:
+        local_cluster.start_all()
+
+
+@pytest.mark.timeout(300)
+def test_all_workers_killed_and_restarted_at_once(
+    config: ClusterConfig, config_file: Path, tmp_path: Path
+) -> None:
+    log_path = tmp_path / "effects.log"
+    processes = 8
+
+    async def go() -> None:
+        argv, options = worker_command(config_file)
+
+        async def spawn_all() -> list[asyncio.subprocess.Process]:
+            return list(
+                await asyncio.gather(
+                    *(
+                        asyncio.create_subprocess_exec(
+                            *argv,
+                            stdin=asyncio.subprocess.DEVNULL,
+                            stderr=asyncio.subprocess.DEVNULL,
+                            **options,
+                        )
+                        for _ in range(processes)
+                    )
+                )
+            )
+
+        async with Client(config, app=apps.app) as client:
+            ids = [f"storm-{uuid.uuid4().hex[:8]}-{i}" for i in range(400)]
+            for i in range(0, len(ids), 50):
+                await asyncio.gather(
+                    *(
+                        client.start(apps.effects, str(log_path), workflow_id=w)
+                        for w in ids[i : i + 50]
+                    )
+                )
+            workers = await spawn_all()
+            await wait_until(
+                lambda: log_path.exists() and len(log_path.read_text()) > 0,
+                timeout=60,
+                what="work to start",
+            )
+            for w in workers:
+                w.kill()
+            await asyncio.gather(*(w.wait() for w in workers))
+            workers = await spawn_all()  # a connection storm: every worker at once
+            peak = 0
+            async with ClusterAdmin(config) as admin:
+                for _ in range(20):
+                    for node in config.nodes:
+                        hygiene = await admin.admin(node.name).hygiene()
+                        peak = max(peak, hygiene["connections"])
+                    await asyncio.sleep(0.1)  # sampling interval, not synchronisation
+            result = await check_invariants(
+                config, client, ids, steps_per_workflow=3, effects_log=log_path, deadline=120
+            )
+            for w in workers:
+                w.terminate()
+            await asyncio.gather(*(w.wait() for w in workers))
+        report(
+            "all workers kill -9 then restarted at once",
+            runs=1,
+            workflows=len(ids),
+            worker_processes=processes,
+            peak_connections_per_node=peak,
+            max_connections=200,
+            lost=len(result.lost),
+            duplicate_records=len(result.bad_histories),
+            external_duplicate_rate=f"{result.external_duplicate_rate:.3%}",
+        )
+        result.assert_ok()
+        assert peak < 200
 
     run(go(), timeout=290)

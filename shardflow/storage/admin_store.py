@@ -159,7 +159,3 @@ class AdminStore:
     async def hygiene(self) -> dict[str, Any]:
         rows = await self.db.run("hygiene")
         return dict(rows[0])
-
-    async def connection_settings(self) -> dict[str, Any]:
-        rows = await self.db.run("connection_settings")
-        return dict(rows[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,9 @@ from shardflow.storage.conninfo import display_address
 from shardflow.storage.queries import QueryBook
 
 log = logging.getLogger("shardflow.storage")
+
+# How long a node that refused a connection is treated as down before it is tried again.
+DOWN_RECHECK_SECONDS = 1.0
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -68,6 +72,8 @@ class NodeConnector:
         self._pool = self._new_pool()
         self._opened = False
         self._revive_lock = asyncio.Lock()
+        # (retry after, error) while the node is known to be down.
+        self._down: tuple[float, Exception] | None = None
 
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
         return psycopg_pool.AsyncConnectionPool(
@@ -88,12 +94,18 @@ class NodeConnector:
         A pool whose node was down backs off its reconnect attempts for longer and longer;
         without this, a node that is back could stay unused for many seconds. When the node
         does not answer, the probe's error (refused, wrong certificate, bad password...) is
-        raised: it says more than the pool's timeout.
+        raised: it says more than the pool's timeout; and for the next DOWN_RECHECK_SECONDS
+        every call fails at once with it, instead of each waiting out connect_timeout.
         """
         async with self._revive_lock:
-            if self._pool is not failed:
+            if self._pool is not failed and self._down is None:
                 return  # another caller already revived it
-            probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+            try:
+                probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+            except psycopg.OperationalError as exc:
+                self._down = (time.monotonic() + DOWN_RECHECK_SECONDS, exc)
+                raise
+            self._down = None
             await probe.close()
             self._pool = self._new_pool()
             await self._pool.open(wait=False)
@@ -130,19 +142,32 @@ class NodeConnector:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled autocommit connection; use ``conn.transaction()`` for several statements."""
         await self.open()
-        with self.translate_errors():
-            async with asyncio.timeout(self._operation_timeout):
-                pool = self._pool
-                try:
-                    conn = await pool.getconn()
-                except psycopg_pool.PoolTimeout:
-                    await self._revive(pool)  # raises the real reason if the node is down
-                    pool = self._pool
-                    conn = await pool.getconn()
-                try:
+        with self.translate_errors(sent=False):
+            pool, conn = await self._acquire()
+        with self.translate_errors(sent=True):
+            try:
+                async with asyncio.timeout(self._operation_timeout):
                     yield conn
-                finally:
-                    await pool.putconn(conn)
+            finally:
+                await pool.putconn(conn)
+
+    async def _acquire(
+        self,
+    ) -> tuple[psycopg_pool.AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
+        """A connection from the pool; nothing has been sent to the node when this fails."""
+        async with asyncio.timeout(self._operation_timeout):
+            if self._down is not None:
+                retry_at, reason = self._down
+                if time.monotonic() < retry_at:
+                    raise reason  # known down a moment ago: fail fast
+                await self._revive(self._pool)
+            pool = self._pool
+            try:
+                return pool, await pool.getconn()
+            except psycopg_pool.PoolTimeout:
+                await self._revive(pool)  # raises the real reason if the node is down
+                pool = self._pool
+                return pool, await pool.getconn()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -160,8 +185,10 @@ class NodeConnector:
             finally:
                 await conn.close()
 
-    def translate_errors(self) -> _Translate:
-        return _Translate(self)
+    def translate_errors(self, *, sent: bool = True) -> _Translate:
+        """Turn psycopg errors into shardflow's. ``sent=False``: nothing reached the node yet,
+        so a failure is certainly not an ambiguous commit."""
+        return _Translate(self, sent=sent)
 
     async def fetch(
         self, conn: psycopg.AsyncConnection[Any], query: str, params: Params | None = None
@@ -184,8 +211,9 @@ class NodeConnector:
 class _Translate:
     """Context manager that turns psycopg and pool errors into shardflow errors."""
 
-    def __init__(self, connector: NodeConnector):
+    def __init__(self, connector: NodeConnector, *, sent: bool):
         self._node = connector
+        self._sent = sent
 
     def __enter__(self) -> None:
         return None
@@ -201,12 +229,14 @@ class _Translate:
                 f"node {name} ({address}) did not answer within "
                 f"{self._node._operation_timeout}s; only its partitions are affected",
                 node=name,
+                maybe_committed=self._sent,
             ) from exc
         if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
             raise NodeUnavailable(
                 f"node {name} ({address}) is unavailable: {_first_line(exc)}; only its "
                 "partitions are affected, retry later or check that the node is running",
                 node=name,
+                maybe_committed=self._sent,
             ) from exc
         if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
             raise ClusterNotInitialized(

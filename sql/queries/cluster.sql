@@ -38,7 +38,3 @@ RETURNING epoch;
 
 -- name: workflow_status_counts
 SELECT status, count(*) AS n FROM {schema}.workflows GROUP BY status ORDER BY status;
-
--- name: connection_settings
-SELECT current_setting('max_connections')::integer AS max_connections,
-       (SELECT count(*) FROM pg_stat_activity) AS connections;

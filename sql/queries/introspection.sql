@@ -29,4 +29,7 @@ ORDER BY 1, 2;
 SELECT (SELECT count(*) FROM pg_prepared_xacts) AS prepared_xacts,
        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory') AS advisory_locks,
        (SELECT count(*) FROM pg_stat_activity
-        WHERE state = 'idle in transaction' AND pid <> pg_backend_pid()) AS idle_in_transaction;
+        WHERE state = 'idle in transaction' AND pid <> pg_backend_pid()) AS idle_in_transaction,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+           AS connections,
+       current_setting('max_connections')::integer AS max_connections;

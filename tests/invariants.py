@@ -1,0 +1,88 @@
+"""One invariant checker, run after every fault scenario (RELIABILITY.md).
+
+1. every acknowledged workflow reached a terminal state (lost = those that did not);
+2. one checkpoint per (workflow, step), positions contiguous from 0 (duplicates = violations);
+3. (transactional steps do not exist yet: nothing to count);
+4. external effects at least once, with the duplicate rate reported;
+5. step order: checkpoints recorded in position order;
+6. hygiene on every node: no prepared transactions, no advisory locks held, no session idle
+   in a transaction, connections below max_connections;
+plus the cluster's own check (one owner per partition, no orphan rows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardflow import Client
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.verify import check_cluster
+from shardflow.config import ClusterConfig
+
+
+@dataclass
+class InvariantReport:
+    workflows: int = 0
+    lost: list[str] = field(default_factory=list)
+    bad_histories: list[str] = field(default_factory=list)
+    external_effects: int = 0
+    external_duplicates: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def external_duplicate_rate(self) -> float:
+        unique = self.external_effects - self.external_duplicates
+        return self.external_duplicates / unique if unique else 0.0
+
+    def assert_ok(self) -> None:
+        assert self.lost == [], f"lost workflows: {self.lost[:5]}"
+        assert self.bad_histories == [], f"bad histories: {self.bad_histories[:5]}"
+        assert self.problems == [], self.problems
+
+
+async def check_invariants(
+    config: ClusterConfig,
+    client: Client,
+    workflow_ids: list[str],
+    *,
+    steps_per_workflow: int | None = None,
+    effects_log: Path | None = None,
+    deadline: float = 60.0,
+) -> InvariantReport:
+    report = InvariantReport(workflows=len(workflow_ids))
+    outcomes = await asyncio.gather(
+        *(client.result(w, timeout=deadline) for w in workflow_ids), return_exceptions=True
+    )
+    report.lost = [
+        w for w, o in zip(workflow_ids, outcomes, strict=True) if isinstance(o, BaseException)
+    ]
+    histories = await asyncio.gather(*(client.steps(w) for w in workflow_ids))
+    for wf_id, history in zip(workflow_ids, histories, strict=True):
+        positions = [s.step_seq for s in history]
+        recorded = [s.recorded_at for s in history]
+        contiguous = positions == list(range(len(history)))
+        complete = steps_per_workflow is None or len(history) == steps_per_workflow
+        in_order = all(
+            a is not None and b is not None and a <= b for a, b in itertools.pairwise(recorded)
+        )
+        if not (contiguous and complete and in_order):
+            report.bad_histories.append(wf_id)
+    if effects_log is not None and effects_log.exists():
+        lines = Counter(effects_log.read_text().split())
+        report.external_effects = sum(lines.values())
+        report.external_duplicates = sum(n - 1 for n in lines.values())
+    async with ClusterAdmin(config) as admin:
+        report.problems += (await check_cluster(admin)).problems
+        placement = await admin.latest_placement()
+        for node in placement.nodes:
+            hygiene = await admin.admin(node.name).hygiene()
+            for key in ("prepared_xacts", "advisory_locks", "idle_in_transaction"):
+                if hygiene[key]:
+                    report.problems.append(f"{node.name}: {key} = {hygiene[key]}")
+            if hygiene["connections"] >= hygiene["max_connections"]:
+                report.problems.append(f"{node.name}: connections at max_connections")
+    return report
