@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +22,7 @@ from shardflow import (
     UnknownWorkflow,
     WorkflowNotFound,
 )
+from shardflow.cli import cli
 from shardflow.config import ClusterConfig
 from tests import apps
 from tests.helpers import run
@@ -134,3 +138,46 @@ def test_fuzzed_starts_round_trip_or_are_refused(
             await client.cancel(wf_id)
 
     run(go())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(["echo", "no_input"]) | hostile_text,
+    input_text=st.builds(
+        json.dumps,
+        st.recursive(
+            st.none() | st.integers() | hostile_text,
+            lambda c: st.lists(c, max_size=3) | st.dictionaries(hostile_text, c, max_size=3),
+            max_leaves=6,
+        ),
+    )
+    | hostile_text,
+    workflow_id=hostile_text,
+)
+def test_fuzzed_cli_start_never_crashes(
+    config_file: Path, name: str, input_text: str, workflow_id: str
+) -> None:
+    """Hostile CLI arguments end in a result or a one-line error, never a traceback."""
+    args = [
+        "--config",
+        str(config_file),
+        "start",
+        name,
+        "--app",
+        "tests.apps:app",
+        "--input",
+        input_text,
+        "--id",
+        workflow_id,
+    ]
+    result = CliRunner().invoke(cli, args)
+    if result.exit_code == 0:
+        created = json.loads(result.output.splitlines()[0])
+        assert created["workflow_id"] == workflow_id
+        return
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        result.exception,
+        result.output,
+    )
+    assert "Traceback" not in result.output
+    assert result.output.startswith(("Error:", "Usage:"))

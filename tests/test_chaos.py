@@ -299,3 +299,52 @@ def test_all_workers_killed_and_restarted_at_once(
         assert peak < 200
 
     run(go(), timeout=290)
+
+
+@pytest.mark.timeout(300)
+def test_long_held_snapshot_during_load(config: ClusterConfig) -> None:
+    """A session holds a snapshot open on every node (dead rows cannot be vacuumed) while
+    load runs; throughput while it is held and after it is released is reported."""
+    import psycopg
+
+    async def burst(client: Client, n: int) -> float:
+        began = time.monotonic()
+        handles = []
+        for i in range(0, n, 50):
+            handles += await asyncio.gather(
+                *(client.start(apps.three_steps, 1) for _ in range(min(50, n - i)))
+            )
+        await asyncio.gather(*(h.result(timeout=120) for h in handles))
+        return n / (time.monotonic() - began)
+
+    async def go() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            baseline = statistics.median([await burst(client, 300) for _ in range(2)])
+            holders = []
+            for node in config.nodes:
+                # Test-only: an application transaction left open on a REPEATABLE READ snapshot.
+                conn = await psycopg.AsyncConnection.connect(node.dsn)
+                await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                await conn.execute("SELECT count(*) FROM shardflow.workflows")
+                holders.append(conn)
+            held = [await burst(client, 300) for _ in range(4)]
+            for conn in holders:
+                await conn.rollback()
+                await conn.close()
+            after = statistics.median([await burst(client, 300) for _ in range(2)])
+            ids = [r.workflow_id for r in (await client.list(limit=50)).items]
+            result = await check_invariants(config, client, ids)
+        report(
+            "snapshot held open on every node during load",
+            runs=1,
+            workflows=2400,
+            baseline_wf_per_s=f"{baseline:.0f}",
+            held_wf_per_s="/".join(f"{r:.0f}" for r in held),
+            after_release_wf_per_s=f"{after:.0f}",
+            held_ratio=f"{min(held) / baseline:.2f}",
+            lost=len(result.lost),
+        )
+        result.assert_ok()
+        assert min(held) > 0 and after > 0.5 * baseline
+
+    run(go(), timeout=290)

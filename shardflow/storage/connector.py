@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,9 +18,6 @@ from shardflow.storage.conninfo import display_address
 from shardflow.storage.queries import QueryBook
 
 log = logging.getLogger("shardflow.storage")
-
-# How long a node that refused a connection is treated as down before it is tried again.
-DOWN_RECHECK_SECONDS = 1.0
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -72,8 +68,8 @@ class NodeConnector:
         self._pool = self._new_pool()
         self._opened = False
         self._revive_lock = asyncio.Lock()
-        # (retry after, error) while the node is known to be down.
-        self._down: tuple[float, Exception] | None = None
+        # True while the node refused the last connection attempt.
+        self._down = False
 
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
         return psycopg_pool.AsyncConnectionPool(
@@ -94,18 +90,18 @@ class NodeConnector:
         A pool whose node was down backs off its reconnect attempts for longer and longer;
         without this, a node that is back could stay unused for many seconds. When the node
         does not answer, the probe's error (refused, wrong certificate, bad password...) is
-        raised: it says more than the pool's timeout; and for the next DOWN_RECHECK_SECONDS
-        every call fails at once with it, instead of each waiting out connect_timeout.
+        raised: it says more than the pool's timeout; and until a probe succeeds, callers
+        probe directly instead of each waiting out connect_timeout on the pool.
         """
         async with self._revive_lock:
-            if self._pool is not failed and self._down is None:
+            if self._pool is not failed and not self._down:
                 return  # another caller already revived it
             try:
                 probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
-            except psycopg.OperationalError as exc:
-                self._down = (time.monotonic() + DOWN_RECHECK_SECONDS, exc)
+            except psycopg.OperationalError:
+                self._down = True
                 raise
-            self._down = None
+            self._down = False
             await probe.close()
             self._pool = self._new_pool()
             await self._pool.open(wait=False)
@@ -156,10 +152,9 @@ class NodeConnector:
     ) -> tuple[psycopg_pool.AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
         """A connection from the pool; nothing has been sent to the node when this fails."""
         async with asyncio.timeout(self._operation_timeout):
-            if self._down is not None:
-                retry_at, reason = self._down
-                if time.monotonic() < retry_at:
-                    raise reason  # known down a moment ago: fail fast
+            if self._down:
+                # Down at the last try: probe directly rather than wait on the pool's
+                # reconnect backoff. A refused probe fails in milliseconds.
                 await self._revive(self._pool)
             pool = self._pool
             try:
