@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig
+from shardflow.connectors import dsn_for, node_connector
 from shardflow.engine.app import App, WorkflowDef
 from shardflow.engine.codec import check_identifier, encode_payload
 from shardflow.errors import (
@@ -37,7 +38,6 @@ from shardflow.errors import (
 )
 from shardflow.routing import Placement, partition_for
 from shardflow.storage import AdminStore, ClientStore, NodeConnector
-from shardflow.storage.conninfo import make_conninfo
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 
 log = logging.getLogger("shardflow.client")
@@ -106,15 +106,7 @@ class Client:
 
     def _connector(self, name: str, dsn: str) -> NodeConnector:
         if name not in self._connectors:
-            self._connectors[name] = NodeConnector(
-                name=name,
-                dsn=dsn,
-                schema=self.config.schema,
-                connect_timeout=self.config.connect_timeout,
-                operation_timeout=self.config.operation_timeout,
-                pool_max_size=self.config.pool_max_size,
-                application_name="shardflow-client",
-            )
+            self._connectors[name] = node_connector(self.config, name, dsn, role="client")
         return self._connectors[name]
 
     async def refresh_placement(self, *, min_version: int = 0) -> Placement:
@@ -140,10 +132,7 @@ class Client:
                 )
             best = max(found, key=lambda p: p.version)
             for node in best.nodes:
-                configured = next((n for n in self.config.nodes if n.name == node.name), None)
-                self._connector(
-                    node.name, configured.dsn if configured else make_conninfo(dict(node.conninfo))
-                )
+                self._connector(node.name, dsn_for(self.config, node))
             self._placement = best
             return best
 

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import plan_moves
 from shardflow.config import ClusterConfig
+from shardflow.connectors import node_connector
 from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.routing import Placement, PlacementNode, target_placement
-from shardflow.storage import AdminStore, NodeConnector
+from shardflow.storage import AdminStore
 from shardflow.storage.conninfo import public_conninfo
 from shardflow.storage.records import NodeIdentity
 
@@ -23,14 +24,7 @@ async def admin_stores(config: ClusterConfig) -> AsyncIterator[dict[str, AdminSt
     """An AdminStore per configured node, closed on exit."""
     config.require_nodes()
     connectors = [
-        NodeConnector(
-            name=n.name,
-            dsn=n.dsn,
-            schema=config.schema,
-            connect_timeout=config.connect_timeout,
-            pool_max_size=2,
-            application_name="shardflow-admin",
-        )
+        node_connector(config, n.name, n.dsn, role="admin", pool_max_size=2, operation_timeout=None)
         for n in config.nodes
     ]
     try:

@@ -21,10 +21,11 @@ from typing import Any
 
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.connectors import dsn_for, node_connector
 from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage import AdminStore, NodeConnector, WorkerStore
-from shardflow.storage.conninfo import make_conninfo, public_conninfo, redact
+from shardflow.storage.conninfo import public_conninfo, redact
 from shardflow.storage.rebalance_store import RebalanceStore
 from shardflow.storage.records import NodeIdentity
 
@@ -61,13 +62,9 @@ class ClusterAdmin:
 
     def _add_connector(self, name: str, dsn: str) -> NodeConnector:
         if name not in self._connectors:
-            self._connectors[name] = NodeConnector(
-                name=name,
-                dsn=dsn,
-                schema=self.config.schema,
-                connect_timeout=self.config.connect_timeout,
-                pool_max_size=3,
-                application_name="shardflow-admin",
+            # Administrative calls (a partition copy) may run long: no operation timeout.
+            self._connectors[name] = node_connector(
+                self.config, name, dsn, role="admin", pool_max_size=3, operation_timeout=None
             )
         return self._connectors[name]
 
@@ -102,10 +99,7 @@ class ClusterAdmin:
             )
         placement = max(found, key=lambda p: p.version)
         for node in placement.nodes:
-            configured = next((n for n in self.config.nodes if n.name == node.name), None)
-            self._add_connector(
-                node.name, configured.dsn if configured else make_conninfo(dict(node.conninfo))
-            )
+            self._add_connector(node.name, dsn_for(self.config, node))
         return placement
 
     async def publish(self, placement: Placement, *, extra_nodes: tuple[str, ...] = ()) -> None:

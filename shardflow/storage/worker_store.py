@@ -49,13 +49,14 @@ class WorkerStore:
         """
         token = str(uuid.uuid4())
         rows = await self.db.run(
-            "claim_suspect" if suspect else "claim",
+            "claim",
             {
                 "partition": partition,
                 "limit": limit,
                 "owner": owner,
                 "lease": lease,
                 "lease_token": token,
+                "suspect": suspect,
             },
         )
         return [ClaimedWorkflow(partition=partition, lease_token=token, **row) for row in rows]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from shardflow.config import ClusterConfig
+from shardflow.connectors import node_connector
 from shardflow.errors import ShardflowError
 from shardflow.storage import NodeConnector, WorkerStore
 
@@ -67,16 +68,16 @@ class HeartbeatThread:
                     await connectors.pop(name).close()
                 for name, dsn in wanted.items():
                     if name not in connectors:
-                        connectors[name] = NodeConnector(
-                            name=name,
-                            dsn=dsn,
-                            schema=self.config.schema,
+                        connectors[name] = node_connector(
+                            self.config,
+                            name,
+                            dsn,
+                            role="heartbeat",
+                            pool_max_size=1,
                             connect_timeout=min(
                                 self.config.connect_timeout, settings.heartbeat_seconds
                             ),
-                            pool_max_size=1,
                             operation_timeout=settings.heartbeat_seconds,
-                            application_name="shardflow-heartbeat",
                         )
                 held = self._held()
                 await asyncio.gather(

@@ -17,12 +17,12 @@ from datetime import timedelta
 from types import TracebackType
 
 from shardflow.config import ClusterConfig
+from shardflow.connectors import dsn_for, node_connector
 from shardflow.engine.app import App
 from shardflow.engine.runner import Outcome, WorkflowRunner
 from shardflow.errors import ShardflowError
 from shardflow.routing import Placement
 from shardflow.storage import NodeConnector, WorkerStore
-from shardflow.storage.conninfo import make_conninfo
 from shardflow.storage.records import ClaimedWorkflow
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
@@ -104,15 +104,7 @@ class Worker:
 
     def _serve_node(self, name: str, dsn: str) -> None:
         """Start this node's claim loop, listener and reaper."""
-        connector = NodeConnector(
-            name=name,
-            dsn=dsn,
-            schema=self.config.schema,
-            connect_timeout=self.config.connect_timeout,
-            operation_timeout=self.config.operation_timeout,
-            pool_max_size=self.config.pool_max_size,
-            application_name="shardflow-worker",
-        )
+        connector = node_connector(self.config, name, dsn, role="worker")
         self._connectors[name] = connector
         store = WorkerStore(connector)
         loop = ClaimLoop(
@@ -149,10 +141,7 @@ class Worker:
         """Serve every node of ``placement``; stop serving nodes it no longer has."""
         if self._stop_requested:
             return
-        wanted = {}
-        for node in placement.nodes:
-            configured = next((n for n in self.config.nodes if n.name == node.name), None)
-            wanted[node.name] = configured.dsn if configured else make_conninfo(dict(node.conninfo))
+        wanted = {node.name: dsn_for(self.config, node) for node in placement.nodes}
         for name, dsn in wanted.items():
             if name not in self._connectors:
                 log.info("serving new node %s", name, extra={"action": "node_added", "node": name})

@@ -28,8 +28,9 @@ FROM {schema}.workflows
 WHERE status = 'pending';
 
 -- name: claim
--- Claims workflows that never lost a lease; suspects (whose worker died while running them)
--- are claimed one at a time by an otherwise idle worker: see claim_suspect.
+-- With suspect = false, claims workflows that never lost a lease. Suspects (their worker
+-- died while running them) are claimed with suspect = true, one at a time, by an otherwise
+-- idle worker: if one kills its worker again it takes no innocent workflow with it.
 -- MATERIALIZED keeps LIMIT exact: an UPDATE ... FROM (subquery LIMIT n FOR UPDATE SKIP
 -- LOCKED) was seen claiming more than n rows under a nested-loop plan.
 WITH fence AS (
@@ -39,36 +40,7 @@ WITH fence AS (
 ), candidates AS MATERIALIZED (
     SELECT workflow_id FROM {schema}.workflows
     WHERE partition = %(partition)s AND status = 'pending' AND run_at <= now()
-      AND lease_expiries = 0
-      AND EXISTS (SELECT 1 FROM fence)
-    ORDER BY run_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE {schema}.workflows AS w
-SET status = 'running',
-    lease_token = %(lease_token)s,
-    lease_owner = %(owner)s,
-    lease_expires_at = now() + %(lease)s::interval,
-    claimed_at = now(),
-    claim_count = w.claim_count + 1,
-    updated_at = now()
-FROM candidates AS c
-WHERE w.partition = %(partition)s AND w.workflow_id = c.workflow_id
-RETURNING w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
-          w.retry_step_seq, w.retry_attempts, w.claimed_at;
-
--- name: claim_suspect
--- A workflow whose lease expired runs alone, so that if it kills its worker again it
--- takes no innocent workflow down with it (and only its own expiry count grows).
-WITH fence AS (
-    SELECT epoch FROM {schema}.partition_ownership
-    WHERE partition = %(partition)s AND state = 'owned'
-    FOR SHARE
-), candidates AS MATERIALIZED (
-    SELECT workflow_id FROM {schema}.workflows
-    WHERE partition = %(partition)s AND status = 'pending' AND run_at <= now()
-      AND lease_expiries > 0
+      AND (lease_expiries > 0) = %(suspect)s
       AND EXISTS (SELECT 1 FROM fence)
     ORDER BY run_at
     LIMIT %(limit)s
