@@ -189,3 +189,82 @@ async def effects(ctx: WorkflowContext, log_path: str) -> int:
         step = await external_effect(log_path, f"{ctx.workflow_id}:{i}")
         assert step == f"{ctx.workflow_id}:{i}"
     return 3
+
+
+# A table of the application's own, for transactional steps. No unique constraint on purpose:
+# a duplicated effect would show as a second row (RELIABILITY.md check 3).
+TX_EFFECTS_TABLE = """
+CREATE TABLE IF NOT EXISTS public.tx_effects (
+    workflow_id text NOT NULL,
+    step_seq integer NOT NULL,
+    amount integer NOT NULL
+)
+"""
+TX_EFFECT_INSERT = (
+    "INSERT INTO public.tx_effects (workflow_id, step_seq, amount) VALUES (%s, %s, %s)"
+)
+TX_EFFECT_TOTAL = "SELECT coalesce(sum(amount), 0) FROM public.tx_effects WHERE workflow_id = %s"
+TX_EFFECT_ROWS = (
+    "SELECT workflow_id, step_seq, count(*) AS n FROM public.tx_effects "
+    "WHERE workflow_id = ANY(%s) GROUP BY workflow_id, step_seq"
+)
+
+
+@app.transaction
+async def debit(conn: Any, amount: int) -> int:
+    """Writes one effect row in the checkpoint's transaction; returns the running total."""
+    step = current_step()
+    assert step is not None
+    await conn.execute(TX_EFFECT_INSERT, (step.workflow_id, step.step_seq, amount))
+    cur = await conn.execute(TX_EFFECT_TOTAL, (step.workflow_id,))
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+@app.workflow
+async def transfer(ctx: WorkflowContext, amount: int) -> list[int]:
+    return [await debit(amount), await debit(amount)]
+
+
+@app.transaction(retries=2, backoff=0.01, backoff_max=0.01)
+async def debit_failing_first(conn: Any, amount: int) -> int:
+    """Writes its effect, then fails on the first attempt: that write must roll back."""
+    step = current_step()
+    assert step is not None
+    await conn.execute(TX_EFFECT_INSERT, (step.workflow_id, step.step_seq, amount))
+    if step.attempt == 1:
+        raise RuntimeError("first attempt fails after writing")
+    cur = await conn.execute(TX_EFFECT_TOTAL, (step.workflow_id,))
+    row = await cur.fetchone()
+    return int(row[0])
+
+
+@app.workflow
+async def transfer_with_retry(ctx: WorkflowContext, amount: int) -> int:
+    return await debit_failing_first(amount)
+
+
+@app.transaction
+async def debit_at_gate(conn: Any, paths: dict[str, str]) -> str:
+    """Writes its effect, then waits for the test (which cancels the workflow meanwhile)."""
+    step = current_step()
+    assert step is not None
+    await conn.execute(TX_EFFECT_INSERT, (step.workflow_id, step.step_seq, 1))
+    Path(paths["marker"]).touch()
+    while not Path(paths["gate"]).exists():
+        await asyncio.sleep(0.02)
+    return "written"
+
+
+@app.workflow
+async def transfer_at_gate(ctx: WorkflowContext, paths: dict[str, str]) -> str:
+    return str(await debit_at_gate(paths))
+
+
+@app.workflow
+async def mixed_effects(ctx: WorkflowContext, log_path: str) -> int:
+    """External effect, transactional effect, external effect: what the chaos runs count."""
+    await external_effect(log_path, f"{ctx.workflow_id}:0")
+    await debit(1)
+    await external_effect(log_path, f"{ctx.workflow_id}:2")
+    return 3

@@ -15,6 +15,7 @@ from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.config import ClusterConfig, WorkerSettings
 from tests.helpers import run
+from tests.invariants import create_tx_effects_table
 
 # Short leases and polls so fault scenarios finish in seconds (RELIABILITY.md).
 TEST_WORKER = WorkerSettings(
@@ -72,3 +73,9 @@ def restore_nodes(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
     """For tests that stop nodes: every node is running again afterwards."""
     yield local_cluster
     local_cluster.start_all()
+
+
+@pytest.fixture(scope="session")
+def tx_effects_table(config: ClusterConfig) -> None:
+    """The table transactional steps in tests.apps write to, on every node."""
+    run(create_tx_effects_table(config))

@@ -2,7 +2,8 @@
 
 1. every acknowledged workflow reached a terminal state (lost = those that did not);
 2. one checkpoint per (workflow, step), positions contiguous from 0 (duplicates = violations);
-3. (transactional steps do not exist yet: nothing to count);
+3. one effect row per transactional step (``tx_steps``: the app's effects table has no unique
+   constraint): none twice, none missing, none without its checkpoint;
 4. external effects at least once, with the duplicate rate reported;
 5. step order: checkpoints recorded in position order;
 6. hygiene on every node: no prepared transactions, no advisory locks held, no session idle
@@ -22,6 +23,8 @@ from shardflow import Client
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.verify import check_cluster
 from shardflow.config import ClusterConfig
+from shardflow.connectors import dsn_for, node_connector
+from tests import apps
 
 
 @dataclass
@@ -31,6 +34,10 @@ class InvariantReport:
     bad_histories: list[str] = field(default_factory=list)
     external_effects: int = 0
     external_duplicates: int = 0
+    tx_effects: int = 0
+    tx_duplicates: int = 0
+    tx_missing: int = 0
+    tx_orphans: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -41,6 +48,10 @@ class InvariantReport:
     def assert_ok(self) -> None:
         assert self.lost == [], f"lost workflows: {self.lost[:5]}"
         assert self.bad_histories == [], f"bad histories: {self.bad_histories[:5]}"
+        assert (self.tx_duplicates, self.tx_missing, self.tx_orphans) == (0, 0, 0), (
+            f"transactional effects: {self.tx_duplicates} duplicated, {self.tx_missing} "
+            f"missing, {self.tx_orphans} without a checkpoint"
+        )
         assert self.problems == [], self.problems
 
 
@@ -51,6 +62,7 @@ async def check_invariants(
     *,
     steps_per_workflow: int | None = None,
     effects_log: Path | None = None,
+    tx_steps: frozenset[str] = frozenset(),
     deadline: float = 60.0,
 ) -> InvariantReport:
     report = InvariantReport(workflows=len(workflow_ids))
@@ -71,6 +83,18 @@ async def check_invariants(
         )
         if not (contiguous and complete and in_order):
             report.bad_histories.append(wf_id)
+    if tx_steps:
+        expected = {
+            (wf_id, s.step_seq)
+            for wf_id, history in zip(workflow_ids, histories, strict=True)
+            for s in history
+            if s.step_name in tx_steps and s.status == "succeeded"
+        }
+        rows = await _tx_effect_rows(config, workflow_ids)
+        report.tx_effects = sum(rows.values())
+        report.tx_duplicates = sum(n - 1 for n in rows.values())
+        report.tx_missing = len(expected - rows.keys())
+        report.tx_orphans = len(rows.keys() - expected)
     if effects_log is not None and effects_log.exists():
         lines = Counter(effects_log.read_text().split())
         report.external_effects = sum(lines.values())
@@ -86,3 +110,27 @@ async def check_invariants(
             if hygiene["connections"] >= hygiene["max_connections"]:
                 report.problems.append(f"{node.name}: connections at max_connections")
     return report
+
+
+async def create_tx_effects_table(config: ClusterConfig) -> None:
+    """The app's effects table (tests.apps.TX_EFFECTS_TABLE) on every node."""
+    for node in config.nodes:
+        connector = node_connector(config, node.name, node.dsn, role="tests")
+        async with connector, connector.connection() as conn:
+            await conn.execute(apps.TX_EFFECTS_TABLE)
+
+
+async def _tx_effect_rows(
+    config: ClusterConfig, workflow_ids: list[str]
+) -> Counter[tuple[str, int]]:
+    """Effect rows per (workflow, step position), from the app's table on every node."""
+    rows: Counter[tuple[str, int]] = Counter()
+    async with ClusterAdmin(config) as admin:
+        nodes = (await admin.latest_placement()).nodes
+    for node in nodes:
+        connector = node_connector(config, node.name, dsn_for(config, node), role="tests")
+        async with connector, connector.connection() as conn:
+            cur = await conn.execute(apps.TX_EFFECT_ROWS, (workflow_ids,))
+            for wf_id, seq, n in await cur.fetchall():
+                rows[(wf_id, seq)] += n
+    return rows

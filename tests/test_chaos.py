@@ -23,7 +23,9 @@ from tests.helpers import run, wait_until, worker_command
 from tests.invariants import check_invariants
 from tests.test_reliability import ids_on, proxied
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("tx_effects_table")]
+
+TX_STEPS = frozenset({"debit"})
 
 
 def report(scenario: str, **values: object) -> None:
@@ -62,7 +64,10 @@ def test_random_worker_kills_under_load(
             ids = [f"churn-{uuid.uuid4().hex[:8]}-{i}" for i in range(count)]
             for i in range(0, count, 50):
                 await asyncio.gather(
-                    *(client.start(apps.effects, log_path, workflow_id=w) for w in ids[i : i + 50])
+                    *(
+                        client.start(apps.mixed_effects, log_path, workflow_id=w)
+                        for w in ids[i : i + 50]
+                    )
                 )
             done = asyncio.ensure_future(
                 asyncio.gather(
@@ -83,7 +88,12 @@ def test_random_worker_kills_under_load(
                 w.terminate()
                 await w.wait()
             result = await check_invariants(
-                config, client, ids, steps_per_workflow=3, effects_log=Path(log_path)
+                config,
+                client,
+                ids,
+                steps_per_workflow=3,
+                effects_log=Path(log_path),
+                tx_steps=TX_STEPS,
             )
         report(
             "worker kill -9 churn",
@@ -92,12 +102,37 @@ def test_random_worker_kills_under_load(
             kills=kills,
             lost=len(result.lost),
             duplicate_records=len(result.bad_histories),
+            transactional_effects=result.tx_effects,
+            duplicate_transactional_effects=result.tx_duplicates,
             external_duplicate_rate=f"{result.external_duplicate_rate:.3%}",
         )
         result.assert_ok()
-        assert result.external_effects - result.external_duplicates == 3 * count
+        assert result.external_effects - result.external_duplicates == 2 * count
+        assert result.tx_effects == count
 
     run(go(), timeout=290)
+
+
+async def measure(client: Client, ids: list[str], failures: Counter[str]) -> tuple[float, float]:
+    """Start and await W-like workflows, 20 in flight: (p99 seconds, workflows per second)."""
+    latencies: list[float] = []
+
+    async def one(wf_id: str) -> None:
+        began = time.monotonic()
+        try:
+            await client.start(apps.three_steps, 1, workflow_id=wf_id)
+            await client.result(wf_id, timeout=60)
+        except ShardflowError:
+            failures[client.route(wf_id)[1]] += 1  # a faulted node may time out
+            return
+        latencies.append(time.monotonic() - began)
+
+    began = time.monotonic()
+    for i in range(0, len(ids), 20):
+        await asyncio.gather(*(one(w) for w in ids[i : i + 20]))
+    elapsed = time.monotonic() - began
+    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else 0.0
+    return p99, len(ids) / elapsed
 
 
 @pytest.mark.timeout(300)
@@ -105,26 +140,6 @@ def test_latency_on_one_node_leaves_the_others_alone(config: ClusterConfig) -> N
     slow = config.nodes[2].name
 
     failures: Counter[str] = Counter()
-
-    async def measure(client: Client, ids: list[str]) -> tuple[float, float]:
-        latencies: list[float] = []
-
-        async def one(wf_id: str) -> None:
-            began = time.monotonic()
-            try:
-                await client.start(apps.three_steps, 1, workflow_id=wf_id)
-                await client.result(wf_id, timeout=60)
-            except ShardflowError:
-                failures[client.route(wf_id)[1]] += 1  # the slow node may time out
-                return
-            latencies.append(time.monotonic() - began)
-
-        began = time.monotonic()
-        for i in range(0, len(ids), 20):  # 20 in flight at a time
-            await asyncio.gather(*(one(w) for w in ids[i : i + 20]))
-        elapsed = time.monotonic() - began
-        p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else 0.0
-        return p99, len(ids) / elapsed
 
     async def go() -> None:
         async with (
@@ -134,12 +149,12 @@ def test_latency_on_one_node_leaves_the_others_alone(config: ClusterConfig) -> N
         ):
             healthy = [n.name for n in config.nodes if n.name != slow]
             baseline_ids = [i for n in healthy for i in ids_on(client, n, 150, "base")]
-            base_p99, base_rate = await measure(client, baseline_ids)
+            base_p99, base_rate = await measure(client, baseline_ids, failures)
             proxy.latency = 0.05  # 50 ms each way on the slow node
             faulted_ids = [i for n in healthy for i in ids_on(client, n, 150, "fault")]
             slow_ids = ids_on(client, slow, 20, "slow")
-            slow_task = asyncio.ensure_future(measure(client, slow_ids))
-            fault_p99, fault_rate = await measure(client, faulted_ids)
+            slow_task = asyncio.ensure_future(measure(client, slow_ids, failures))
+            fault_p99, fault_rate = await measure(client, faulted_ids, failures)
             slow_p99, _ = await slow_task
             proxy.heal()
         ratio = fault_p99 / base_p99
@@ -177,7 +192,7 @@ class _Load:
                 self.acked.append(wf_id)
             except ShardflowError:
                 self.refused += 1  # its node is down: not acknowledged, not our promise
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # about 20 starts a second: below capacity
 
 
 @pytest.mark.timeout(300)
@@ -186,14 +201,20 @@ def test_node_killed_under_load_then_restarted(
 ) -> None:
     log_path = tmp_path / "effects.log"
     victim = config.nodes[1].name
+    failures: Counter[str] = Counter()
 
     async def go() -> None:
         async with Worker(apps.app, config), Client(config, app=apps.app) as client:
             load = _Load(client, str(log_path))
             task = asyncio.ensure_future(load.run())
             await wait_until(lambda: len(load.acked) >= 100, timeout=60, what="load")
+            healthy = [n.name for n in config.nodes if n.name != victim]
+            base_ids = [i for n in healthy for i in ids_on(client, n, 100, "base")]
+            base_p99, _ = await measure(client, base_ids, failures)
             local_cluster.stop_node(local_cluster.node(victim), mode="immediate")
             acked_at_kill = len(load.acked)
+            down_ids = [i for n in healthy for i in ids_on(client, n, 100, "down")]
+            down_p99, _ = await measure(client, down_ids, failures)
             await wait_until(
                 lambda: len(load.acked) >= acked_at_kill + 100,
                 timeout=60,
@@ -215,11 +236,15 @@ def test_node_killed_under_load_then_restarted(
             runs=1,
             workflows=len(load.acked),
             refused_while_down=load.refused,
+            healthy_p99_ms=f"{base_p99 * 1000:.0f}->{down_p99 * 1000:.0f}",
+            healthy_p99_ratio=f"{down_p99 / base_p99:.2f}",
             lost=len(result.lost),
             duplicate_records=len(result.bad_histories),
             external_duplicate_rate=f"{result.external_duplicate_rate:.3%}",
         )
         result.assert_ok()
+        assert sum(n for node, n in failures.items() if node != victim) == 0
+        assert down_p99 / base_p99 < 2.0
 
     try:
         run(go(), timeout=290)
@@ -257,7 +282,7 @@ def test_all_workers_killed_and_restarted_at_once(
             for i in range(0, len(ids), 50):
                 await asyncio.gather(
                     *(
-                        client.start(apps.effects, str(log_path), workflow_id=w)
+                        client.start(apps.mixed_effects, str(log_path), workflow_id=w)
                         for w in ids[i : i + 50]
                     )
                 )
@@ -279,7 +304,13 @@ def test_all_workers_killed_and_restarted_at_once(
                         peak = max(peak, hygiene["connections"])
                     await asyncio.sleep(0.1)  # sampling interval, not synchronisation
             result = await check_invariants(
-                config, client, ids, steps_per_workflow=3, effects_log=log_path, deadline=120
+                config,
+                client,
+                ids,
+                steps_per_workflow=3,
+                effects_log=log_path,
+                tx_steps=TX_STEPS,
+                deadline=120,
             )
             for w in workers:
                 w.terminate()
@@ -293,9 +324,12 @@ def test_all_workers_killed_and_restarted_at_once(
             max_connections=200,
             lost=len(result.lost),
             duplicate_records=len(result.bad_histories),
+            transactional_effects=result.tx_effects,
+            duplicate_transactional_effects=result.tx_duplicates,
             external_duplicate_rate=f"{result.external_duplicate_rate:.3%}",
         )
         result.assert_ok()
+        assert result.tx_effects == len(ids)
         assert peak < 200
 
     run(go(), timeout=290)

@@ -23,10 +23,12 @@ from shardflow import Client, ShardflowError, Worker
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
-from shardflow.cluster.rebalance import FAULT_ENV, FAULT_POINTS, PlannedMove, Rebalancer
+from shardflow.cluster.rebalance import PlannedMove, Rebalancer
 from shardflow.cluster.verify import check_cluster
 from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.errors import ConfigurationError
+from shardflow.faults import REBALANCE_FAULT_ENV as FAULT_ENV
+from shardflow.faults import REBALANCE_FAULT_POINTS as FAULT_POINTS
 from shardflow.storage import NodeConnector, WorkerStore
 from tests import apps
 from tests.conftest import TEST_WORKER

@@ -18,8 +18,6 @@ The write freeze of p lasts from 1 to 3.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -27,20 +25,15 @@ from dataclasses import dataclass, field
 
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.errors import ShardflowError
+from shardflow.faults import REBALANCE_FAULT_ENV, fault_point
 from shardflow.routing import Placement, target_placement
 from shardflow.storage.rebalance_store import MoveRecord
 
 log = logging.getLogger("shardflow.cluster")
 
-# For fault-injection tests only: the process kills itself (SIGKILL) at the named point.
-FAULT_ENV = "SHARDFLOW_REBALANCE_FAULT"
-FAULT_POINTS = ("after_fence", "mid_copy", "after_copy", "after_flip", "after_publish")
-
 
 def _fault_point(name: str) -> None:
-    if os.environ.get(FAULT_ENV) == name:
-        log.critical("fault injection: killing the rebalance at %s", name)
-        os.kill(os.getpid(), signal.SIGKILL)
+    fault_point(REBALANCE_FAULT_ENV, name)
 
 
 @dataclass(frozen=True)

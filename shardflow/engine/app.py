@@ -43,6 +43,9 @@ class StepDef:
     backoff: float = 1.0
     backoff_max: float = 60.0
     timeout: float | None = None
+    # A transactional step gets the node's connection as its first argument and runs inside
+    # the transaction that writes its checkpoint: its effect on that node happens once.
+    transactional: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -63,6 +66,12 @@ class StepDef:
         ctx = current_context()
         if ctx is not None:
             return await ctx.run_step(self, args, kwargs)
+        if self.transactional:
+            raise ConfigurationError(
+                f"transactional step {self.name!r} runs only inside a workflow, in the "
+                "transaction that records it; outside one, call its function with your own "
+                "connection: step.fn(conn, ...)"
+            )
         if self.is_async:
             return await self.fn(*args, **kwargs)
         return await asyncio.to_thread(self.fn, *args, **kwargs)
@@ -166,12 +175,7 @@ class App:
         timeout: float | None = None,
     ) -> StepDef | Callable[[Callable[..., Any]], StepDef]:
         """Register a step (sync or async). Its JSON result is checkpointed once."""
-        if retries < 0:
-            raise ConfigurationError("step retries must be >= 0")
-        if backoff <= 0 or backoff_max < backoff:
-            raise ConfigurationError("step backoff must be > 0 and backoff_max >= backoff")
-        if timeout is not None and timeout <= 0:
-            raise ConfigurationError("step timeout must be positive seconds, or None")
+        _check_step_options("step", retries, backoff, backoff_max, timeout)
 
         def register(func: Callable[..., Any]) -> StepDef:
             if not callable(func):
@@ -189,6 +193,71 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    @overload
+    def transaction(self, fn: Callable[..., Awaitable[Any]], /) -> StepDef: ...
+
+    @overload
+    def transaction(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[..., Awaitable[Any]]], StepDef]: ...
+
+    def transaction(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        timeout: float | None = None,
+    ) -> StepDef | Callable[[Callable[..., Awaitable[Any]]], StepDef]:
+        """Register a transactional step: ``async def f(conn, *args)``.
+
+        ``conn`` is a psycopg ``AsyncConnection`` to the workflow's node, inside the transaction
+        that also writes the step's checkpoint and checks the lease and the partition fence.
+        Its writes commit together with the checkpoint or not at all, so they happen exactly
+        once. Keep the body short (it holds row locks) and touch only data on that node.
+        Do not commit or roll back yourself; raise to roll back (and retry, if ``retries``).
+        """
+        _check_step_options("transaction", retries, backoff, backoff_max, timeout)
+
+        def register(func: Callable[..., Awaitable[Any]]) -> StepDef:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(
+                    f"transactional step {getattr(func, '__qualname__', func)!r} must be an "
+                    "`async def f(conn, ...)` function (it uses psycopg's AsyncConnection)"
+                )
+            params = list(inspect.signature(func).parameters.values())
+            if not params or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            ):
+                raise ConfigurationError(
+                    f"transactional step {func.__qualname__} must take the connection as its "
+                    "first positional parameter: async def f(conn, ...)"
+                )
+            step_def = StepDef(
+                name=self._new_name(name or func.__qualname__, self._steps),
+                fn=func,
+                retries=retries,
+                backoff=backoff,
+                backoff_max=backoff_max,
+                timeout=timeout,
+                transactional=True,
+            )
+            self._steps[step_def.name] = step_def
+            return step_def
+
+        return register(fn) if fn is not None else register
+
     @staticmethod
     def _new_name(name: str, taken: dict[str, Any]) -> str:
         if not name or len(name) > 200 or "\x00" in name:
@@ -200,3 +269,14 @@ class App:
                 f"{name!r} is registered twice; give one of them an explicit name="
             )
         return name
+
+
+def _check_step_options(
+    kind: str, retries: int, backoff: float, backoff_max: float, timeout: float | None
+) -> None:
+    if retries < 0:
+        raise ConfigurationError(f"{kind} retries must be >= 0")
+    if backoff <= 0 or backoff_max < backoff:
+        raise ConfigurationError(f"{kind} backoff must be > 0 and backoff_max >= backoff")
+    if timeout is not None and timeout <= 0:
+        raise ConfigurationError(f"{kind} timeout must be positive seconds, or None")

@@ -15,10 +15,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from shardflow.engine.codec import encode_error, encode_payload, error_text
 from shardflow.errors import InvalidInput, NonDeterminismError, ShardflowError, StepFailedError
+from shardflow.faults import WORKER_FAULT_ENV, fault_point
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
 if TYPE_CHECKING:
@@ -99,6 +100,14 @@ class RunAbandoned(BaseException):
     """
 
     def __init__(self, cause: ShardflowError):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _StepBodyFailed(Exception):
+    """Carries a transactional step's own exception out of its (rolled back) transaction."""
+
+    def __init__(self, cause: Exception):
         super().__init__(str(cause))
         self.cause = cause
 
@@ -189,29 +198,73 @@ class WorkflowContext:
         work = self._work
         attempt = work.retry_attempts + 1 if work.retry_step_seq == seq else 1
         info = StepInfo(work.workflow_id, step.name, seq, attempt)
+        if step.transactional:
+            return await self._run_transaction(step, info, args, kwargs)
         try:
             result = await self._invoke(step, info, args, kwargs)
             encoded = encode_payload(
                 result, max_bytes=self._max_payload_bytes, what=f"result of step {step.name!r}"
             )
-        except InvalidInput as exc:
-            # A result that cannot be stored fails the same way every time: no retries.
-            error = encode_error(exc)
-            await self._record(seq, step.name, "failed", error=error, attempts=attempt)
-            raise StepFailedError(step.name, error) from None
         except Exception as exc:
-            error = encode_error(exc)
-            if attempt < step.max_attempts:
-                raise Release(
-                    timedelta(seconds=step.retry_delay(attempt)),
-                    retry_step_seq=seq,
-                    retry_attempts=attempt,
-                    error=error,
-                ) from None
-            await self._record(seq, step.name, "failed", error=error, attempts=attempt)
-            raise StepFailedError(step.name, error) from None
+            await self._step_failed(step, info, exc)
         await self._record(seq, step.name, "succeeded", output=encoded.text, attempts=attempt)
         return encoded.value
+
+    async def _run_transaction(
+        self, step: StepDef, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run a transactional step and write its checkpoint in one transaction on the node.
+
+        Either both commit or neither does: a crash before the commit leaves no effect and
+        the step runs again; after it, replay finds the checkpoint and does not run it again.
+        """
+        try:
+            async with self._store.step_transaction() as conn:
+                try:
+                    result = await self._invoke(step, info, (conn, *args), kwargs)
+                    encoded = encode_payload(
+                        result,
+                        max_bytes=self._max_payload_bytes,
+                        what=f"result of step {step.name!r}",
+                    )
+                except Exception as exc:
+                    if conn.broken or conn.closed:
+                        raise  # the node went away, not the step's fault
+                    raise _StepBodyFailed(exc) from exc
+                recorded = await self._store.record_step(
+                    self._work,
+                    step_seq=info.step_seq,
+                    step_name=step.name,
+                    status="succeeded",
+                    output=encoded.text,
+                    attempts=info.attempt,
+                    conn=conn,
+                )
+                if not recorded:
+                    raise LeaseLost()  # rolls the step's writes back with it
+                fault_point(WORKER_FAULT_ENV, "tx_before_commit")
+        except _StepBodyFailed as failed:
+            await self._step_failed(step, info, failed.cause)
+        except ShardflowError as exc:
+            # Includes a commit whose outcome is unknown: the resumed run finds out by
+            # replaying, because the checkpoint committed if and only if the effect did.
+            raise RunAbandoned(exc) from exc
+        fault_point(WORKER_FAULT_ENV, "tx_after_commit")
+        return encoded.value
+
+    async def _step_failed(self, step: StepDef, info: StepInfo, exc: Exception) -> NoReturn:
+        """Schedule a retry of a failed attempt, or record the step as failed and raise."""
+        error = encode_error(exc)
+        # A result that cannot be stored fails the same way every time: no retries.
+        if not isinstance(exc, InvalidInput) and info.attempt < step.max_attempts:
+            raise Release(
+                timedelta(seconds=step.retry_delay(info.attempt)),
+                retry_step_seq=info.step_seq,
+                retry_attempts=info.attempt,
+                error=error,
+            ) from None
+        await self._record(info.step_seq, step.name, "failed", error=error, attempts=info.attempt)
+        raise StepFailedError(step.name, error) from None
 
     async def _invoke(
         self, step: StepDef, info: StepInfo, args: tuple[Any, ...], kwargs: dict[str, Any]

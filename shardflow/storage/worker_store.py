@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
+
+import psycopg
 
 from shardflow.errors import NodeUnavailable
 from shardflow.storage.connector import NodeConnector
@@ -77,24 +80,32 @@ class WorkerStore:
         output: str | None = None,
         error: str | None = None,
         attempts: int = 1,
+        conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> bool:
         """Write the checkpoint of one step; False if the lease or the partition was lost.
 
-        ``output`` and ``error`` are JSON text, already validated by the engine.
+        ``output`` and ``error`` are JSON text, already validated by the engine. With ``conn``
+        (a transactional step's transaction) the write joins that transaction.
         """
-        rows = await self.db.run(
-            "step_record",
-            {
-                **_lease_key(work),
-                "step_seq": step_seq,
-                "step_name": step_name,
-                "status": status,
-                "output": output,
-                "error": error,
-                "attempts": attempts,
-            },
-        )
-        return bool(rows)
+        params = {
+            **_lease_key(work),
+            "step_seq": step_seq,
+            "step_name": step_name,
+            "status": status,
+            "output": output,
+            "error": error,
+            "attempts": attempts,
+        }
+        if conn is not None:
+            return bool(await self.db.fetch(conn, "step_record", params))
+        return bool(await self.db.run("step_record", params))
+
+    def step_transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """A connection inside one transaction, for a transactional step and its checkpoint.
+
+        Committed when the block exits cleanly, rolled back when it raises.
+        """
+        return self.db.transaction()
 
     async def finish(
         self,
