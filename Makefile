@@ -7,9 +7,12 @@ SF := $(BIN)/shardflow
 CLUSTER_DIR ?= /tmp/shardflow-demo
 DEMO_COUNT ?= 300
 DEMO_WORKERS ?= 2
+LOAD_USERS ?= 20
+LOAD_TIME ?= 30s
+BENCH_RUNS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-status demo-down lint format test test-all chaos bench-rebalance clean
+.PHONY: help install demo demo-status demo-down load lint format test test-all chaos bench bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -33,14 +36,23 @@ demo-status: install ## Show the demo cluster: nodes, partitions, workflows by s
 demo-down: install ## Stop the demo cluster and delete its data
 	$(SF) cluster down --destroy --dir $(CLUSTER_DIR)
 
+load: install ## Headless Locust run (LOAD_USERS users, LOAD_TIME) on the demo cluster with 2 workers
+	$(SF) cluster up --nodes 3 --dir $(CLUSTER_DIR)
+	export SHARDFLOW_CONFIG=$(CLUSTER_DIR)/shardflow.toml; \
+	$(SF) worker --app shardflow.bench.workloads:app >$(CLUSTER_DIR)/load-worker-1.log 2>&1 & w1=$$!; \
+	$(SF) worker --app shardflow.bench.workloads:app >$(CLUSTER_DIR)/load-worker-2.log 2>&1 & w2=$$!; \
+	trap 'kill $$w1 $$w2; wait' EXIT; \
+	$(BIN)/locust -f locustfiles/shardflow_users.py --headless -u $(LOAD_USERS) \
+		-r $(LOAD_USERS) -t $(LOAD_TIME) --only-summary
+
 lint: install ## ruff (lint + format check) and mypy --strict on the package
-	$(BIN)/ruff check shardflow tests locustfiles
-	$(BIN)/ruff format --check shardflow tests locustfiles
+	$(BIN)/ruff check shardflow tests locustfiles benchmarks
+	$(BIN)/ruff format --check shardflow tests locustfiles benchmarks
 	$(BIN)/mypy
 
 format: install ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix shardflow tests locustfiles
-	$(BIN)/ruff format shardflow tests locustfiles
+	$(BIN)/ruff check --fix shardflow tests locustfiles benchmarks
+	$(BIN)/ruff format shardflow tests locustfiles benchmarks
 
 test: lint ## Lint, then the test suite against a fresh local 3-node cluster
 	$(BIN)/pytest
@@ -50,6 +62,16 @@ test-all: lint ## The test suite including the long scenarios marked slow
 
 chaos: install ## The long fault scenarios only (worker churn, latency isolation); prints a table
 	$(BIN)/pytest -m slow -s -q tests/test_chaos.py | grep -E "^CHAOS|passed|failed"
+
+bench: install ## Throughput, latency, start_many and scaling benchmarks; JSON + PNG in bench-results/
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/run_all.py --runs $(BENCH_RUNS) --out bench-results
+
+bench-dbos: install ## W on shardflow and on DBOS (own virtualenv .venv-dbos) in one run; prints the ratio
+	test -x .venv-dbos/bin/python || ($(PYTHON) -m venv .venv-dbos && .venv-dbos/bin/pip install -q dbos)
+	mkdir -p bench-results
+	$(BIN)/python benchmarks/compare_dbos.py --dbos-python .venv-dbos/bin/python \
+		--runs $(BENCH_RUNS) --json bench-results/dbos.json
 
 bench-rebalance: install ## Benchmark moving partitions onto a new node under load
 	mkdir -p bench-results

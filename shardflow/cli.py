@@ -665,6 +665,105 @@ def bench_rebalance(
         Path(json_path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+@bench.command("run")
+@click.argument("workload", type=click.Choice(["w", "fanout", "sleepy"]), default="w")
+@click.option("--nodes", default=1, show_default=True, help="Database nodes in the cluster.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--concurrency", default=64, show_default=True, help="Slots per worker.")
+@click.option("--partitions", default=256, show_default=True)
+@click.option("--count", type=int, help="Closed loop: start this many as fast as possible.")
+@click.option("--rate", type=float, help="Open loop: start this many workflows per second...")
+@click.option("--duration", default=10.0, show_default=True, help="...for this many seconds.")
+@click.option(
+    "--node-cpu",
+    type=float,
+    help="Cap each node at this many CPUs (cgroup v1, root only): the scaling benchmark.",
+)
+@click.option("--repeat", default=1, show_default=True, help="Runs; the median is printed.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Append every run's result to this JSON file (a list).",
+)
+def bench_run(
+    workload: str,
+    nodes: int,
+    workers: int,
+    concurrency: int,
+    partitions: int,
+    count: int | None,
+    rate: float | None,
+    duration: float,
+    node_cpu: float | None,
+    repeat: int,
+    json_path: str | None,
+) -> None:
+    """Run WORKLOAD (w, fanout, sleepy) on a fresh local cluster and report throughput,
+    latency from the database clock, CPU split, commits per workflow and worker memory."""
+    from shardflow.bench.rebalance import bench_directory
+    from shardflow.bench.report import append_results, print_summary
+    from shardflow.bench.throughput import BenchSettings, run_throughput_bench
+
+    settings = BenchSettings(
+        workload=workload,
+        nodes=nodes,
+        workers=workers,
+        concurrency=concurrency,
+        partitions=partitions,
+        count=count if count is not None or rate is not None else 5000,
+        rate=rate,
+        duration=duration,
+        node_cpu=node_cpu,
+    )
+    settings.check()
+    results = []
+    for _ in range(repeat):
+        root = bench_directory(None)
+        try:
+            results.append(_run(run_throughput_bench(settings, root)).as_dict())
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        click.echo(json.dumps(results[-1]))
+    print_summary(results, echo=click.echo)
+    if json_path:
+        append_results(Path(json_path), results)
+
+
+@bench.command("start-many")
+@click.option("--nodes", default=3, show_default=True)
+@click.option("--count", default=100_000, show_default=True, help="Workflows to start.")
+@click.option("--chunk", default=10_000, show_default=True, help="Workflows per start_many call.")
+@click.option("--partitions", default=256, show_default=True)
+def bench_start_many(nodes: int, count: int, chunk: int, partitions: int) -> None:
+    """Bulk-start workflows with Client.start_many (no workers): durable starts per second."""
+    from shardflow.bench.rebalance import bench_directory
+    from shardflow.bench.throughput import run_start_many_bench
+
+    root = bench_directory(None)
+    try:
+        result = _run(
+            run_start_many_bench(
+                nodes=nodes, count=count, chunk=chunk, partitions=partitions, root=root
+            )
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    click.echo(json.dumps(result.as_dict()))
+
+
+@bench.command("plot")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+def bench_plot(results: tuple[str, ...], out: str) -> None:
+    """Draw throughput vs nodes and latency vs offered load from `bench run --json` files."""
+    from shardflow.bench.report import plot_results
+
+    runs = [run for path in results for run in json.loads(Path(path).read_text())]
+    plot_results(runs, Path(out))
+    click.echo(f"wrote {out}")
+
+
 @cli.command()
 @click.option("--count", default=300, show_default=True, help="Workflows to run.")
 @click.option("--workers", default=2, show_default=True, help="Worker processes to start.")

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -39,6 +39,7 @@ from shardflow.errors import (
 from shardflow.routing import Placement, partition_for
 from shardflow.storage import AdminStore, ClientStore, NodeConnector
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
+from shardflow.wakeup import WakeUp
 
 log = logging.getLogger("shardflow.client")
 
@@ -73,6 +74,7 @@ class Client:
         # Recorded in the audit log for cancel and requeue.
         self.actor = actor or default_actor()
         self._connectors: dict[str, NodeConnector] = {}
+        self._wake_ups: dict[str, WakeUp] = {}
         self._placement: Placement | None = None
         self._refresh_lock = asyncio.Lock()
 
@@ -95,6 +97,7 @@ class Client:
         await self.refresh_placement()
 
     async def close(self) -> None:
+        await asyncio.gather(*(w.flush() for w in self._wake_ups.values()))
         await asyncio.gather(*(c.close() for c in self._connectors.values()))
         self._connectors.clear()
 
@@ -163,6 +166,16 @@ class Client:
                     await asyncio.sleep(delay)  # the move is still in its freeze
                     delay = min(delay * 2, 0.2)
 
+    def _wake(self, store: ClientStore) -> None:
+        """Wake the workers of the node that just got work (coalesced, not awaited)."""
+        node = store.db.name
+        wake_up = self._wake_ups.get(node)
+        if wake_up is None:
+            # The connector is looked up at send time: membership changes may replace it.
+            wake_up = WakeUp(node, lambda: ClientStore(self._connector_for(node)).notify_work())
+            self._wake_ups[node] = wake_up
+        wake_up.request()
+
     def _connector_for(self, node: str) -> NodeConnector:
         connector = self._connectors.get(node)
         if connector is None:
@@ -206,7 +219,7 @@ class Client:
                 timeout=timeout,
             )
             if outcome.created:
-                await _best_effort_notify(store, partition)
+                self._wake(store)
                 return WorkflowHandle(self, wf_id, routing_key, created=True)
             existing = outcome.record
             assert existing is not None
@@ -225,6 +238,78 @@ class Client:
             # The connection dropped after the statement was sent: the server may have
             # committed. Look it up rather than guess (starts are idempotent by id anyway).
             return await self._resolve_ambiguous_start(wf_id, routing_key, name, lost)
+
+    async def start_many(
+        self,
+        workflow: WorkflowDef | str,
+        inputs: Sequence[Any],
+        *,
+        workflow_ids: Sequence[str] | None = None,
+    ) -> list[WorkflowHandle]:
+        """Start many workflows of one kind: one statement per node, not one per workflow.
+
+        Every id and input is validated before anything is written (a bad one raises and
+        nothing starts). Ids that already exist, or whose partition is moving, go through
+        ``start()`` one by one, so the result is the same as calling ``start()`` for each:
+        a handle per input, in order, ``created`` False for an existing id.
+        """
+        name = self._workflow_name(workflow)
+        definition = workflow if isinstance(workflow, WorkflowDef) else self.app_workflow(name)
+        limits = self.config.limits
+        if workflow_ids is None:
+            ids = [str(uuid.uuid4()) for _ in inputs]
+        else:
+            ids = list(workflow_ids)
+            if len(ids) != len(inputs):
+                raise InvalidInput(
+                    f"start_many got {len(inputs)} inputs but {len(ids)} workflow_ids; "
+                    "pass one id per input, or none"
+                )
+            for wf_id in ids:
+                check_identifier(wf_id, what="workflow_id", max_length=limits.max_id_length)
+            if len(set(ids)) != len(ids):
+                raise InvalidInput("start_many got the same workflow_id twice; ids must be unique")
+        texts = [
+            encode_payload(value, max_bytes=limits.max_payload_bytes, what="workflow input").text
+            for value in inputs
+        ]
+        timeout = (
+            timedelta(seconds=definition.timeout) if definition and definition.timeout else None
+        )
+        by_node: dict[str, list[tuple[int, str, str | None]]] = {}
+        for wf_id, text in zip(ids, texts, strict=True):
+            partition, node = self.route(wf_id)
+            by_node.setdefault(node, []).append((partition, wf_id, text))
+
+        async def insert(node: str, rows: list[tuple[int, str, str | None]]) -> set[str]:
+            store = ClientStore(self._connector_for(node))
+            try:
+                created = await store.insert_many(
+                    name=name,
+                    partitions=[r[0] for r in rows],
+                    workflow_ids=[r[1] for r in rows],
+                    routing_keys=[None] * len(rows),
+                    inputs=[r[2] for r in rows],
+                    timeout=timeout,
+                )
+            except NodeUnavailable as exc:
+                if exc.maybe_committed:
+                    return set()  # each id is then resolved by start(), which looks it up
+                raise
+            if created:
+                self._wake(store)
+            return created
+
+        created = set().union(
+            *await asyncio.gather(*(insert(n, rows) for n, rows in by_node.items()))
+        )
+        handles: list[WorkflowHandle] = []
+        for wf_id, value in zip(ids, inputs, strict=True):
+            if wf_id in created:
+                handles.append(WorkflowHandle(self, wf_id, None, created=True))
+            else:  # existed already, or its partition moved meanwhile
+                handles.append(await self.start(workflow, value, workflow_id=wf_id))
+        return handles
 
     async def _resolve_ambiguous_start(
         self, wf_id: str, routing_key: str | None, name: str, lost: NodeUnavailable
@@ -405,14 +490,6 @@ class Client:
         if routing_key is not None:
             check_identifier(routing_key, what="routing_key", max_length=max_length)
         return routing_key or workflow_id
-
-
-async def _best_effort_notify(store: ClientStore, partition: int) -> None:
-    # The start is committed; a lost wake-up only delays pick-up until the next poll.
-    try:
-        await store.notify_work(partition)
-    except NodeUnavailable as exc:
-        log.info("could not notify workers: %s", exc)
 
 
 def _encode_cursor(created_at: datetime, workflow_id: str) -> str:

@@ -66,7 +66,10 @@ class WorkflowRunner:
         ctx = WorkflowContext(
             work=work,
             store=store,
-            checkpoints=await store.steps(work.partition, work.workflow_id),
+            # Checkpoints are written only under a claim: a first claim has none to read.
+            checkpoints=(
+                await store.steps(work.partition, work.workflow_id) if work.claim_count > 1 else []
+            ),
             max_payload_bytes=self.max_payload_bytes,
         )
         remaining = None

@@ -49,9 +49,10 @@ class ClientStore:
             "timeout": timeout,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
+        # The common case is one round trip: a single autocommit statement.
+        if await self.db.run("workflow_insert", params):
+            return InsertOutcome(created=True, record=None)
         async with self.db.transaction() as conn:
-            if await self.db.fetch(conn, "workflow_insert", params):
-                return InsertOutcome(created=True, record=None)
             # Nothing inserted: the id exists, or the node does not own the partition.
             rows = await self.db.fetch(conn, "workflow_get", key)
             if rows:
@@ -59,11 +60,36 @@ class ClientStore:
             await self._raise_moved(conn, partition)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def notify_work(self, partition: int) -> None:
-        """Wake the node's claim loops; sent after the commit, as its own statement."""
-        await self.db.run(
-            "notify_work", {"channel": work_channel(self.db.schema), "payload": str(partition)}
+    async def insert_many(
+        self,
+        *,
+        name: str,
+        partitions: list[int],
+        workflow_ids: list[str],
+        routing_keys: list[str | None],
+        inputs: list[str | None],
+        timeout: timedelta | None,
+    ) -> set[str]:
+        """Insert many pending workflows in one statement; returns the ids it created.
+
+        Ids that already existed, or whose partition this node does not own, are not in it.
+        """
+        rows = await self.db.run(
+            "workflow_insert_many",
+            {
+                "name": name,
+                "partitions": partitions,
+                "workflow_ids": workflow_ids,
+                "routing_keys": routing_keys,
+                "inputs": inputs,
+                "timeout": timeout,
+            },
         )
+        return {row["workflow_id"] for row in rows}
+
+    async def notify_work(self) -> None:
+        """Wake the node's claim loops; sent after the commit, as its own statement."""
+        await self.db.run("notify_work", {"channel": work_channel(self.db.schema), "payload": ""})
 
     async def get_workflow(self, partition: int, workflow_id: str) -> WorkflowRecord | None:
         rows = await self.db.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,9 @@ from shardflow.storage.conninfo import display_address
 from shardflow.storage.queries import QueryBook
 
 log = logging.getLogger("shardflow.storage")
+
+# A pooled connection idle for longer than this is pinged before use.
+IDLE_CHECK_SECONDS = 1.0
 
 Row = dict[str, Any]
 Params = Mapping[str, Any]
@@ -70,6 +74,8 @@ class NodeConnector:
         self._revive_lock = asyncio.Lock()
         # True while the node refused the last connection attempt.
         self._down = False
+        # id(connection) -> when it went back to the pool (monotonic): see _check_if_idle.
+        self._returned_at: dict[int, float] = {}
 
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
         return psycopg_pool.AsyncConnectionPool(
@@ -79,10 +85,22 @@ class NodeConnector:
             max_size=self._pool_max_size,
             open=False,
             timeout=self._connect_timeout,
-            # A node restart breaks every pooled connection; check before handing one out.
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            check=self._check_if_idle,
             name=f"shardflow-{self.name}",
         )
+
+    async def _check_if_idle(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Ping a pooled connection before handing it out, unless it was used just now.
+
+        A node restart breaks every pooled connection, so an idle one is checked (one round
+        trip); under load, connections come back within milliseconds and the ping would
+        double the round trips of short statements. A busy connection that broke fails its
+        call once (NodeUnavailable) and the pool drops it.
+        """
+        returned = self._returned_at.get(id(conn))
+        if returned is not None and time.monotonic() - returned < IDLE_CHECK_SECONDS:
+            return
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
     async def _revive(self, failed: psycopg_pool.AsyncConnectionPool) -> None:
         """After a pool timeout: if the node answers a direct connection now, start a fresh pool.
@@ -145,6 +163,7 @@ class NodeConnector:
                 async with asyncio.timeout(self._operation_timeout):
                     yield conn
             finally:
+                self._returned_at[id(conn)] = time.monotonic()
                 await pool.putconn(conn)
 
     async def _acquire(

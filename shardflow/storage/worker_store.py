@@ -8,7 +8,7 @@ exception: the worker then drops the workflow, whoever holds it now carries on.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from shardflow.errors import NodeUnavailable
+from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.connector import NodeConnector
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
@@ -25,6 +26,13 @@ class WorkerStore:
 
     def __init__(self, connector: NodeConnector):
         self.db = connector
+        # Group commit of the two writes every workflow makes: checkpoints and terminal states.
+        self._checkpoints: WriteBatcher[dict[str, Any]] = WriteBatcher(
+            self._write_checkpoints, key=lambda c: (c["workflow_id"], c["step_seq"])
+        )
+        self._finishes: WriteBatcher[dict[str, Any]] = WriteBatcher(
+            self._write_finishes, key=lambda f: f["workflow_id"]
+        )
 
     @property
     def node(self) -> str:
@@ -98,7 +106,15 @@ class WorkerStore:
         }
         if conn is not None:
             return bool(await self.db.fetch(conn, "step_record", params))
-        return bool(await self.db.run("step_record", params))
+        return await self._checkpoints.submit(params)
+
+    async def _write_checkpoints(self, batch: list[dict[str, Any]]) -> set[Hashable]:
+        rows = await self.db.run("step_record_many", _columns(batch, _CHECKPOINT_COLUMNS))
+        return {(r["workflow_id"], r["step_seq"]) for r in rows}
+
+    async def _write_finishes(self, batch: list[dict[str, Any]]) -> set[Hashable]:
+        rows = await self.db.run("workflow_finish_many", _columns(batch, _FINISH_COLUMNS))
+        return {r["workflow_id"] for r in rows}
 
     def step_transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A connection inside one transaction, for a transactional step and its checkpoint.
@@ -116,11 +132,9 @@ class WorkerStore:
         error: str | None = None,
     ) -> bool:
         """Move a held workflow to a terminal status; False if the lease was lost."""
-        rows = await self.db.run(
-            "workflow_finish",
-            {**_lease_key(work), "status": status, "output": output, "error": error},
+        return await self._finishes.submit(
+            {**_lease_key(work), "status": status, "output": output, "error": error}
         )
-        return bool(rows)
 
     async def release(
         self,
@@ -220,6 +234,25 @@ class WorkerStore:
                         )
                     if not got_any:
                         yield None
+
+
+# Batched statements take one array per column, named <column>_list.
+_CHECKPOINT_COLUMNS = (
+    "partition",
+    "workflow_id",
+    "lease_token",
+    "step_seq",
+    "step_name",
+    "status",
+    "output",
+    "error",
+    "attempts",
+)
+_FINISH_COLUMNS = ("partition", "workflow_id", "lease_token", "status", "output", "error")
+
+
+def _columns(batch: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {f"{name}_list": [row[name] for row in batch] for name in names}
 
 
 def _lease_key(work: ClaimedWorkflow) -> dict[str, Any]:

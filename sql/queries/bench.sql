@@ -14,3 +14,24 @@ INSERT INTO {schema}.steps
     (partition, workflow_id, step_seq, step_name, status, output, lease_token)
 SELECT %(partition)s, w.workflow_id, s, 'add_one', 'succeeded', '2'::json, %(token)s
 FROM w CROSS JOIN generate_series(0, 2) AS s;
+
+-- name: bench_progress
+-- How many of one benchmark run's workflows (ids starting with the run's prefix) are done.
+SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled', 'dead')) AS done,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) AS total
+FROM {schema}.workflows
+WHERE workflow_id LIKE %(prefix)s;
+
+-- name: bench_timings
+-- Per workflow of one run, from the database clock: start, first pick-up and completion.
+SELECT extract(epoch FROM created_at)::float8 AS created,
+       extract(epoch FROM claimed_at)::float8 AS claimed,
+       extract(epoch FROM completed_at)::float8 AS completed
+FROM {schema}.workflows
+WHERE workflow_id LIKE %(prefix)s AND status = 'succeeded';
+
+-- name: bench_commits
+-- Write transactions started on this node so far: the next transaction id to be assigned.
+-- (Exact and immediate, unlike pg_stat_database, whose counters a busy backend flushes late.)
+SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS commits;

@@ -78,21 +78,6 @@ WHERE EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM lease)
 ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
 RETURNING step_seq;
 
--- name: workflow_finish
-WITH fence AS (
-    SELECT epoch FROM {schema}.partition_ownership
-    WHERE partition = %(partition)s AND state = 'owned'
-    FOR SHARE
-)
-UPDATE {schema}.workflows
-SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
-    completed_at = now(), updated_at = now(), lease_expiries = 0,
-    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
-  AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
-  AND EXISTS (SELECT 1 FROM fence)
-RETURNING workflow_id;
-
 -- name: workflow_release
 -- Suspends a running workflow until now() + delay (durable sleep, step retry backoff).
 WITH fence AS (
@@ -172,3 +157,59 @@ UPDATE {schema}.service_leases
 SET holder = %(holder)s, expires_at = now() + %(ttl)s::interval
 WHERE service = %(service)s AND holder = %(previous)s
 RETURNING holder;
+
+-- name: step_record_many
+-- Group commit: the checkpoints of many running workflows in one statement, each guarded like
+-- step_record (its lease unexpired, its partition owned, FOR SHARE). Returns the rows written;
+-- a checkpoint missing from the result lost its lease or its partition. Plain Postgres nodes:
+-- Citus refuses row locks across shards (there, one partition per statement).
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(partition_list)s::integer[], %(workflow_id_list)s::text[], %(lease_token_list)s::uuid[],
+        %(step_seq_list)s::integer[], %(step_name_list)s::text[], %(status_list)s::text[],
+        %(output_list)s::text[], %(error_list)s::text[], %(attempts_list)s::integer[]
+    ) AS b (partition, workflow_id, lease_token, step_seq, step_name, status, output, error,
+            attempts)
+), fence AS (
+    SELECT partition FROM {schema}.partition_ownership
+    WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
+    FOR SHARE
+), lease AS (
+    SELECT w.partition, w.workflow_id, w.lease_token FROM {schema}.workflows AS w
+    WHERE (w.partition, w.workflow_id) IN (SELECT partition, workflow_id FROM batch)
+      AND w.status = 'running' AND w.lease_expires_at > now()
+    FOR SHARE
+)
+INSERT INTO {schema}.steps
+    (partition, workflow_id, step_seq, step_name, status, output, error, attempts, lease_token)
+SELECT b.partition, b.workflow_id, b.step_seq, b.step_name, b.status, b.output::json,
+       b.error::json, b.attempts, b.lease_token
+FROM batch AS b
+JOIN lease AS l
+  ON l.partition = b.partition AND l.workflow_id = b.workflow_id
+ AND l.lease_token = b.lease_token
+WHERE b.partition IN (SELECT partition FROM fence)
+ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
+RETURNING workflow_id, step_seq;
+
+-- name: workflow_finish_many
+-- Group commit of terminal states, each guarded like workflow_finish.
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(partition_list)s::integer[], %(workflow_id_list)s::text[], %(lease_token_list)s::uuid[],
+        %(status_list)s::text[], %(output_list)s::text[], %(error_list)s::text[]
+    ) AS b (partition, workflow_id, lease_token, status, output, error)
+), fence AS (
+    SELECT partition FROM {schema}.partition_ownership
+    WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows AS w
+SET status = b.status, output = b.output::json, error = b.error::json,
+    completed_at = now(), updated_at = now(), lease_expiries = 0,
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM batch AS b
+WHERE w.partition = b.partition AND w.workflow_id = b.workflow_id
+  AND w.status = 'running' AND w.lease_token = b.lease_token AND w.lease_expires_at > now()
+  AND b.partition IN (SELECT partition FROM fence)
+RETURNING w.workflow_id;

@@ -78,3 +78,24 @@ SELECT audit_id, at, actor, action, target, arguments
 FROM {schema}.audit_log
 ORDER BY at DESC
 LIMIT %(limit)s;
+
+-- name: workflow_insert_many
+-- Bulk start (Client.start_many): one statement per node for many partitions. The fence locks
+-- the ownership rows of every partition named, FOR SHARE; rows of a partition this node does
+-- not own are skipped (the client starts those one by one, following the move). Plain
+-- Postgres nodes only: Citus refuses row locks across shards, so there the client would send
+-- one partition per statement.
+WITH fence AS (
+    SELECT partition FROM {schema}.partition_ownership
+    WHERE partition = ANY(%(partitions)s::integer[]) AND state = 'owned'
+    FOR SHARE
+)
+INSERT INTO {schema}.workflows
+    (partition, workflow_id, name, routing_key, status, input, deadline_at)
+SELECT r.partition, r.workflow_id, %(name)s, r.routing_key, 'pending', r.input::json,
+       now() + %(timeout)s::interval
+FROM unnest(%(partitions)s::integer[], %(workflow_ids)s::text[], %(routing_keys)s::text[],
+            %(inputs)s::text[]) AS r (partition, workflow_id, routing_key, input)
+WHERE r.partition IN (SELECT partition FROM fence)
+ON CONFLICT (partition, workflow_id) DO NOTHING
+RETURNING workflow_id;

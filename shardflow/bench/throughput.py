@@ -1,0 +1,341 @@
+"""``shardflow bench run``: a workload on a fresh local cluster, workers in their own processes.
+
+Two modes:
+- closed (``--count``): start COUNT workflows as fast as the client can (``start_many``), while
+  the workers run them; throughput = COUNT / (last completion - first start);
+- open (``--rate`` with ``--duration``): start workflows one by one at a fixed arrival rate;
+  report latency start -> durable completion at that load.
+
+Times come from the database clock (``created_at``, ``claimed_at``, ``completed_at``), so the
+latency is what the database recorded, not what a polling client noticed. Also reported: CPU
+seconds of the workers and of the database processes, worker RSS, and commits per workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shardflow.bench import workloads
+from shardflow.bench.system import CpuCaps, CpuMeter, postmaster_pid, rss_mb
+from shardflow.client import Client
+from shardflow.cluster.admin import init_cluster
+from shardflow.cluster.local import LocalCluster
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.config import ClusterConfig
+from shardflow.errors import ConfigurationError
+
+WORKER_APP = "shardflow.bench.workloads:app"
+START_CHUNK = 500
+
+
+@dataclass
+class BenchSettings:
+    workload: str = "w"
+    nodes: int = 1
+    workers: int = 2
+    concurrency: int = 64
+    partitions: int = 256
+    count: int | None = 5000
+    rate: float | None = None
+    duration: float = 10.0
+    node_cpu: float | None = None
+
+    def check(self) -> None:
+        if self.workload not in workloads.WORKLOADS:
+            raise ConfigurationError(
+                f"unknown workload {self.workload!r}; choose one of {sorted(workloads.WORKLOADS)}"
+            )
+        if self.nodes < 1 or self.workers < 1 or self.concurrency < 1:
+            raise ConfigurationError("--nodes, --workers and --concurrency must be at least 1")
+        if self.rate is not None and (self.rate <= 0 or self.duration <= 0):
+            raise ConfigurationError("--rate and --duration must be positive")
+        if self.rate is None and (self.count is None or self.count < 1):
+            raise ConfigurationError("give --count (closed loop) or --rate (open loop)")
+
+
+@dataclass
+class BenchResult:
+    settings: dict[str, Any]
+    workflows: int
+    failed: int
+    seconds: float
+    workflows_per_second: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    pickup_p50_ms: float
+    pickup_p99_ms: float
+    worker_cpu_seconds: float
+    database_cpu_seconds: float
+    cpu_ms_per_workflow: float
+    commits_per_workflow: float
+    worker_rss_mb_max: float
+    worker_rss_mb_start: float
+    worker_rss_mb_end: float
+    per_node: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class _Workers:
+    """Worker processes running the benchmark app, with their RSS sampled."""
+
+    def __init__(self, config_path: Path, settings: BenchSettings, log_dir: Path):
+        self.config_path = config_path
+        self.settings = settings
+        self.log_dir = log_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.rss: list[float] = []
+        self.rss_first = 0.0
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "shardflow",
+            "--config",
+            str(self.config_path),
+            "worker",
+            "--app",
+            WORKER_APP,
+            "--concurrency",
+            str(self.settings.concurrency),
+        ]
+        for i in range(self.settings.workers):
+            log = (self.log_dir / f"worker{i}.log").open("wb")
+            self.processes.append(
+                subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            )
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def sample_rss(self) -> None:
+        self.rss.append(max(rss_mb(pid) for pid in self.pids))
+
+    def stop(self) -> None:
+        for p in self.processes:
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+async def _progress(admin: ClusterAdmin, config: ClusterConfig, prefix: str) -> tuple[int, int]:
+    done = failed = 0
+    for node in config.nodes:
+        rows = await admin.admin(node.name).db.run("bench_progress", {"prefix": prefix + "%"})
+        done += rows[0]["done"]
+        failed += rows[0]["failed"]
+    return done, failed
+
+
+async def _commits(admin: ClusterAdmin, config: ClusterConfig) -> int:
+    total = 0
+    for node in config.nodes:
+        total += (await admin.admin(node.name).db.run("bench_commits"))[0]["commits"]
+    return total
+
+
+async def _wait_done(
+    admin: ClusterAdmin, config: ClusterConfig, prefix: str, expected: int, workers: _Workers
+) -> int:
+    """Poll until every workflow of the run finished; returns how many failed."""
+    while True:
+        workers.sample_rss()
+        done, failed = await _progress(admin, config, prefix)
+        if done >= expected:
+            return failed
+        for p in workers.processes:
+            if p.poll() is not None:
+                raise RuntimeError(f"a worker exited with {p.returncode}; see its log")
+        await asyncio.sleep(0.1)
+
+
+async def _submit_closed(client: Client, prefix: str, count: int, workload: str) -> None:
+    wf = workloads.WORKLOADS[workload]
+    chunks = [
+        [f"{prefix}{i}" for i in range(start, min(count, start + START_CHUNK))]
+        for start in range(0, count, START_CHUNK)
+    ]
+    in_flight = 4  # chunks at once: enough to keep every node busy, bounded memory
+
+    async def one(ids: list[str]) -> None:
+        await client.start_many(wf, list(range(len(ids))), workflow_ids=ids)
+
+    for i in range(0, len(chunks), in_flight):
+        await asyncio.gather(*(one(c) for c in chunks[i : i + in_flight]))
+
+
+async def _submit_open(client: Client, prefix: str, rate: float, duration: float, wl: str) -> int:
+    """Start one workflow every 1/rate seconds regardless of how the others are doing."""
+    wf = workloads.WORKLOADS[wl]
+    total = int(rate * duration)
+    began = time.monotonic()
+    tasks = []
+    for i in range(total):
+        delay = began + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(client.start(wf, i, workflow_id=f"{prefix}{i}")))
+    await asyncio.gather(*tasks)
+    return total
+
+
+async def _timings(
+    admin: ClusterAdmin, config: ClusterConfig, prefix: str
+) -> tuple[list[dict[str, float]], dict[str, int]]:
+    rows: list[dict[str, float]] = []
+    per_node: dict[str, int] = {}
+    for node in config.nodes:
+        found = await admin.admin(node.name).db.run("bench_timings", {"prefix": prefix + "%"})
+        per_node[node.name] = len(found)
+        rows += found
+    return rows, per_node
+
+
+async def _warm_up(client: Client, prefix: str) -> None:
+    """Run a few workflows end to end: every worker is up and every pool is open."""
+    ids = [f"{prefix}warm-{i}" for i in range(20)]
+    await client.start_many(workloads.w, list(range(len(ids))), workflow_ids=ids)
+    for wf_id in ids:
+        await client.result(wf_id, timeout=60)
+
+
+async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResult:
+    settings.check()
+    caps = CpuCaps(settings.node_cpu) if settings.node_cpu else None
+    local = LocalCluster(root / "cluster")
+    workers: _Workers | None = None
+    try:
+        config = local.create(
+            nodes=settings.nodes, partition_count=settings.partitions, schema="shardflow"
+        )
+        await init_cluster(config)
+        postmasters = [postmaster_pid(node.data_dir) for node in local.nodes()]
+        if caps:
+            for node, pid in zip(local.nodes(), postmasters, strict=True):
+                caps.cap(node.name, pid)
+        workers = _Workers(local.config_path, settings, root)
+        workers.start()
+        run_id = uuid.uuid4().hex[:8]
+        prefix = f"b{run_id}-"
+        async with Client(config, app=workloads.app) as client, ClusterAdmin(config) as admin:
+            await _warm_up(client, f"warm{run_id}-")
+            workers.rss_first = max(rss_mb(pid) for pid in workers.pids)
+            meter = CpuMeter(workers=workers.pids, postmasters=postmasters)
+            commits_before = await _commits(admin, config)
+            meter.start()
+            if settings.rate is not None:
+                expected = await _submit_open(
+                    client, prefix, settings.rate, settings.duration, settings.workload
+                )
+            else:
+                assert settings.count is not None
+                expected = settings.count
+                await _submit_closed(client, prefix, expected, settings.workload)
+            failed = await _wait_done(admin, config, prefix, expected, workers)
+            meter.stop()
+            commits = await _commits(admin, config) - commits_before
+            rows, per_node = await _timings(admin, config, prefix)
+    finally:
+        if workers is not None:
+            workers.stop()
+        with contextlib.suppress(Exception):
+            local.destroy()
+        if caps:
+            caps.release()
+    first = min(r["created"] for r in rows)
+    last = max(r["completed"] for r in rows)
+    seconds = max(last - first, 1e-6)
+    latencies = [(r["completed"] - r["created"]) * 1000 for r in rows]
+    pickups = [(r["claimed"] - r["created"]) * 1000 for r in rows]
+    cpu = meter.worker_seconds + meter.database_seconds
+    return BenchResult(
+        settings=asdict(settings),
+        workflows=len(rows),
+        failed=failed,
+        seconds=round(seconds, 3),
+        workflows_per_second=round(len(rows) / seconds, 1),
+        latency_p50_ms=round(statistics.median(latencies), 2),
+        latency_p99_ms=round(percentile(latencies, 0.99), 2),
+        pickup_p50_ms=round(statistics.median(pickups), 2),
+        pickup_p99_ms=round(percentile(pickups, 0.99), 2),
+        worker_cpu_seconds=round(meter.worker_seconds, 2),
+        database_cpu_seconds=round(meter.database_seconds, 2),
+        cpu_ms_per_workflow=round(cpu * 1000 / max(1, len(rows)), 3),
+        commits_per_workflow=round(commits / max(1, len(rows)), 2),
+        worker_rss_mb_max=round(max(workers.rss, default=0.0), 1) if workers else 0.0,
+        worker_rss_mb_start=round(workers.rss_first, 1) if workers else 0.0,
+        worker_rss_mb_end=round(workers.rss[-1], 1) if workers and workers.rss else 0.0,
+        per_node=per_node,
+    )
+
+
+@dataclass
+class StartManyResult:
+    nodes: int
+    workflows: int
+    seconds: float
+    workflows_per_second: float
+    per_node: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_start_many_bench(
+    *, nodes: int, count: int, chunk: int, partitions: int, root: Path
+) -> StartManyResult:
+    """Bulk-start COUNT workflows (no workers running): how fast starts become durable."""
+    if count < 1 or chunk < 1:
+        raise ConfigurationError("--count and --chunk must be at least 1")
+    local = LocalCluster(root / "cluster")
+    try:
+        config = local.create(nodes=nodes, partition_count=partitions, schema="shardflow")
+        await init_cluster(config)
+        prefix = f"m{uuid.uuid4().hex[:8]}-"
+        ids = [f"{prefix}{i}" for i in range(count)]
+        async with Client(config, app=workloads.app) as client, ClusterAdmin(config) as admin:
+            await client.start_many(workloads.w, [0], workflow_ids=[f"{prefix}warm"])
+            began = time.monotonic()
+            for i in range(0, count, chunk):
+                batch = ids[i : i + chunk]
+                await client.start_many(workloads.w, list(range(len(batch))), workflow_ids=batch)
+            seconds = time.monotonic() - began
+            per_node = {}
+            for node in config.nodes:
+                rows = await admin.admin(node.name).db.run(
+                    "bench_progress", {"prefix": prefix + "%"}
+                )
+                per_node[node.name] = rows[0]["total"]
+    finally:
+        with contextlib.suppress(Exception):
+            local.destroy()
+    stored = sum(per_node.values())
+    return StartManyResult(
+        nodes=nodes,
+        workflows=stored - 1,
+        seconds=round(seconds, 3),
+        workflows_per_second=round(count / seconds, 1),
+        per_node=per_node,
+    )

@@ -1,0 +1,53 @@
+"""The benchmark workloads (``shardflow bench``), importable by worker processes as
+``shardflow.bench.workloads:app``.
+
+- **w**: three sequential steps, each returning its input + 1 (ISSUE 5's standard workload);
+- **fanout**: ten steps started at once with ``asyncio.gather``, then one that sums them;
+- **sleepy**: a step, a durable sleep of ``SLEEP_SECONDS``, a step (timers, release, re-claim).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from shardflow.engine.app import App
+from shardflow.engine.context import WorkflowContext
+
+app = App("shardflow-bench")
+
+FANOUT = 10
+SLEEP_SECONDS = 0.5
+
+
+@app.step
+async def plus_one(n: int) -> int:
+    return n + 1
+
+
+@app.step
+async def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.workflow
+async def w(ctx: WorkflowContext, n: int) -> int:
+    """Workload W: three sequential steps, each returning its input + 1."""
+    return int(await plus_one(await plus_one(await plus_one(n))))
+
+
+@app.workflow
+async def fanout(ctx: WorkflowContext, n: int) -> int:
+    branches = await asyncio.gather(*(plus_one(n + i) for i in range(FANOUT)))
+    return int(await total(list(branches)))
+
+
+@app.workflow
+async def sleepy(ctx: WorkflowContext, n: int) -> int:
+    n = await plus_one(n)
+    await ctx.sleep(SLEEP_SECONDS)
+    return int(await plus_one(n))
+
+
+WORKLOADS = {"w": w, "fanout": fanout, "sleepy": sleepy}
+# Checkpoints each workload writes (a sleep is one).
+CHECKPOINTS = {"w": 3, "fanout": FANOUT + 1, "sleepy": 3}
