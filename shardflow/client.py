@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -38,6 +38,7 @@ from shardflow.errors import (
 )
 from shardflow.routing import Placement, partition_for
 from shardflow.storage import AdminStore, ClientStore, NodeConnector
+from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 from shardflow.wakeup import WakeUp
 
@@ -75,6 +76,7 @@ class Client:
         self.actor = actor or default_actor()
         self._connectors: dict[str, NodeConnector] = {}
         self._wake_ups: dict[str, WakeUp] = {}
+        self._start_batchers: dict[str, WriteBatcher[dict[str, Any]]] = {}
         self._placement: Placement | None = None
         self._refresh_lock = asyncio.Lock()
 
@@ -166,6 +168,16 @@ class Client:
                     await asyncio.sleep(delay)  # the move is still in its freeze
                     delay = min(delay * 2, 0.2)
 
+    def _start_batcher(self, node: str) -> WriteBatcher[dict[str, Any]]:
+        batcher = self._start_batchers.get(node)
+        if batcher is None:
+            batcher = WriteBatcher(
+                lambda rows: ClientStore(self._connector_for(node)).insert_many(rows),
+                key=lambda row: row["workflow_id"],
+            )
+            self._start_batchers[node] = batcher
+        return batcher
+
     def _wake(self, store: ClientStore) -> None:
         """Wake the workers of the node that just got work (coalesced, not awaited)."""
         node = store.db.name
@@ -210,6 +222,19 @@ class Client:
         )
 
         async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
+            row = {
+                "partition": partition,
+                "workflow_id": wf_id,
+                "name": name,
+                "routing_key": routing_key,
+                "input": payload.text,
+                "timeout": timeout,
+            }
+            # Concurrent starts to one node share a statement and a commit.
+            if await self._start_batcher(store.db.name).submit(row):
+                self._wake(store)
+                return WorkflowHandle(self, wf_id, routing_key, created=True)
+            # Not created: the id exists, or the partition is not this node's (moved).
             outcome = await store.insert_workflow(
                 partition=partition,
                 workflow_id=wf_id,
@@ -281,16 +306,21 @@ class Client:
             partition, node = self.route(wf_id)
             by_node.setdefault(node, []).append((partition, wf_id, text))
 
-        async def insert(node: str, rows: list[tuple[int, str, str | None]]) -> set[str]:
+        async def insert(node: str, rows: list[tuple[int, str, str | None]]) -> set[Hashable]:
             store = ClientStore(self._connector_for(node))
             try:
                 created = await store.insert_many(
-                    name=name,
-                    partitions=[r[0] for r in rows],
-                    workflow_ids=[r[1] for r in rows],
-                    routing_keys=[None] * len(rows),
-                    inputs=[r[2] for r in rows],
-                    timeout=timeout,
+                    [
+                        {
+                            "partition": partition,
+                            "workflow_id": wf_id,
+                            "name": name,
+                            "routing_key": None,
+                            "input": text,
+                            "timeout": timeout,
+                        }
+                        for partition, wf_id, text in rows
+                    ]
                 )
             except NodeUnavailable as exc:
                 if exc.maybe_committed:

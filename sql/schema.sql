@@ -66,6 +66,9 @@ CREATE INDEX workflows_runnable_idx
     ON {schema}.workflows (partition, run_at) WHERE status = 'pending';
 CREATE INDEX workflows_ready_idx
     ON {schema}.workflows (run_at) WHERE status = 'pending';
+-- Suspects (their lease expired before) are looked for on every claim round.
+CREATE INDEX workflows_suspect_idx
+    ON {schema}.workflows (run_at) WHERE status = 'pending' AND lease_expiries > 0;
 -- Heartbeats renew by owner; the reaper finds expired leases.
 CREATE INDEX workflows_lease_owner_idx
     ON {schema}.workflows (lease_owner) WHERE status = 'running';

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,32 +61,16 @@ class ClientStore:
             await self._raise_moved(conn, partition)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def insert_many(
-        self,
-        *,
-        name: str,
-        partitions: list[int],
-        workflow_ids: list[str],
-        routing_keys: list[str | None],
-        inputs: list[str | None],
-        timeout: timedelta | None,
-    ) -> set[str]:
+    async def insert_many(self, rows: list[dict[str, Any]]) -> set[Hashable]:
         """Insert many pending workflows in one statement; returns the ids it created.
 
-        Ids that already existed, or whose partition this node does not own, are not in it.
+        Each row has partition, workflow_id, name, routing_key, input (JSON text, validated
+        by the caller) and timeout. Ids that already existed, or whose partition this node
+        does not own, are not in the result.
         """
-        rows = await self.db.run(
-            "workflow_insert_many",
-            {
-                "name": name,
-                "partitions": partitions,
-                "workflow_ids": workflow_ids,
-                "routing_keys": routing_keys,
-                "inputs": inputs,
-                "timeout": timeout,
-            },
-        )
-        return {row["workflow_id"] for row in rows}
+        columns = ("partition", "workflow_id", "name", "routing_key", "input", "timeout")
+        params = {f"{c}_list": [row[c] for row in rows] for c in columns}
+        return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 
     async def notify_work(self) -> None:
         """Wake the node's claim loops; sent after the commit, as its own statement."""

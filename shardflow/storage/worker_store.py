@@ -7,6 +7,9 @@ exception: the worker then drops the workflow, whoever holds it now carries on.
 
 from __future__ import annotations
 
+import heapq
+import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Hashable
 from contextlib import AbstractAsyncContextManager
@@ -33,13 +36,25 @@ class WorkerStore:
         self._finishes: WriteBatcher[dict[str, Any]] = WriteBatcher(
             self._write_finishes, key=lambda f: f["workflow_id"]
         )
+        # When the timers this process set (releases until a time) fall due: monotonic seconds.
+        self._local_timers: list[float] = []
+
+    def next_local_timer(self, now: float) -> float | None:
+        """Seconds until the earliest timer this process set here (None: none pending).
+
+        Timers that fell due are forgotten once reported (0.0): one claim picks them up.
+        """
+        fell_due = False
+        while self._local_timers and self._local_timers[0] <= now:
+            heapq.heappop(self._local_timers)
+            fell_due = True
+        if fell_due:
+            return 0.0
+        return self._local_timers[0] - now if self._local_timers else None
 
     @property
     def node(self) -> str:
         return self.db.name
-
-    async def ready_partitions(self, *, scan: int = 1000) -> list[int]:
-        return [r["partition"] for r in await self.db.run("ready_partitions", {"scan": scan})]
 
     async def next_due_seconds(self) -> float | None:
         """Seconds until the earliest pending workflow is due (negative: overdue; None: none)."""
@@ -71,6 +86,28 @@ class WorkerStore:
             },
         )
         return [ClaimedWorkflow(partition=partition, lease_token=token, **row) for row in rows]
+
+    async def claim_ready(
+        self, *, limit: int, owner: str, lease: timedelta, backlog: bool = True
+    ) -> list[ClaimedWorkflow]:
+        """Lease up to ``limit`` runnable workflows of the partitions this node owns (no
+        suspects) in one statement.
+
+        ``backlog``: visit partitions from a random starting point, each oldest first (cheap
+        when much is runnable); otherwise take the node's oldest (cheap when little is).
+        """
+        token = str(uuid.uuid4())
+        rows = await self.db.run(
+            "claim_ready" if backlog else "claim_oldest",
+            {
+                "limit": limit,
+                "owner": owner,
+                "lease": lease,
+                "lease_token": token,
+                "offset": random.randrange(65536),
+            },
+        )
+        return [ClaimedWorkflow(lease_token=token, **row) for row in rows]
 
     async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
         rows = await self.db.run(
@@ -146,6 +183,7 @@ class WorkerStore:
         error: str | None = None,
     ) -> bool:
         """Give a held workflow back as pending until ``delay`` from the database's now."""
+        heapq.heappush(self._local_timers, time.monotonic() + delay.total_seconds())
         rows = await self.db.run(
             "workflow_release",
             {

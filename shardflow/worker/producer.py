@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -22,7 +23,7 @@ log = logging.getLogger("shardflow.worker")
 
 
 class ClaimLoop(Service):
-    """Claims runnable workflows of one node, one partition per claim statement."""
+    """Claims runnable workflows of one node: up to the free slots in one statement."""
 
     def __init__(
         self,
@@ -43,10 +44,33 @@ class ClaimLoop(Service):
         self._execute = execute
         self._woken = asyncio.Event()
         self.claimed_total = 0
+        # Suspects appear only when a reaper requeues expired leases: look for them when this
+        # node's reaper says so, and otherwise once per poll interval, not on every claim.
+        self._suspects_due = True
+        self._suspects_checked_at = 0.0
+        self._due_checked_at = 0.0
+        self._backlog = False
 
     def wake(self) -> None:
         """Look for work now (called on NOTIFY, or when the executor frees a slot)."""
         self._woken.set()
+
+    def wake_for_suspects(self) -> None:
+        """Expired leases were requeued here: look for suspects on the next round."""
+        self._suspects_due = True
+        self._woken.set()
+
+    def _should_check_suspects(self) -> bool:
+        now = time.monotonic()
+        if (
+            self._suspects_due
+            or self.store.node in self.slots.isolating
+            or now - self._suspects_checked_at >= self.settings.poll_seconds
+        ):
+            self._suspects_due = False
+            self._suspects_checked_at = now
+            return True
+        return False
 
     async def run(self) -> None:
         backoff = Backoff()
@@ -57,10 +81,10 @@ class ClaimLoop(Service):
                 if self.stopping.is_set():
                     return
                 self._woken.clear()
-                claimed = await self._claim_round(lease)
+                claimed, drained = await self._claim_round(lease)
                 backoff.reset()
-                if claimed:
-                    continue
+                if claimed and not drained:
+                    continue  # there may be more: claim again at once
                 await self._idle(await self._idle_seconds())
             except NodeUnavailable as exc:
                 self.slots.isolating.discard(self.store.node)  # do not hold others back
@@ -81,31 +105,31 @@ class ClaimLoop(Service):
         for fut in (waiter, stopper):
             fut.cancel()
 
-    async def _claim_round(self, lease: timedelta) -> int:
-        if await self.store.suspect_partitions():
-            return await self._claim_suspect(lease)
+    async def _claim_round(self, lease: timedelta) -> tuple[int, bool]:
+        """Claim what the free slots allow: (how many, whether that drained the node)."""
+        if self._should_check_suspects() and await self.store.suspect_partitions():
+            return await self._claim_suspect(lease), True
         self.slots.isolating.discard(self.store.node)
         if self.slots.isolating:
-            return 0  # another node's loop is draining the worker for a suspect
-        claimed = 0
-        for partition in await self.store.ready_partitions():
-            if self.stopping.is_set():
-                break
-            reserved = self.slots.reserve(self.settings.claim_batch, node=self.store.node)
-            if reserved == 0:
-                break
-            batch: list[ClaimedWorkflow] = []
-            try:
-                batch = await self.store.claim(
-                    partition=partition, limit=reserved, owner=self.owner, lease=lease
-                )
-            finally:
-                await self.slots.give_back(reserved - len(batch), node=self.store.node)
-            for work in batch:
-                self._execute(self.store, work, 1)
-            claimed += len(batch)
-        self.claimed_total += claimed
-        return claimed
+            return 0, True  # another node's loop is draining the worker for a suspect
+        reserved = self.slots.reserve(self.settings.claim_batch, node=self.store.node)
+        if reserved == 0:
+            return 0, False
+        batch: list[ClaimedWorkflow] = []
+        try:
+            batch = await self.store.claim_ready(
+                limit=reserved, owner=self.owner, lease=lease, backlog=self._backlog
+            )
+        finally:
+            await self.slots.give_back(reserved - len(batch), node=self.store.node)
+        for work in batch:
+            self._execute(self.store, work, 1)
+        self.claimed_total += len(batch)
+        # A full claim means a backlog: the next claim walks partitions; otherwise it takes
+        # the oldest few. Each query is cheap in its own regime, whatever the statistics say.
+        self._backlog = len(batch) == reserved
+        # Fewer than asked for: nothing else is runnable now; wait for a wake-up.
+        return len(batch), len(batch) < reserved
 
     async def _claim_suspect(self, lease: timedelta) -> int:
         """Run one suspect alone: wait until the worker is idle, then claim it with every slot.
@@ -133,11 +157,22 @@ class ClaimLoop(Service):
         return len(batch)
 
     async def _idle_seconds(self) -> float:
+        """How long to wait for a wake-up: until the next timer, at most a poll interval.
+
+        Timers (sleeps, retry backoff) are picked up on time rather than at the next poll:
+        those this worker set are known locally; the node's earliest one (set by anyone) is
+        read at most once per poll interval, not on every idle moment of a busy loop.
+        """
         poll = jittered(self.settings.poll_seconds)
-        due = await self.store.next_due_seconds()
+        now = time.monotonic()
+        due = self.store.next_local_timer(now)
+        if now - self._due_checked_at >= self.settings.poll_seconds:
+            self._due_checked_at = now
+            node_due = await self.store.next_due_seconds()
+            if node_due is not None:
+                due = node_due if due is None else min(due, node_due)
         if due is None:
             return poll
-        # Timers (sleeps, retry backoff) are picked up on time rather than at the next poll.
         return max(0.0, min(poll, due + 0.005))
 
     async def _idle(self, seconds: float) -> None:

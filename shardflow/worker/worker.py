@@ -129,7 +129,7 @@ class Worker:
                 store=store,
                 holder=self.owner,
                 interval=self.settings.reaper_seconds,
-                wake=loop.wake,
+                wake=loop.wake_for_suspects,
                 max_expiries=self.settings.max_lease_expiries,
                 on_failure=self._service_failed,
             ),

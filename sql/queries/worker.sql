@@ -4,18 +4,6 @@
 -- name: listen_work
 LISTEN {channel};
 
--- name: ready_partitions
--- Which partitions have runnable work, oldest first; no row locks (runs on every shard).
-SELECT partition
-FROM (
-    SELECT partition, run_at FROM {schema}.workflows
-    WHERE status = 'pending' AND run_at <= now()
-    ORDER BY run_at
-    LIMIT %(scan)s
-) AS ready
-GROUP BY partition
-ORDER BY min(run_at);
-
 -- name: suspect_partitions
 SELECT DISTINCT partition FROM {schema}.workflows
 WHERE status = 'pending' AND run_at <= now() AND lease_expiries > 0
@@ -26,6 +14,86 @@ LIMIT 16;
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
 FROM {schema}.workflows
 WHERE status = 'pending';
+
+-- name: claim_oldest
+-- The short-queue claim (the previous claim drained the node): the oldest runnable workflows
+-- of the node in run_at order, in one statement. Cheap whatever plan the statistics pick,
+-- because little is runnable; with a long backlog the claim loop uses claim_ready instead.
+-- Rows of partitions this node does not own (left behind by a move) are not candidates; the
+-- fence locks the ownership rows of the partitions claimed from, FOR SHARE. Plain Postgres
+-- nodes: Citus refuses row locks across shards (there, claim per partition).
+WITH candidates AS MATERIALIZED (
+    SELECT partition, workflow_id FROM {schema}.workflows
+    WHERE status = 'pending' AND run_at <= now() AND lease_expiries = 0
+      AND partition IN (
+          SELECT partition FROM {schema}.partition_ownership WHERE state = 'owned'
+      )
+    ORDER BY run_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), fence AS (
+    SELECT partition FROM {schema}.partition_ownership
+    WHERE partition IN (SELECT partition FROM candidates) AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows AS w
+SET status = 'running',
+    lease_token = %(lease_token)s,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease)s::interval,
+    claimed_at = now(),
+    claim_count = w.claim_count + 1,
+    updated_at = now()
+FROM candidates AS c
+WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
+  AND c.partition IN (SELECT partition FROM fence)
+RETURNING w.partition, w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+          w.retry_step_seq, w.retry_attempts, w.claimed_at;
+
+-- name: claim_ready
+-- The backlog claim (the previous claim came back full): up to n runnable workflows (never
+-- suspects: they go one at a time through claim) from the partitions this node owns, in one
+-- statement. Partitions are visited from a random
+-- starting point (fair on average) and each is read oldest first through the (partition,
+-- run_at) index: a plan that stays cheap with any table statistics (a node-wide ORDER BY
+-- run_at was seen sorting a whole fresh backlog when the statistics still said "empty").
+-- The nested loop stops once n rows are locked. The fence locks the ownership rows of the
+-- partitions claimed from, FOR SHARE. Plain Postgres nodes: Citus refuses row locks across
+-- shards (there, claim per partition).
+WITH candidates AS MATERIALIZED (
+    SELECT c.partition, c.workflow_id
+    FROM (
+        SELECT partition FROM {schema}.partition_ownership
+        WHERE state = 'owned'
+        ORDER BY mod(partition + %(offset)s, 65536)
+    ) AS p
+    CROSS JOIN LATERAL (
+        SELECT partition, workflow_id FROM {schema}.workflows
+        WHERE partition = p.partition AND status = 'pending' AND run_at <= now()
+          AND lease_expiries = 0
+        ORDER BY run_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) AS c
+    LIMIT %(limit)s
+), fence AS (
+    SELECT partition FROM {schema}.partition_ownership
+    WHERE partition IN (SELECT partition FROM candidates) AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows AS w
+SET status = 'running',
+    lease_token = %(lease_token)s,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease)s::interval,
+    claimed_at = now(),
+    claim_count = w.claim_count + 1,
+    updated_at = now()
+FROM candidates AS c
+WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
+  AND c.partition IN (SELECT partition FROM fence)
+RETURNING w.partition, w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+          w.retry_step_seq, w.retry_attempts, w.claimed_at;
 
 -- name: claim
 -- With suspect = false, claims workflows that never lost a lease. Suspects (their worker

@@ -80,22 +80,24 @@ ORDER BY at DESC
 LIMIT %(limit)s;
 
 -- name: workflow_insert_many
--- Bulk start (Client.start_many): one statement per node for many partitions. The fence locks
--- the ownership rows of every partition named, FOR SHARE; rows of a partition this node does
--- not own are skipped (the client starts those one by one, following the move). Plain
--- Postgres nodes only: Citus refuses row locks across shards, so there the client would send
--- one partition per statement.
+-- Bulk and group-committed starts (Client.start_many, concurrent Client.start calls): one
+-- statement per node for many partitions. The fence locks the ownership rows of every
+-- partition named, FOR SHARE; rows of a partition this node does not own are skipped (the
+-- client starts those one by one, following the move). Plain Postgres nodes only: Citus
+-- refuses row locks across shards, so there the client would send one partition per statement.
 WITH fence AS (
     SELECT partition FROM {schema}.partition_ownership
-    WHERE partition = ANY(%(partitions)s::integer[]) AND state = 'owned'
+    WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
     FOR SHARE
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, routing_key, status, input, deadline_at)
-SELECT r.partition, r.workflow_id, %(name)s, r.routing_key, 'pending', r.input::json,
-       now() + %(timeout)s::interval
-FROM unnest(%(partitions)s::integer[], %(workflow_ids)s::text[], %(routing_keys)s::text[],
-            %(inputs)s::text[]) AS r (partition, workflow_id, routing_key, input)
+SELECT r.partition, r.workflow_id, r.name, r.routing_key, 'pending', r.input::json,
+       now() + r.timeout
+FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
+            %(name_list)s::text[], %(routing_key_list)s::text[], %(input_list)s::text[],
+            %(timeout_list)s::interval[])
+     AS r (partition, workflow_id, name, routing_key, input, timeout)
 WHERE r.partition IN (SELECT partition FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
