@@ -173,7 +173,7 @@ class Client:
         if batcher is None:
             batcher = WriteBatcher(
                 lambda rows: ClientStore(self._connector_for(node)).insert_many(rows),
-                key=lambda row: row["workflow_id"],
+                keys=lambda row: (row["workflow_id"],),
             )
             self._start_batchers[node] = batcher
         return batcher

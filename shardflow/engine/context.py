@@ -30,6 +30,9 @@ SLEEP_STEP = "shardflow.sleep"
 NOW_STEP = "shardflow.now"
 UUID_STEP = "shardflow.uuid"
 
+# A buffered checkpoint that no step start, end or release has sent yet goes out after this.
+WRITE_LINGER_SECONDS = 0.005
+
 _current_context: contextvars.ContextVar[WorkflowContext | None] = contextvars.ContextVar(
     "shardflow_workflow_context", default=None
 )
@@ -129,6 +132,13 @@ class WorkflowContext:
         self._max_payload_bytes = max_payload_bytes
         self._next_seq = 0
         self._claimed_mono = time.monotonic()
+        # Checkpoints not yet handed to the store, the timer and the background write that
+        # send them if nothing else does, and why this run can no longer record anything
+        # (raised at the next step or settle()).
+        self._unsent: list[dict[str, Any]] = []
+        self._linger: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._broken: LeaseLost | RunAbandoned | None = None
 
     @property
     def workflow_id(self) -> str:
@@ -188,6 +198,7 @@ class WorkflowContext:
 
     async def run_step(self, step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Run ``step`` at the next position, or replay its recorded outcome."""
+        self._raise_if_broken()
         seq = self._take_seq()
         recorded = self._replayed(seq, step.name)
         if recorded is not None:
@@ -195,6 +206,8 @@ class WorkflowContext:
                 return recorded.output
             raise StepFailedError(step.name, recorded.error or {})
 
+        # Earlier positions are durable before this step's body runs.
+        await self.settle()
         work = self._work
         attempt = work.retry_attempts + 1 if work.retry_step_seq == seq else 1
         info = StepInfo(work.workflow_id, step.name, seq, attempt)
@@ -316,20 +329,70 @@ class WorkflowContext:
         error: dict[str, Any] | None = None,
         attempts: int = 1,
     ) -> None:
-        try:
-            ok = await self._store.record_step(
-                self._work,
-                step_seq=seq,
-                step_name=name,
-                status=status,
-                output=output,
-                error=error_text(error) if error else None,
-                attempts=attempts,
+        """Checkpoint position ``seq``: buffered until the next durable point.
+
+        The write goes out when the next step is about to run (its body starts only once
+        every earlier position is durable, so a completed step is never re-run once a later
+        one has started), or with the workflow's end or release (the last checkpoints share
+        that commit), or after ``WRITE_LINGER_SECONDS`` in the background, whichever comes
+        first. Crash semantics are those of writing each checkpoint at once.
+        """
+        self._raise_if_broken()
+        self._unsent.append(
+            {
+                "step_seq": seq,
+                "step_name": name,
+                "status": status,
+                "output": output,
+                "error": error_text(error) if error else None,
+                "attempts": attempts,
+            }
+        )
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(
+                WRITE_LINGER_SECONDS, self._write_in_background
             )
+
+    def _write_in_background(self) -> None:
+        self._linger = None
+        if self._unsent and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.create_task(self._write_behind())
+
+    async def _write_behind(self) -> None:
+        while self._unsent and self._broken is None:
+            batch, self._unsent = self._unsent, []
+            try:
+                ok = await self._store.write_progress(self._work, batch, None)
+            except ShardflowError as exc:
+                self._broken = RunAbandoned(exc)
+                return
+            if not ok:
+                self._broken = LeaseLost()
+
+    def _raise_if_broken(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+
+    async def settle(self, *, finish: dict[str, Any] | None = None) -> None:
+        """Make every checkpoint of this run durable, and the terminal state if ``finish``
+        (status, output, error) is given, in one commit. Raises LeaseLost or RunAbandoned."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        self._raise_if_broken()
+        if not self._unsent and finish is None:
+            return
+        batch, self._unsent = self._unsent, []
+        try:
+            ok = await self._store.write_progress(self._work, batch, finish)
         except ShardflowError as exc:
-            raise RunAbandoned(exc) from exc
+            self._broken = RunAbandoned(exc)
+            raise self._broken from exc
         if not ok:
-            raise LeaseLost()
+            self._broken = LeaseLost()
+            raise self._broken
 
 
 def bind_context(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:

@@ -7,7 +7,7 @@ import logging
 from datetime import timedelta
 from enum import StrEnum
 
-from shardflow.engine.app import App
+from shardflow.engine.app import App, WorkflowDef
 from shardflow.engine.codec import encode_error, encode_payload, error_text
 from shardflow.engine.context import (
     LeaseLost,
@@ -72,11 +72,25 @@ class WorkflowRunner:
             ),
             max_payload_bytes=self.max_payload_bytes,
         )
+        try:
+            return await self._run(ctx, definition, work, store)
+        except LeaseLost:
+            return Outcome.LOST
+        except RunAbandoned as abandoned:
+            raise abandoned.cause from None
+
+    async def _run(
+        self,
+        ctx: WorkflowContext,
+        definition: WorkflowDef,
+        work: ClaimedWorkflow,
+        store: WorkerStore,
+    ) -> Outcome:
         remaining = None
         if work.deadline_at is not None:
             remaining = (work.deadline_at - ctx.database_now()).total_seconds()
             if remaining <= 0:
-                return await self._fail(store, work, _timeout_error(work))
+                return await self._fail(ctx, _timeout_error(work))
         token = bind_context(ctx)
         try:
             async with asyncio.timeout(remaining) as deadline:
@@ -88,6 +102,7 @@ class WorkflowRunner:
                 result, max_bytes=self.max_payload_bytes, what=f"result of workflow {work.name!r}"
             )
         except Release as release:
+            await ctx.settle()  # the checkpoints of this run are durable before it lets go
             delay = release.delay
             if work.deadline_at is not None:
                 # Wake no later than the deadline, so a timeout is noticed on time.
@@ -100,24 +115,24 @@ class WorkflowRunner:
                 error=error_text(release.error) if release.error else None,
             )
             return Outcome.SUSPENDED if ok else Outcome.LOST
-        except LeaseLost:
-            return Outcome.LOST
-        except RunAbandoned as abandoned:
-            raise abandoned.cause from None
+        except (LeaseLost, RunAbandoned):
+            raise
         except TimeoutError as exc:
             if deadline.expired():
-                return await self._fail(store, work, _timeout_error(work))
-            return await self._fail(store, work, exc)
+                return await self._fail(ctx, _timeout_error(work))
+            return await self._fail(ctx, exc)
         except Exception as exc:
-            return await self._fail(store, work, exc)
+            return await self._fail(ctx, exc)
         finally:
             unbind_context(token)
-        ok = await store.finish(work, status="succeeded", output=output.text)
-        return Outcome.SUCCEEDED if ok else Outcome.LOST
+        # The last checkpoints and the terminal state share one commit.
+        await ctx.settle(finish={"status": "succeeded", "output": output.text, "error": None})
+        return Outcome.SUCCEEDED
 
-    async def _fail(self, store: WorkerStore, work: ClaimedWorkflow, exc: BaseException) -> Outcome:
-        ok = await store.finish(work, status="failed", error=error_text(encode_error(exc)))
-        return Outcome.FAILED if ok else Outcome.LOST
+    async def _fail(self, ctx: WorkflowContext, exc: BaseException) -> Outcome:
+        error = error_text(encode_error(exc))
+        await ctx.settle(finish={"status": "failed", "output": None, "error": error})
+        return Outcome.FAILED
 
 
 def _timeout_error(work: ClaimedWorkflow) -> WorkflowTimeout:

@@ -8,7 +8,7 @@ one. Under load that turns one commit per checkpoint into one commit per batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
@@ -17,20 +17,20 @@ Item = TypeVar("Item")
 class WriteBatcher(Generic[Item]):
     """Writes items in batches of up to ``max_batch`` with ``flush``.
 
-    ``flush`` returns the keys (``key(item)``) of the items it wrote; an item whose key is
-    missing was refused (its guard failed) and its caller gets False. If ``flush`` raises,
-    every caller of that batch gets the exception.
+    ``flush`` returns the keys of the rows it wrote; an item is written when all its keys
+    (``keys(item)``) are among them, else it was refused (a guard failed) and its caller gets
+    False. If ``flush`` raises, every caller of that batch gets the exception.
     """
 
     def __init__(
         self,
         flush: Callable[[list[Item]], Awaitable[set[Hashable]]],
-        key: Callable[[Item], Hashable],
+        keys: Callable[[Item], Iterable[Hashable]],
         *,
         max_batch: int = 256,
     ):
         self._flush = flush
-        self._key = key
+        self._keys = keys
         self._max_batch = max_batch
         self._pending: list[tuple[Item, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -64,4 +64,4 @@ class WriteBatcher(Generic[Item]):
                 continue
             for item, future in batch:
                 if not future.done():
-                    future.set_result(self._key(item) in written)
+                    future.set_result(all(k in written for k in self._keys(item)))

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Hashable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,17 +25,28 @@ from shardflow.storage.connector import NodeConnector
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One workflow's rows in a progress flush: checkpoints, and maybe its terminal state."""
+
+    checkpoints: list[dict[str, Any]]
+    finish: dict[str, Any] | None
+
+    def keys(self) -> list[Hashable]:
+        keys: list[Hashable] = [(c["workflow_id"], c["step_seq"]) for c in self.checkpoints]
+        if self.finish is not None:
+            keys.append((self.finish["workflow_id"], -1))
+        return keys
+
+
 class WorkerStore:
     """The claim loop's, runner's, heartbeat's and reaper's queries for one node."""
 
     def __init__(self, connector: NodeConnector):
         self.db = connector
-        # Group commit of the two writes every workflow makes: checkpoints and terminal states.
-        self._checkpoints: WriteBatcher[dict[str, Any]] = WriteBatcher(
-            self._write_checkpoints, key=lambda c: (c["workflow_id"], c["step_seq"])
-        )
-        self._finishes: WriteBatcher[dict[str, Any]] = WriteBatcher(
-            self._write_finishes, key=lambda f: f["workflow_id"]
+        # Group commit of what every workflow writes: checkpoints and its terminal state.
+        self._progress: WriteBatcher[Progress] = WriteBatcher(
+            self._write_progress, keys=Progress.keys
         )
         # When the timers this process set (releases until a time) fall due: monotonic seconds.
         self._local_timers: list[float] = []
@@ -143,15 +155,34 @@ class WorkerStore:
         }
         if conn is not None:
             return bool(await self.db.fetch(conn, "step_record", params))
-        return await self._checkpoints.submit(params)
+        return await self._progress.submit(Progress(checkpoints=[params], finish=None))
 
-    async def _write_checkpoints(self, batch: list[dict[str, Any]]) -> set[Hashable]:
-        rows = await self.db.run("step_record_many", _columns(batch, _CHECKPOINT_COLUMNS))
+    async def write_progress(
+        self,
+        work: ClaimedWorkflow,
+        checkpoints: list[dict[str, Any]],
+        finish: dict[str, Any] | None,
+    ) -> bool:
+        """Write a workflow's checkpoints (step_seq, step_name, status, output, error,
+        attempts) and, if ``finish`` (status, output, error), its terminal state: all in one
+        commit, shared with other workflows'. False if the lease or the partition was lost."""
+        key = _lease_key(work)
+        return await self._progress.submit(
+            Progress(
+                checkpoints=[{**key, **c} for c in checkpoints],
+                finish={**key, **finish} if finish is not None else None,
+            )
+        )
+
+    async def _write_progress(self, batch: list[Progress]) -> set[Hashable]:
+        checkpoints = [c for p in batch for c in p.checkpoints]
+        finishes = [p.finish for p in batch if p.finish is not None]
+        params = {
+            **_columns(checkpoints, _CHECKPOINT_COLUMNS),
+            **{f"fin_{k}": v for k, v in _columns(finishes, _FINISH_COLUMNS).items()},
+        }
+        rows = await self.db.run("progress_write_many", params)
         return {(r["workflow_id"], r["step_seq"]) for r in rows}
-
-    async def _write_finishes(self, batch: list[dict[str, Any]]) -> set[Hashable]:
-        rows = await self.db.run("workflow_finish_many", _columns(batch, _FINISH_COLUMNS))
-        return {r["workflow_id"] for r in rows}
 
     def step_transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A connection inside one transaction, for a transactional step and its checkpoint.
@@ -169,8 +200,8 @@ class WorkerStore:
         error: str | None = None,
     ) -> bool:
         """Move a held workflow to a terminal status; False if the lease was lost."""
-        return await self._finishes.submit(
-            {**_lease_key(work), "status": status, "output": output, "error": error}
+        return await self.write_progress(
+            work, [], {"status": status, "output": output, "error": error}
         )
 
     async def release(

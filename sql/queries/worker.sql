@@ -226,11 +226,14 @@ SET holder = %(holder)s, expires_at = now() + %(ttl)s::interval
 WHERE service = %(service)s AND holder = %(previous)s
 RETURNING holder;
 
--- name: step_record_many
--- Group commit: the checkpoints of many running workflows in one statement, each guarded like
--- step_record (its lease unexpired, its partition owned, FOR SHARE). Returns the rows written;
--- a checkpoint missing from the result lost its lease or its partition. Plain Postgres nodes:
--- Citus refuses row locks across shards (there, one partition per statement).
+-- name: progress_write_many
+-- Group commit of workflow progress on one node, in one statement: the checkpoints of many
+-- running workflows, and the terminal states of those that finished (with their last
+-- checkpoints, so a workflow's end costs one commit). Each row is guarded like step_record:
+-- its lease unexpired, its partition owned (ownership rows FOR SHARE). Returns what was
+-- written: (workflow_id, step_seq) per checkpoint and (workflow_id, -1) per terminal state;
+-- a row missing from the result lost its lease or its partition. Plain Postgres nodes: Citus
+-- refuses row locks across shards (there, one partition per statement).
 WITH batch AS (
     SELECT * FROM unnest(
         %(partition_list)s::integer[], %(workflow_id_list)s::text[], %(lease_token_list)s::uuid[],
@@ -238,46 +241,52 @@ WITH batch AS (
         %(output_list)s::text[], %(error_list)s::text[], %(attempts_list)s::integer[]
     ) AS b (partition, workflow_id, lease_token, step_seq, step_name, status, output, error,
             attempts)
+), finished AS (
+    SELECT * FROM unnest(
+        %(fin_partition_list)s::integer[], %(fin_workflow_id_list)s::text[],
+        %(fin_lease_token_list)s::uuid[], %(fin_status_list)s::text[],
+        %(fin_output_list)s::text[], %(fin_error_list)s::text[]
+    ) AS f (partition, workflow_id, lease_token, status, output, error)
 ), fence AS (
     SELECT partition FROM {schema}.partition_ownership
-    WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
+    WHERE (partition = ANY(%(partition_list)s::integer[])
+           OR partition = ANY(%(fin_partition_list)s::integer[]))
+      AND state = 'owned'
     FOR SHARE
 ), lease AS (
     SELECT w.partition, w.workflow_id, w.lease_token FROM {schema}.workflows AS w
-    WHERE (w.partition, w.workflow_id) IN (SELECT partition, workflow_id FROM batch)
+    WHERE (w.partition, w.workflow_id) IN (
+              SELECT partition, workflow_id FROM batch
+              UNION SELECT partition, workflow_id FROM finished
+          )
       AND w.status = 'running' AND w.lease_expires_at > now()
     FOR SHARE
+), written AS (
+    INSERT INTO {schema}.steps
+        (partition, workflow_id, step_seq, step_name, status, output, error, attempts,
+         lease_token)
+    SELECT b.partition, b.workflow_id, b.step_seq, b.step_name, b.status, b.output::json,
+           b.error::json, b.attempts, b.lease_token
+    FROM batch AS b
+    JOIN lease AS l
+      ON l.partition = b.partition AND l.workflow_id = b.workflow_id
+     AND l.lease_token = b.lease_token
+    WHERE b.partition IN (SELECT partition FROM fence)
+    ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
+    RETURNING workflow_id, step_seq
+), ended AS (
+    UPDATE {schema}.workflows AS w
+    SET status = f.status, output = f.output::json, error = f.error::json,
+        completed_at = now(), updated_at = now(), lease_expiries = 0,
+        lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+    FROM finished AS f
+    JOIN lease AS l
+      ON l.partition = f.partition AND l.workflow_id = f.workflow_id
+     AND l.lease_token = f.lease_token
+    WHERE w.partition = f.partition AND w.workflow_id = f.workflow_id
+      AND f.partition IN (SELECT partition FROM fence)
+    RETURNING w.workflow_id
 )
-INSERT INTO {schema}.steps
-    (partition, workflow_id, step_seq, step_name, status, output, error, attempts, lease_token)
-SELECT b.partition, b.workflow_id, b.step_seq, b.step_name, b.status, b.output::json,
-       b.error::json, b.attempts, b.lease_token
-FROM batch AS b
-JOIN lease AS l
-  ON l.partition = b.partition AND l.workflow_id = b.workflow_id
- AND l.lease_token = b.lease_token
-WHERE b.partition IN (SELECT partition FROM fence)
-ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
-RETURNING workflow_id, step_seq;
-
--- name: workflow_finish_many
--- Group commit of terminal states, each guarded like workflow_finish.
-WITH batch AS (
-    SELECT * FROM unnest(
-        %(partition_list)s::integer[], %(workflow_id_list)s::text[], %(lease_token_list)s::uuid[],
-        %(status_list)s::text[], %(output_list)s::text[], %(error_list)s::text[]
-    ) AS b (partition, workflow_id, lease_token, status, output, error)
-), fence AS (
-    SELECT partition FROM {schema}.partition_ownership
-    WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
-    FOR SHARE
-)
-UPDATE {schema}.workflows AS w
-SET status = b.status, output = b.output::json, error = b.error::json,
-    completed_at = now(), updated_at = now(), lease_expiries = 0,
-    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-FROM batch AS b
-WHERE w.partition = b.partition AND w.workflow_id = b.workflow_id
-  AND w.status = 'running' AND w.lease_token = b.lease_token AND w.lease_expires_at > now()
-  AND b.partition IN (SELECT partition FROM fence)
-RETURNING w.workflow_id;
+SELECT workflow_id, step_seq FROM written
+UNION ALL
+SELECT workflow_id, -1 FROM ended;
