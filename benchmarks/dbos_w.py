@@ -22,6 +22,8 @@ def configure() -> None:
         "name": "shardflow-compare",
         "system_database_url": os.environ["DBOS_BENCH_URL"],
         "log_level": "WARNING",
+        # A pool as large as the executor's concurrency helps DBOS under this load.
+        "sys_db_pool_size": int(os.environ.get("DBOS_BENCH_POOL", "64")),
     }
     DBOS(config=config)
 

@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
-    parser.add_argument("--node-cpu", type=float, default=0.1)
+    parser.add_argument("--node-cpu", type=float, default=0.2)
     parser.add_argument("--soak", type=float, default=0, help="seconds of the memory soak")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

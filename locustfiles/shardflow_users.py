@@ -78,7 +78,7 @@ class ShardflowUser(User):
         )
 
     @task(5)
-    def start(self) -> None:
+    def start_workflow(self) -> None:
         wf_id = f"locust-{uuid.uuid4().hex}"
         self._report(
             "start", wf_id, lambda: self.shardflow.start(workloads.w, 1, workflow_id=wf_id)
@@ -98,7 +98,7 @@ class ShardflowUser(User):
         self._report("start_and_wait", wf_id, run)
 
     @task(3)
-    def status(self) -> None:
+    def check_status(self) -> None:
         if not self.started:
             return
         wf_id = random.choice(self.started)

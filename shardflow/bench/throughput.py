@@ -130,6 +130,12 @@ class _Workers:
     def sample_rss(self) -> None:
         self.rss.append(max(rss_mb(pid) for pid in self.pids))
 
+    async def sample_every(self, seconds: float) -> None:
+        """Sample RSS for the whole run (open-loop runs spend it submitting)."""
+        while True:
+            self.sample_rss()
+            await asyncio.sleep(seconds)
+
     def stop(self) -> None:
         for p in self.processes:
             p.terminate()
@@ -245,6 +251,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             meter = CpuMeter(workers=workers.pids, postmasters=postmasters)
             commits_before = await _commits(admin, config)
             meter.start()
+            sampler = asyncio.create_task(workers.sample_every(1.0))
             if settings.rate is not None:
                 expected = await _submit_open(
                     client, prefix, settings.rate, settings.duration, settings.workload
@@ -255,6 +262,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
                 await _submit_closed(client, prefix, expected, settings.workload)
             failed = await _wait_done(admin, config, prefix, expected, workers)
             meter.stop()
+            sampler.cancel()
             commits = await _commits(admin, config) - commits_before
             rows, per_node = await _timings(admin, config, prefix)
     finally:

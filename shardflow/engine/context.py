@@ -138,6 +138,7 @@ class WorkflowContext:
         self._unsent: list[dict[str, Any]] = []
         self._linger: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._settle_lock = asyncio.Lock()
         self._broken: LeaseLost | RunAbandoned | None = None
 
     @property
@@ -376,23 +377,26 @@ class WorkflowContext:
     async def settle(self, *, finish: dict[str, Any] | None = None) -> None:
         """Make every checkpoint of this run durable, and the terminal state if ``finish``
         (status, output, error) is given, in one commit. Raises LeaseLost or RunAbandoned."""
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        if self._writer is not None:
-            await asyncio.shield(self._writer)
-        self._raise_if_broken()
-        if not self._unsent and finish is None:
-            return
-        batch, self._unsent = self._unsent, []
-        try:
-            ok = await self._store.write_progress(self._work, batch, finish)
-        except ShardflowError as exc:
-            self._broken = RunAbandoned(exc)
-            raise self._broken from exc
-        if not ok:
-            self._broken = LeaseLost()
-            raise self._broken
+        # Steps run concurrently (asyncio.gather) settle one at a time: each returns only
+        # once everything recorded before it is durable.
+        async with self._settle_lock:
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+            if self._writer is not None:
+                await asyncio.shield(self._writer)
+            self._raise_if_broken()
+            if not self._unsent and finish is None:
+                return
+            batch, self._unsent = self._unsent, []
+            try:
+                ok = await self._store.write_progress(self._work, batch, finish)
+            except ShardflowError as exc:
+                self._broken = RunAbandoned(exc)
+                raise self._broken from exc
+            if not ok:
+                self._broken = LeaseLost()
+                raise self._broken
 
 
 def bind_context(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:
