@@ -61,6 +61,17 @@ CREATE TABLE {schema}.workflows (
     PRIMARY KEY (partition, workflow_id)
 );
 
+-- A queue table: vacuumed and analyzed after a small fraction of changes (see migration 0004).
+ALTER TABLE {schema}.workflows SET (
+    fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_analyze_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0
+);
+
 -- The claim path: runnable rows only, so finished workflows never slow a claim.
 CREATE INDEX workflows_runnable_idx
     ON {schema}.workflows (partition, run_at) WHERE status = 'pending';

@@ -35,7 +35,10 @@ class AdminStore:
         """
         applied: list[int] = []
         async with self.db.connection() as conn:
-            await self.db.execute_script(conn, self.db.queries["migrations_bootstrap"])
+            # CREATE ... IF NOT EXISTS is not safe against a concurrent creator: lock first.
+            async with conn.transaction():
+                await self.db.fetch(conn, "migrations_lock", {"key": _lock_key(self.db.schema)})
+                await self.db.execute_script(conn, self.db.queries["migrations_bootstrap"])
             for migration in migrations():
                 async with conn.transaction():
                     await self.db.fetch(conn, "migrations_lock", {"key": _lock_key(self.db.schema)})

@@ -22,6 +22,11 @@ UNION ALL
 SELECT 'index', i.indexname, replace(i.indexdef, %(schema)s || '.', '')
 FROM pg_indexes i
 WHERE i.schemaname = %(schema)s AND i.tablename <> 'schema_migrations'
+UNION ALL
+SELECT 'storage', c.relname, array_to_string(c.reloptions, ', ')
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.reloptions IS NOT NULL
 ORDER BY 1, 2;
 
 -- name: hygiene
