@@ -1,8 +1,9 @@
 """Group commit: many callers' writes of one kind on one node, in one statement.
 
-A caller submits its row and awaits the answer. The first submission starts a flush at once
-(no added delay when idle); rows submitted while a flush is in flight go together in the next
-one. Under load that turns one commit per checkpoint into one commit per batch.
+A caller submits its row and awaits the answer. A submission starts a flush at once when fewer
+than ``max_in_flight`` are under way (no added delay when idle); otherwise it waits with the
+others for the next free flush, and they go together. Under load that turns one commit per
+row into one commit per batch, and a row waits for at most one flush ahead of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
+
+# Two flushes in flight: PostgreSQL merges their WAL flushes, and a row never queues behind a
+# whole commit it could have joined.
+MAX_IN_FLIGHT = 2
 
 
 class WriteBatcher(Generic[Item]):
@@ -28,20 +33,24 @@ class WriteBatcher(Generic[Item]):
         keys: Callable[[Item], Iterable[Hashable]],
         *,
         max_batch: int = 256,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ):
         self._flush = flush
         self._keys = keys
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._pending: list[tuple[Item, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: Item) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._drain())
+        if len(self._flushers) < self._max_in_flight:
+            flusher = asyncio.create_task(self._drain())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         return await future
 
     async def _drain(self) -> None:
