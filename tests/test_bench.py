@@ -1,0 +1,59 @@
+"""The benchmark harness works end to end on a tiny run (numbers come from `make bench`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardflow", "bench", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(180)
+def test_bench_run_reports_a_closed_loop_run(tmp_path: Path) -> None:
+    out = tmp_path / "runs.json"
+    done = bench("run", "w", "--count", "60", "--workers", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    [result] = json.loads(out.read_text())
+    assert result["workflows"] == 60 and result["failed"] == 0
+    assert result["workflows_per_second"] > 0
+    assert 0 < result["commits_per_workflow"] < 10
+    assert result["worker_rss_mb_max"] > 0
+    assert sum(result["per_node"].values()) == 60
+    assert "median of 1 run(s)" in done.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        png = tmp_path / "plot.png"
+        plotted = bench("plot", str(out), "--out", str(png))
+        assert plotted.returncode == 0, plotted.stderr[-2000:]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(180)
+def test_bench_start_many_counts_what_it_stored() -> None:
+    done = bench("start-many", "--nodes", "2", "--count", "500", "--chunk", "200")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["workflows"] == 500
+    assert set(result["per_node"]) == {"node1", "node2"}
+
+
+def test_bench_refuses_bad_settings() -> None:
+    done = bench("run", "nonsense")
+    assert done.returncode != 0 and "nonsense" in done.stderr
+    done = bench("run", "w", "--rate", "-5")
+    assert done.returncode != 0 and "--rate" in done.stderr
