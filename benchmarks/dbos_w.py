@@ -22,7 +22,10 @@ def configure() -> None:
         "name": "shardflow-compare",
         "system_database_url": os.environ["DBOS_BENCH_URL"],
         "log_level": "WARNING",
-        # A pool as large as the executor's concurrency helps DBOS under this load.
+        # DBOS runs each started workflow on a thread of its executor (by default
+        # min(32, cores + 4) threads): give it as many threads, and connections, as
+        # shardflow's workers have slots, or it waits on its own executor.
+        "max_executor_threads": int(os.environ.get("DBOS_BENCH_THREADS", "64")),
         "sys_db_pool_size": int(os.environ.get("DBOS_BENCH_POOL", "64")),
     }
     DBOS(config=config)
