@@ -17,7 +17,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from shardflow.bench.rebalance import bench_directory
+from shardflow.bench.common import bench_directory
 from shardflow.bench.throughput import BenchSettings, run_throughput_bench
 from shardflow.cluster.local import DB_USER, LocalCluster
 

@@ -647,7 +647,8 @@ def bench_rebalance(
     json_path: str | None,
 ) -> None:
     """Add a node to a loaded cluster under load; report copy speed, freezes, errors."""
-    from shardflow.bench.rebalance import bench_directory, run_rebalance_bench
+    from shardflow.bench.common import bench_directory
+    from shardflow.bench.rebalance import run_rebalance_bench
 
     root = bench_directory(directory)
     result = _run(
@@ -701,7 +702,7 @@ def bench_run(
 ) -> None:
     """Run WORKLOAD (w, fanout, sleepy) on a fresh local cluster and report throughput,
     latency from the database clock, CPU split, commits per workflow and worker memory."""
-    from shardflow.bench.rebalance import bench_directory
+    from shardflow.bench.common import bench_directory
     from shardflow.bench.report import append_results, print_summary
     from shardflow.bench.throughput import BenchSettings, run_throughput_bench
 
@@ -737,7 +738,7 @@ def bench_run(
 @click.option("--partitions", default=256, show_default=True)
 def bench_start_many(nodes: int, count: int, chunk: int, partitions: int) -> None:
     """Bulk-start workflows with Client.start_many (no workers): durable starts per second."""
-    from shardflow.bench.rebalance import bench_directory
+    from shardflow.bench.common import bench_directory
     from shardflow.bench.throughput import run_start_many_bench
 
     root = bench_directory(None)

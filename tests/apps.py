@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from shardflow import App, WorkflowContext, current_step
+from tests.helpers import wait_until
 
 app = App("tests")
+
+# A gated step waits this long for its test to open the gate (another process: a file).
+GATE_TIMEOUT = 60.0
 
 # Step executions per (workflow_id, step) in this process: proves what replay did not re-run.
 executions: Counter[tuple[str, str]] = Counter()
@@ -107,8 +111,7 @@ async def wait_for_gate(marker: str, gate: str, log_path: str) -> str:
     with open(log_path, "a") as fh:
         fh.write("gate-step\n")
     Path(marker).touch()
-    while not Path(gate).exists():
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: Path(gate).exists(), timeout=GATE_TIMEOUT, what=f"gate {gate}")
     return "through the gate"
 
 
@@ -251,8 +254,8 @@ async def debit_at_gate(conn: Any, paths: dict[str, str]) -> str:
     assert step is not None
     await conn.execute(TX_EFFECT_INSERT, (step.workflow_id, step.step_seq, 1))
     Path(paths["marker"]).touch()
-    while not Path(paths["gate"]).exists():
-        await asyncio.sleep(0.02)
+    gate = Path(paths["gate"])
+    await wait_until(gate.exists, timeout=GATE_TIMEOUT, what=f"gate {gate}")
     return "written"
 
 

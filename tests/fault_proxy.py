@@ -16,7 +16,9 @@ class FaultProxy:
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.latency = 0.0
-        self.blackhole = False
+        # Set while traffic flows; cleared by a blackhole (bytes wait until heal()).
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._drop_pattern: bytes | None = None
         self.dropped = 0
         self._server: asyncio.Server | None = None
@@ -43,6 +45,17 @@ class FaultProxy:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
         self._writers.clear()
+
+    @property
+    def blackhole(self) -> bool:
+        return not self._flowing.is_set()
+
+    @blackhole.setter
+    def blackhole(self, on: bool) -> None:
+        if on:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     def heal(self) -> None:
         self.latency = 0.0
@@ -87,8 +100,7 @@ class FaultProxy:
             chunk = await reader.read(65536)
             if not chunk:
                 break
-            while self.blackhole:
-                await asyncio.sleep(0.01)
+            await self._flowing.wait()
             if self.latency:
                 await asyncio.sleep(self.latency)
             if watch is not None and self._drop_pattern and self._drop_pattern in chunk:

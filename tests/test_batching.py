@@ -86,7 +86,7 @@ def test_batcher_gives_each_caller_its_own_answer() -> None:
 
         async def flush(items: list[int]) -> set[Hashable]:
             flushed.append(items)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a real flush yields to the loop while the node answers
             if 13 in items:
                 raise RuntimeError("node lost")
             return {i for i in items if i % 2 == 0}  # odd rows were refused by their guard

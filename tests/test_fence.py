@@ -34,10 +34,23 @@ def test_fenced_partition_rejects_claims_and_writes(config: ClusterConfig) -> No
                     assert await admin.set_partition_state(partition, "moving")
 
                     # A worker holding a valid lease commits nothing once fenced.
-                    assert not await worker.record_step(
-                        work, step_seq=0, step_name="x", status="succeeded", output="1"
+                    assert not await worker.write_progress(
+                        work,
+                        [
+                            {
+                                "step_seq": 0,
+                                "step_name": "x",
+                                "status": "succeeded",
+                                "output": "1",
+                                "error": None,
+                                "attempts": 1,
+                            }
+                        ],
+                        None,
                     )
-                    assert not await worker.finish(work, status="succeeded", output="1")
+                    assert not await worker.write_progress(
+                        work, [], {"status": "succeeded", "output": "1", "error": None}
+                    )
                     assert not await worker.release(work, delay=timedelta(0))
                     assert (
                         await worker.claim(
@@ -61,7 +74,9 @@ def test_fenced_partition_rejects_claims_and_writes(config: ClusterConfig) -> No
                     assert await admin.set_partition_state(partition, "owned")
 
                 # Unfenced, the same lease works again.
-                assert await worker.finish(work, status="succeeded", output="1")
+                assert await worker.write_progress(
+                    work, [], {"status": "succeeded", "output": "1", "error": None}
+                )
                 assert await handle.result(timeout=5) == 1
                 for other in claimed:
                     if other.workflow_id != key:

@@ -234,10 +234,23 @@ def test_stale_worker_and_client_after_a_move(config: ClusterConfig) -> None:
                     await Rebalancer(admin).move(PlannedMove(partition, source, target))
 
                 # The stale worker's writes are refused by the old node: nothing committed.
-                assert not await old_worker.record_step(
-                    work, step_seq=0, step_name="add_one", status="succeeded", output="11"
+                assert not await old_worker.write_progress(
+                    work,
+                    [
+                        {
+                            "step_seq": 0,
+                            "step_name": "add_one",
+                            "status": "succeeded",
+                            "output": "11",
+                            "error": None,
+                            "attempts": 1,
+                        }
+                    ],
+                    None,
                 )
-                assert not await old_worker.finish(work, status="succeeded", output="13")
+                assert not await old_worker.write_progress(
+                    work, [], {"status": "succeeded", "output": "13", "error": None}
+                )
 
             # The stale client is re-routed transparently, for writes and reads.
             other = await stale.start(apps.three_steps, 20, workflow_id=f"{key}-2", routing_key=key)

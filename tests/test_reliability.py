@@ -121,9 +121,18 @@ def test_paused_worker_past_its_lease_commits_nothing(
     async def go() -> None:
         wf_id = f"paused-{uuid.uuid4().hex}"
         argv, options = worker_command(config_file)
+        argv.insert(argv.index("--config"), "-v")  # info logs: the lease loss is one
         paused = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, **options
+            *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, **options
         )
+        log_lines: list[str] = []
+
+        async def read_log() -> None:
+            assert paused.stderr is not None
+            async for line in paused.stderr:
+                log_lines.append(line.decode(errors="replace"))
+
+        reader = asyncio.ensure_future(read_log())
         try:
             async with Client(config, app=apps.app) as client:
                 await client.start(apps.gated, paths, workflow_id=wf_id)
@@ -140,11 +149,10 @@ def test_paused_worker_past_its_lease_commits_nothing(
                 steps_before = await client.steps(wf_id)
                 paused.send_signal(signal.SIGCONT)  # resumes mid-step, past its lease
                 # Wait until the resumed worker has tried (and failed) to record its step.
-                await asyncio.sleep(0)  # let the signal land
                 await wait_until(
-                    lambda: Path(paths["log"]).read_text().count("last-step") >= 1,
-                    timeout=10,
-                    what="the rescuing run to finish",
+                    lambda: any(f"lost the lease of {wf_id}" in x for x in log_lines),
+                    timeout=20,
+                    what="the resumed worker to find its lease gone",
                 )
                 assert await client.steps(wf_id) == steps_before
                 record = await client.get(wf_id)
@@ -154,7 +162,8 @@ def test_paused_worker_past_its_lease_commits_nothing(
             if paused.returncode is None:
                 paused.send_signal(signal.SIGCONT)
                 paused.terminate()
-                await paused.wait()
+            await paused.wait()
+            await reader
         lines = Path(paths["log"]).read_text().split()
         assert lines.count("first-step") == 1 and lines.count("last-step") == 1
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from shardflow.bench import workloads
+from shardflow.bench.common import percentile
 from shardflow.client import Client
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
@@ -23,23 +24,8 @@ from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import MoveResult, Rebalancer
 from shardflow.cluster.verify import check_cluster
 from shardflow.config import WorkerSettings
-from shardflow.engine.app import App
-from shardflow.engine.context import WorkflowContext
 from shardflow.errors import ShardflowError
 from shardflow.worker import Worker
-
-bench_app = App("bench")
-
-
-@bench_app.step
-def _plus_one(n: int) -> int:
-    return n + 1
-
-
-@bench_app.workflow(name="bench_w")
-async def bench_w(ctx: WorkflowContext, n: int) -> int:
-    """Workload W: three sequential steps, each returning its input + 1."""
-    return int(await _plus_one(await _plus_one(await _plus_one(n))))
 
 
 @dataclass
@@ -64,21 +50,6 @@ class RebalanceBenchResult:
         return asdict(self)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def bench_directory(directory: str | None) -> Path:
-    """Where the benchmark's cluster goes: reachable by the postgres user when run as root."""
-    root = Path(directory or tempfile.mkdtemp(prefix="shardflow-bench-", dir="/tmp"))
-    root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)
-    return root
-
-
 async def run_rebalance_bench(
     *, nodes: int, partitions: int, per_partition: int, root: Path, keep: bool
 ) -> RebalanceBenchResult:
@@ -100,7 +71,7 @@ async def run_rebalance_bench(
 
             async def fill(node: str) -> None:  # one partition at a time per node
                 for p in placement.partitions_of(node):
-                    await admin.mover(node).bench_fill(p, per_partition)
+                    await admin.bench(node).fill(p, per_partition)
 
             await asyncio.gather(*(fill(n.name) for n in placement.nodes))
         moves: list[MoveResult] = []
@@ -113,14 +84,14 @@ async def run_rebalance_bench(
             while not stop.is_set():
                 began = time.monotonic()
                 try:
-                    handle = await client.start(bench_w, 1, workflow_id=f"load-{uuid.uuid4()}")
+                    handle = await client.start(workloads.w, 1, workflow_id=f"load-{uuid.uuid4()}")
                     started.append(handle.workflow_id)
                     latencies.append(time.monotonic() - began)
                 except ShardflowError as exc:
                     errors.append(exc)
                 await asyncio.sleep(0.005)
 
-        async with Worker(bench_app, config), Client(config, app=bench_app) as client:
+        async with Worker(workloads.app, config), Client(config, app=workloads.app) as client:
             load_task = asyncio.create_task(load(client))
             new_node = local.add_node()
             began = time.monotonic()
@@ -145,12 +116,12 @@ async def run_rebalance_bench(
             seconds=round(seconds, 3),
             rows_per_second=round(rows / seconds, 1) if seconds else 0.0,
             freeze_p50_ms=round(statistics.median(freezes), 1) if freezes else 0.0,
-            freeze_p99_ms=round(_percentile(freezes, 0.99), 1),
+            freeze_p99_ms=round(percentile(freezes, 0.99), 1),
             freeze_max_ms=round(max(freezes, default=0.0), 1),
             load_started=len(started),
             load_completed=sum(1 for o in outcomes if o == 4),
             client_errors=len(errors),
-            start_p99_ms=round(_percentile([x * 1000 for x in latencies], 0.99), 1),
+            start_p99_ms=round(percentile([x * 1000 for x in latencies], 0.99), 1),
             consistency_problems=len(problems),
         )
     finally:

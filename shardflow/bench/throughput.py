@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from shardflow.bench import workloads
+from shardflow.bench.common import percentile
 from shardflow.bench.system import CpuCaps, CpuMeter, postmaster_pid, rss_mb
 from shardflow.client import Client
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
-from shardflow.config import ClusterConfig
 from shardflow.errors import ConfigurationError
+from shardflow.storage.bench_store import BenchStore, RunTiming
 
 WORKER_APP = "shardflow.bench.workloads:app"
 START_CHUNK = 500
@@ -84,13 +85,6 @@ class BenchResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 class _Workers:
@@ -146,29 +140,20 @@ class _Workers:
                 p.kill()
 
 
-async def _progress(admin: ClusterAdmin, config: ClusterConfig, prefix: str) -> tuple[int, int]:
-    done = failed = 0
-    for node in config.nodes:
-        rows = await admin.admin(node.name).db.run("bench_progress", {"prefix": prefix + "%"})
-        done += rows[0]["done"]
-        failed += rows[0]["failed"]
-    return done, failed
+async def _progress(nodes: list[BenchStore], prefix: str) -> tuple[int, int]:
+    counts = [await node.progress(prefix) for node in nodes]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
-async def _commits(admin: ClusterAdmin, config: ClusterConfig) -> int:
-    total = 0
-    for node in config.nodes:
-        total += (await admin.admin(node.name).db.run("bench_commits"))[0]["commits"]
-    return total
+async def _commits(nodes: list[BenchStore]) -> int:
+    return sum([await node.write_transactions() for node in nodes])
 
 
-async def _wait_done(
-    admin: ClusterAdmin, config: ClusterConfig, prefix: str, expected: int, workers: _Workers
-) -> int:
+async def _wait_done(nodes: list[BenchStore], prefix: str, expected: int, workers: _Workers) -> int:
     """Poll until every workflow of the run finished; returns how many failed."""
     while True:
         workers.sample_rss()
-        done, failed = await _progress(admin, config, prefix)
+        done, failed = await _progress(nodes, prefix)
         if done >= expected:
             return failed
         for p in workers.processes:
@@ -207,14 +192,12 @@ async def _submit_open(client: Client, prefix: str, rate: float, duration: float
     return total
 
 
-async def _timings(
-    admin: ClusterAdmin, config: ClusterConfig, prefix: str
-) -> tuple[list[dict[str, float]], dict[str, int]]:
-    rows: list[dict[str, float]] = []
+async def _timings(nodes: list[BenchStore], prefix: str) -> tuple[list[RunTiming], dict[str, int]]:
+    rows: list[RunTiming] = []
     per_node: dict[str, int] = {}
-    for node in config.nodes:
-        found = await admin.admin(node.name).db.run("bench_timings", {"prefix": prefix + "%"})
-        per_node[node.name] = len(found)
+    for node in nodes:
+        found = await node.timings(prefix)
+        per_node[node.db.name] = len(found)
         rows += found
     return rows, per_node
 
@@ -249,7 +232,8 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             await _warm_up(client, f"warm{run_id}-")
             workers.rss_first = max(rss_mb(pid) for pid in workers.pids)
             meter = CpuMeter(workers=workers.pids, postmasters=postmasters)
-            commits_before = await _commits(admin, config)
+            nodes = [admin.bench(node.name) for node in config.nodes]
+            commits_before = await _commits(nodes)
             meter.start()
             sampler = asyncio.create_task(workers.sample_every(1.0))
             if settings.rate is not None:
@@ -260,11 +244,11 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
                 assert settings.count is not None
                 expected = settings.count
                 await _submit_closed(client, prefix, expected, settings.workload)
-            failed = await _wait_done(admin, config, prefix, expected, workers)
+            failed = await _wait_done(nodes, prefix, expected, workers)
             meter.stop()
             sampler.cancel()
-            commits = await _commits(admin, config) - commits_before
-            rows, per_node = await _timings(admin, config, prefix)
+            commits = await _commits(nodes) - commits_before
+            rows, per_node = await _timings(nodes, prefix)
     finally:
         if workers is not None:
             workers.stop()
@@ -272,11 +256,11 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             local.destroy()
         if caps:
             caps.release()
-    first = min(r["created"] for r in rows)
-    last = max(r["completed"] for r in rows)
+    first = min(r.created for r in rows)
+    last = max(r.completed for r in rows)
     seconds = max(last - first, 1e-6)
-    latencies = [(r["completed"] - r["created"]) * 1000 for r in rows]
-    pickups = [(r["claimed"] - r["created"]) * 1000 for r in rows]
+    latencies = [(r.completed - r.created) * 1000 for r in rows]
+    pickups = [(r.claimed - r.created) * 1000 for r in rows]
     cpu = meter.worker_seconds + meter.database_seconds
     return BenchResult(
         settings=asdict(settings),
@@ -332,10 +316,7 @@ async def run_start_many_bench(
             seconds = time.monotonic() - began
             per_node = {}
             for node in config.nodes:
-                rows = await admin.admin(node.name).db.run(
-                    "bench_progress", {"prefix": prefix + "%"}
-                )
-                per_node[node.name] = rows[0]["total"]
+                per_node[node.name] = (await admin.bench(node.name).progress(prefix))[2]
     finally:
         with contextlib.suppress(Exception):
             local.destroy()

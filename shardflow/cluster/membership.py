@@ -25,6 +25,7 @@ from shardflow.connectors import dsn_for, node_connector
 from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage import AdminStore, NodeConnector, WorkerStore
+from shardflow.storage.bench_store import BenchStore
 from shardflow.storage.conninfo import public_conninfo, redact
 from shardflow.storage.rebalance_store import RebalanceStore
 from shardflow.storage.records import NodeIdentity
@@ -79,6 +80,9 @@ class ClusterAdmin:
 
     def mover(self, name: str) -> RebalanceStore:
         return RebalanceStore(self.connector(name))
+
+    def bench(self, name: str) -> BenchStore:
+        return BenchStore(self.connector(name))
 
     @property
     def node_names(self) -> list[str]:

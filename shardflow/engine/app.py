@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, overload
 
 from shardflow.errors import ConfigurationError, UnknownWorkflow
@@ -180,16 +180,16 @@ class App:
         def register(func: Callable[..., Any]) -> StepDef:
             if not callable(func):
                 raise ConfigurationError(f"step {func!r} is not callable")
-            step_def = StepDef(
-                name=self._new_name(name or func.__qualname__, self._steps),
-                fn=func,
-                retries=retries,
-                backoff=backoff,
-                backoff_max=backoff_max,
-                timeout=timeout,
+            return self._add_step(
+                StepDef(
+                    name=name or func.__qualname__,
+                    fn=func,
+                    retries=retries,
+                    backoff=backoff,
+                    backoff_max=backoff_max,
+                    timeout=timeout,
+                )
             )
-            self._steps[step_def.name] = step_def
-            return step_def
 
         return register(fn) if fn is not None else register
 
@@ -244,19 +244,25 @@ class App:
                     f"transactional step {func.__qualname__} must take the connection as its "
                     "first positional parameter: async def f(conn, ...)"
                 )
-            step_def = StepDef(
-                name=self._new_name(name or func.__qualname__, self._steps),
-                fn=func,
-                retries=retries,
-                backoff=backoff,
-                backoff_max=backoff_max,
-                timeout=timeout,
-                transactional=True,
+            return self._add_step(
+                StepDef(
+                    name=name or func.__qualname__,
+                    fn=func,
+                    retries=retries,
+                    backoff=backoff,
+                    backoff_max=backoff_max,
+                    timeout=timeout,
+                    transactional=True,
+                )
             )
-            self._steps[step_def.name] = step_def
-            return step_def
 
         return register(fn) if fn is not None else register
+
+    def _add_step(self, step_def: StepDef) -> StepDef:
+        """Register ``step_def`` under its (checked, unique) name."""
+        step_def = replace(step_def, name=self._new_name(step_def.name, self._steps))
+        self._steps[step_def.name] = step_def
+        return step_def
 
     @staticmethod
     def _new_name(name: str, taken: dict[str, Any]) -> str:

@@ -245,14 +245,13 @@ class WorkflowContext:
                     if conn.broken or conn.closed:
                         raise  # the node went away, not the step's fault
                     raise _StepBodyFailed(exc) from exc
-                recorded = await self._store.record_step(
+                recorded = await self._store.record_step_in(
+                    conn,
                     self._work,
                     step_seq=info.step_seq,
                     step_name=step.name,
-                    status="succeeded",
                     output=encoded.text,
                     attempts=info.attempt,
-                    conn=conn,
                 )
                 if not recorded:
                     raise LeaseLost()  # rolls the step's writes back with it
@@ -362,13 +361,17 @@ class WorkflowContext:
     async def _write_behind(self) -> None:
         while self._unsent and self._broken is None:
             batch, self._unsent = self._unsent, []
-            try:
-                ok = await self._store.write_progress(self._work, batch, None)
-            except ShardflowError as exc:
-                self._broken = RunAbandoned(exc)
-                return
-            if not ok:
-                self._broken = LeaseLost()
+            await self._send(batch, None)
+
+    async def _send(self, batch: list[dict[str, Any]], finish: dict[str, Any] | None) -> None:
+        """Write, and remember why this run can record nothing more if that failed."""
+        try:
+            ok = await self._store.write_progress(self._work, batch, finish)
+        except ShardflowError as exc:
+            self._broken = RunAbandoned(exc)
+            return
+        if not ok:
+            self._broken = LeaseLost()
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:
@@ -389,14 +392,8 @@ class WorkflowContext:
             if not self._unsent and finish is None:
                 return
             batch, self._unsent = self._unsent, []
-            try:
-                ok = await self._store.write_progress(self._work, batch, finish)
-            except ShardflowError as exc:
-                self._broken = RunAbandoned(exc)
-                raise self._broken from exc
-            if not ok:
-                self._broken = LeaseLost()
-                raise self._broken
+            await self._send(batch, finish)
+            self._raise_if_broken()
 
 
 def bind_context(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:

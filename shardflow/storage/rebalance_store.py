@@ -139,17 +139,6 @@ class RebalanceStore:
         rows = await self.db.run("partition_row_counts", {"partition": partition})
         return int(rows[0]["workflows"]) + int(rows[0]["steps"])
 
-    async def bench_fill(self, partition: int, count: int) -> None:
-        """Benchmarks only: ``count`` finished workflows with 3 checkpoints in ``partition``."""
-        await self.db.run(
-            "bench_fill",
-            {
-                "partition": partition,
-                "count": count,
-                "token": "00000000-0000-0000-0000-000000000000",
-            },
-        )
-
     async def partitions_with_rows(self) -> set[int]:
         return {r["partition"] for r in await self.db.run("partitions_with_rows")}
 

@@ -127,35 +127,31 @@ class WorkerStore:
         )
         return [StepRecord(**r) for r in rows]
 
-    async def record_step(
+    async def record_step_in(
         self,
+        conn: psycopg.AsyncConnection[Any],
         work: ClaimedWorkflow,
         *,
         step_seq: int,
         step_name: str,
-        status: str,
-        output: str | None = None,
-        error: str | None = None,
-        attempts: int = 1,
-        conn: psycopg.AsyncConnection[Any] | None = None,
+        output: str | None,
+        attempts: int,
     ) -> bool:
-        """Write the checkpoint of one step; False if the lease or the partition was lost.
+        """Write a transactional step's checkpoint inside its transaction on ``conn``;
+        False if the lease or the partition was lost (the caller then rolls back).
 
-        ``output`` and ``error`` are JSON text, already validated by the engine. With ``conn``
-        (a transactional step's transaction) the write joins that transaction.
+        ``output`` is JSON text, already validated by the engine.
         """
         params = {
             **_lease_key(work),
             "step_seq": step_seq,
             "step_name": step_name,
-            "status": status,
+            "status": "succeeded",
             "output": output,
-            "error": error,
+            "error": None,
             "attempts": attempts,
         }
-        if conn is not None:
-            return bool(await self.db.fetch(conn, "step_record", params))
-        return await self._progress.submit(Progress(checkpoints=[params], finish=None))
+        return bool(await self.db.fetch(conn, "step_record", params))
 
     async def write_progress(
         self,
@@ -190,19 +186,6 @@ class WorkerStore:
         Committed when the block exits cleanly, rolled back when it raises.
         """
         return self.db.transaction()
-
-    async def finish(
-        self,
-        work: ClaimedWorkflow,
-        *,
-        status: str,
-        output: str | None = None,
-        error: str | None = None,
-    ) -> bool:
-        """Move a held workflow to a terminal status; False if the lease was lost."""
-        return await self.write_progress(
-            work, [], {"status": status, "output": output, "error": error}
-        )
 
     async def release(
         self,

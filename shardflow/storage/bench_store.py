@@ -1,0 +1,46 @@
+"""The benchmarks' queries on one node (sql/queries/bench.sql): loading data and reading
+back how a run went. A run's workflows are found by their id prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardflow.storage.connector import NodeConnector
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """One finished workflow, in epoch seconds of the node's clock."""
+
+    created: float
+    claimed: float
+    completed: float
+
+
+class BenchStore:
+    def __init__(self, connector: NodeConnector):
+        self.db = connector
+
+    async def fill(self, partition: int, count: int) -> None:
+        """``count`` finished workflows with 3 checkpoints each, straight into ``partition``."""
+        await self.db.run(
+            "bench_fill",
+            {
+                "partition": partition,
+                "count": count,
+                "token": "00000000-0000-0000-0000-000000000000",
+            },
+        )
+
+    async def progress(self, prefix: str) -> tuple[int, int, int]:
+        """(done, failed, total) of the workflows whose id starts with ``prefix``."""
+        row = (await self.db.run("bench_progress", {"prefix": prefix + "%"}))[0]
+        return row["done"], row["failed"], row["total"]
+
+    async def timings(self, prefix: str) -> list[RunTiming]:
+        rows = await self.db.run("bench_timings", {"prefix": prefix + "%"})
+        return [RunTiming(**r) for r in rows]
+
+    async def write_transactions(self) -> int:
+        """Write transactions started on this node so far (the transaction id counter)."""
+        return int((await self.db.run("bench_commits"))[0]["commits"])
