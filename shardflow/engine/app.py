@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, overload
 
 from shardflow.errors import ConfigurationError, UnknownWorkflow
@@ -175,21 +175,12 @@ class App:
         timeout: float | None = None,
     ) -> StepDef | Callable[[Callable[..., Any]], StepDef]:
         """Register a step (sync or async). Its JSON result is checkpointed once."""
-        _check_step_options("step", retries, backoff, backoff_max, timeout)
+        options = _step_options("step", retries, backoff, backoff_max, timeout)
 
         def register(func: Callable[..., Any]) -> StepDef:
             if not callable(func):
                 raise ConfigurationError(f"step {func!r} is not callable")
-            return self._add_step(
-                StepDef(
-                    name=name or func.__qualname__,
-                    fn=func,
-                    retries=retries,
-                    backoff=backoff,
-                    backoff_max=backoff_max,
-                    timeout=timeout,
-                )
-            )
+            return self._add_step(func, name, options)
 
         return register(fn) if fn is not None else register
 
@@ -227,7 +218,7 @@ class App:
         once. Keep the body short (it holds row locks) and touch only data on that node.
         Do not commit or roll back yourself; raise to roll back (and retry, if ``retries``).
         """
-        _check_step_options("transaction", retries, backoff, backoff_max, timeout)
+        options = _step_options("transaction", retries, backoff, backoff_max, timeout)
 
         def register(func: Callable[..., Awaitable[Any]]) -> StepDef:
             if not inspect.iscoroutinefunction(func):
@@ -244,23 +235,25 @@ class App:
                     f"transactional step {func.__qualname__} must take the connection as its "
                     "first positional parameter: async def f(conn, ...)"
                 )
-            return self._add_step(
-                StepDef(
-                    name=name or func.__qualname__,
-                    fn=func,
-                    retries=retries,
-                    backoff=backoff,
-                    backoff_max=backoff_max,
-                    timeout=timeout,
-                    transactional=True,
-                )
-            )
+            return self._add_step(func, name, options, transactional=True)
 
         return register(fn) if fn is not None else register
 
-    def _add_step(self, step_def: StepDef) -> StepDef:
-        """Register ``step_def`` under its (checked, unique) name."""
-        step_def = replace(step_def, name=self._new_name(step_def.name, self._steps))
+    def _add_step(
+        self,
+        func: Callable[..., Any],
+        name: str | None,
+        options: dict[str, Any],
+        *,
+        transactional: bool = False,
+    ) -> StepDef:
+        """Register ``func`` under its (checked, unique) name."""
+        step_def = StepDef(
+            name=self._new_name(name or func.__qualname__, self._steps),
+            fn=func,
+            transactional=transactional,
+            **options,
+        )
         self._steps[step_def.name] = step_def
         return step_def
 
@@ -277,12 +270,14 @@ class App:
         return name
 
 
-def _check_step_options(
+def _step_options(
     kind: str, retries: int, backoff: float, backoff_max: float, timeout: float | None
-) -> None:
+) -> dict[str, Any]:
+    """The retry and timeout options of a step, checked: StepDef keyword arguments."""
     if retries < 0:
         raise ConfigurationError(f"{kind} retries must be >= 0")
     if backoff <= 0 or backoff_max < backoff:
         raise ConfigurationError(f"{kind} backoff must be > 0 and backoff_max >= backoff")
     if timeout is not None and timeout <= 0:
         raise ConfigurationError(f"{kind} timeout must be positive seconds, or None")
+    return {"retries": retries, "backoff": backoff, "backoff_max": backoff_max, "timeout": timeout}
