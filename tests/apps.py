@@ -271,3 +271,14 @@ async def mixed_effects(ctx: WorkflowContext, log_path: str) -> int:
     await debit(1)
     await external_effect(log_path, f"{ctx.workflow_id}:2")
     return 3
+
+
+@app.step(timeout=0.2)
+async def too_slow() -> str:
+    await asyncio.sleep(5)  # the step's own work, cut by its timeout
+    return "never"
+
+
+@app.workflow
+async def times_out(ctx: WorkflowContext) -> str:
+    return str(await too_slow())

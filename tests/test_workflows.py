@@ -91,6 +91,20 @@ def test_retries_with_backoff_then_success(config: ClusterConfig) -> None:
     run(go())
 
 
+def test_step_timeout_fails_the_step(config: ClusterConfig) -> None:
+    async def go() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            handle = await client.start(apps.times_out, workflow_id=new_id("step-timeout"))
+            with pytest.raises(WorkflowFailed) as info:
+                await handle.result(timeout=20)
+            assert "ran past its 0.2s timeout" in info.value.error["message"]
+            (step,) = await client.steps(handle.workflow_id)
+            assert step.status == "failed"
+            assert step.error is not None and step.error["type"] == "TimeoutError"
+
+    run(go())
+
+
 def test_retries_exhausted_fail_the_workflow_with_the_error(config: ClusterConfig) -> None:
     async def go() -> None:
         async with Worker(apps.app, config), Client(config, app=apps.app) as client:
