@@ -40,37 +40,49 @@ class WriteBatcher(Generic[Item]):
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._pending: list[tuple[Item, asyncio.Future[bool]]] = []
-        self._flushers: set[asyncio.Task[None]] = set()
+        # Drain tasks that have not yet taken their last look at ``_pending``. Counted by the
+        # drain itself, with no await between its last look and the decrement: a task's
+        # done-callback runs a loop turn after it finished, and counting tasks until then left
+        # an item submitted in that gap with no flush to carry it (issue 9).
+        self._draining = 0
+        # Strong references to running drains (the event loop keeps only weak ones).
+        self._drains: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: Item) -> bool:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if len(self._flushers) < self._max_in_flight:
-            flusher = asyncio.create_task(self._drain())
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+        if self._draining < self._max_in_flight:
+            self._draining += 1
+            drain = asyncio.create_task(self._drain())
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
         return await future
 
     async def _drain(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            self.batches += 1
-            self.items += len(batch)
-            try:
-                written = await self._flush([item for item, _ in batch])
-            except asyncio.CancelledError:
-                for _, future in batch + self._pending:
-                    future.cancel()
-                self._pending.clear()
-                raise
-            except Exception as exc:
-                for _, future in batch:
+        """Flush batches until the queue is empty. Invariant: while an item waits in
+        ``_pending``, at least one drain will still look at it."""
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                self.batches += 1
+                self.items += len(batch)
+                try:
+                    written = await self._flush([item for item, _ in batch])
+                except asyncio.CancelledError:
+                    for _, future in batch + self._pending:
+                        future.cancel()
+                    self._pending.clear()
+                    raise
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for item, future in batch:
                     if not future.done():
-                        future.set_exception(exc)
-                continue
-            for item, future in batch:
-                if not future.done():
-                    future.set_result(all(k in written for k in self._keys(item)))
+                        future.set_result(all(k in written for k in self._keys(item)))
+        finally:
+            self._draining -= 1
