@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import json
 import re
@@ -11,8 +10,10 @@ import shutil
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -26,6 +27,7 @@ from shardflow.cluster.verify import CheckReport, check_cluster
 from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.engine.app import App
 from shardflow.errors import ConfigurationError, ShardflowError, WorkflowFailed
+from shardflow.storage.records import STATUSES
 from shardflow.worker import Worker
 
 T = TypeVar("T")
@@ -191,12 +193,19 @@ def cluster_init(
 
 @cluster.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--stalled-after",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Report running workflows that recorded nothing for this many seconds while their "
+    "lease was renewed (default: the config's stall_seconds, 300).",
+)
 @pass_state
-def cluster_status_cmd(state: _State, as_json: bool) -> None:
-    """Per node: reachable, weight, partitions owned/moving, workflows by status."""
-    status = _run(cluster_status(state.config()))
+def cluster_status_cmd(state: _State, as_json: bool, stalled_after: float | None) -> None:
+    """Per node: reachable, weight, partitions, workflows by status, live workers; then the
+    watchdog: stalled runs and pending work that no live worker runs."""
+    status = _run(cluster_status(state.config(), stalled_after=stalled_after))
     if as_json:
-        click.echo(json.dumps(dataclasses.asdict(status), indent=2))
+        click.echo(json.dumps(status.to_json(), indent=2))
         return
     click.echo(
         f"{'node':<10} {'address':<26} {'up':<4} {'weight':>6} {'parts':>5} "
@@ -204,12 +213,15 @@ def cluster_status_cmd(state: _State, as_json: bool) -> None:
     )
     for s in status.nodes:
         counts = " ".join(f"{k}={v}" for k, v in s.workflows.items()) or "-"
+        parts = str(s.partitions_owned)
         if not s.reachable:
             counts = s.error.split(";")[0]
+            # Its partitions are unavailable while it is down: show what the placement gives it.
+            parts = f"{s.partitions_placed}?"
         weight = "-" if s.weight is None else str(s.weight)
         click.echo(
             f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
-            f"{weight:>6} {s.partitions_owned:>5} {s.partitions_moving:>6}  {counts}"
+            f"{weight:>6} {parts:>5} {s.partitions_moving:>6}  {counts}"
         )
     click.echo(
         f"placement v{status.placement_version}; "
@@ -220,6 +232,31 @@ def cluster_status_cmd(state: _State, as_json: bool) -> None:
         )
         + f"; {status.partitions_to_move} partitions to move for balance"
     )
+    workers: dict[str, int] = {}
+    for s in status.nodes:
+        for app_name, n in s.workers.items():
+            workers[app_name] = max(workers.get(app_name, 0), n)
+    click.echo(
+        "live workers: "
+        + (", ".join(f"{n} of app {a!r}" for a, n in sorted(workers.items())) or "none")
+    )
+    if status.stalled_total:
+        click.echo(
+            f"STALLED: {status.stalled_total} running workflows recorded nothing for more than "
+            f"{status.stalled_after_seconds:g}s while their lease was renewed:"
+        )
+        for w in status.stalled:
+            click.echo(
+                f"  {w.workflow_id} ({w.name}, app {w.app!r}) on {w.node}, held by "
+                f"{w.lease_owner}, quiet for {w.quiet_seconds:.0f}s"
+            )
+    if status.unserved:
+        click.echo("WAITING FOR A WORKER: pending workflows that no live worker runs:")
+        for u in status.unserved:
+            click.echo(
+                f"  {u.workflows} x {u.name} (app {u.app!r}) on {u.node}, oldest started "
+                f"{u.oldest:%Y-%m-%d %H:%M:%S}: start a worker whose app defines it"
+            )
 
 
 @cluster.command("check")
@@ -426,18 +463,44 @@ def config_show(state: _State) -> None:
 
 
 def load_app(spec: str) -> App:
-    """Import ``module:attribute`` and check that it is an App."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise click.ClickException(f"--app must look like module:attribute, got {spec!r}")
-    sys.path.insert(0, str(Path.cwd()))
+    """Import the App named by ``module:attribute`` or ``path/to/file.py:attribute``.
+
+    A module is looked up from the current directory too; a file path works from anywhere
+    (its directory goes on the import path, so its own imports resolve).
+    """
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise click.ClickException(
+            f"--app must look like module:attribute or path/to/file.py:attribute, got {spec!r}"
+        )
     try:
-        app = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise click.ClickException(f"cannot load app {spec!r}: {exc}") from None
+        if target.endswith(".py"):
+            module = _import_file(Path(target))
+        else:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(target)
+        app = getattr(module, attr)
+    except (ImportError, AttributeError, FileNotFoundError) as exc:
+        raise click.ClickException(
+            f"cannot load app {spec!r}: {exc} (run from the directory that holds the module, "
+            "or give the file's path: --app path/to/file.py:app)"
+        ) from None
     if not isinstance(app, App):
         raise click.ClickException(f"{spec} is a {type(app).__name__}, not a shardflow App")
     return app
+
+
+def _import_file(path: Path) -> ModuleType:
+    path = path.resolve(strict=True)
+    directory = str(path.parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    # Imported under its own name, as `python file.py` would see its siblings: a worker and
+    # the module's other importers then share one module object (and one App).
+    if path.stem in sys.modules:
+        return sys.modules[path.stem]
+    return importlib.import_module(path.stem)
 
 
 @cli.command()
@@ -464,7 +527,12 @@ def worker(state: _State, app_spec: str, concurrency: int | None) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--app", "app_spec", required=True, help="The App that defines NAME.")
-@click.option("--input", "input_json", default="null", help="Workflow input as JSON.")
+@click.option("--input", "input_json", help="Workflow input as JSON text.")
+@click.option(
+    "--input-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the JSON input from this file ('-' for stdin): no command-line size limit.",
+)
 @click.option("--id", "workflow_id", help="Workflow id (default: a new UUID).")
 @click.option("--routing-key", help="Co-locate with other workflows of this key.")
 @click.option("--wait", type=float, help="Wait up to this many seconds for the result.")
@@ -473,16 +541,22 @@ def start(
     state: _State,
     name: str,
     app_spec: str,
-    input_json: str,
+    input_json: str | None,
+    input_file: TextIO | None,
     workflow_id: str | None,
     routing_key: str | None,
     wait: float | None,
 ) -> None:
     """Start workflow NAME (idempotent for a given --id)."""
+    if input_json is not None and input_file is not None:
+        raise click.ClickException("give the input once: --input JSON or --input-file PATH")
+    source, text = "--input", input_json
+    if input_file is not None:
+        source, text = "--input-file", input_file.read()
     try:
-        payload = json.loads(input_json)
+        payload = None if text is None else json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.ClickException(f"--input is not valid JSON: {exc}") from None
+        raise click.ClickException(f"{source} is not valid JSON: {exc}") from None
     app = load_app(app_spec)
 
     async def go() -> None:
@@ -540,21 +614,28 @@ def result(state: _State, workflow_id: str, routing_key: str | None, timeout: fl
 
 
 @cli.command("list")
-@click.option("--status")
-@click.option("--name")
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    help="Only this status. A sleeping or retrying workflow is pending (until its run_at).",
+)
+@click.option("--name", help="Only workflows of this name.")
 @click.option("--limit", default=20, show_default=True)
-@click.option("--cursor")
+@click.option("--cursor", help="Continue after the page that printed it.")
 @pass_state
 def list_cmd(
     state: _State, status: str | None, name: str | None, limit: int, cursor: str | None
 ) -> None:
-    """List workflows across all nodes, newest first."""
+    """List workflows across all nodes, newest first: id, name, app, status, started."""
 
     async def go() -> None:
         async with Client(state.config()) as client:
             page = await client.list(status=status, name=name, limit=limit, cursor=cursor)
             for r in page.items:
-                click.echo(f"{r.workflow_id}\t{r.name}\t{r.status}\t{r.created_at}")
+                line = f"{r.workflow_id}\t{r.name}\t{r.app}\t{r.status}\t{r.created_at}"
+                if r.status == "pending" and r.run_at and r.run_at > datetime.now(UTC):
+                    line += f"\tsleeping until {r.run_at}"  # a durable sleep or a retry backoff
+                click.echo(line)
             if page.unavailable_nodes:
                 click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})", err=True)
             if page.next_cursor:

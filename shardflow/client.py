@@ -115,13 +115,17 @@ class Client:
         return self._connectors[name]
 
     async def refresh_placement(self, *, min_version: int = 0) -> Placement:
-        """Ask every reachable node for its placement and keep the highest version."""
+        """Ask every reachable node for its placement and keep the highest version.
+
+        Nodes that answer late (down, or blackholed until connect_timeout) are not waited
+        for once another node has answered: a placement that is behind is corrected by the
+        fence (PartitionMoved, then a refresh), so only calls needing the down node wait.
+        """
         async with self._refresh_lock:
             if self._placement is not None and self._placement.version > min_version:
                 return self._placement
-            stores = [AdminStore(c) for c in self._connectors.values()]
-            answers = await asyncio.gather(
-                *(s.latest_placement() for s in stores), return_exceptions=True
+            answers = await _first_answers(
+                [AdminStore(c).latest_placement() for c in self._connectors.values()]
             )
             found = [a for a in answers if isinstance(a, Placement)]
             if not found:
@@ -209,23 +213,23 @@ class Client:
         Raises InvalidInput subclasses before writing anything, WorkflowConflict when the id
         exists under another workflow name, NodeUnavailable when the owner is down.
         """
-        name = self._workflow_name(workflow)
-        definition = workflow if isinstance(workflow, WorkflowDef) else self.app_workflow(name)
+        definition = self._definition(workflow)
+        name = definition.name
+        definition.check_input(input is not None)
         limits = self.config.limits
         wf_id = workflow_id if workflow_id is not None else str(uuid.uuid4())
         check_identifier(wf_id, what="workflow_id", max_length=limits.max_id_length)
         if routing_key is not None:
             check_identifier(routing_key, what="routing_key", max_length=limits.max_id_length)
         payload = encode_payload(input, max_bytes=limits.max_payload_bytes, what="workflow input")
-        timeout = (
-            timedelta(seconds=definition.timeout) if definition and definition.timeout else None
-        )
+        timeout = timedelta(seconds=definition.timeout) if definition.timeout else None
 
         async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
             row = {
                 "partition": partition,
                 "workflow_id": wf_id,
                 "name": name,
+                "app": definition.app,
                 "routing_key": routing_key,
                 "input": payload.text,
                 "timeout": timeout,
@@ -239,6 +243,7 @@ class Client:
                 partition=partition,
                 workflow_id=wf_id,
                 name=name,
+                app=definition.app,
                 routing_key=routing_key,
                 input=payload.text,
                 timeout=timeout,
@@ -248,11 +253,7 @@ class Client:
                 return WorkflowHandle(self, wf_id, routing_key, created=True)
             existing = outcome.record
             assert existing is not None
-            if existing.name != name:
-                raise WorkflowConflict(
-                    f"workflow id {wf_id!r} already exists as a {existing.name!r} workflow, "
-                    f"not {name!r}; choose another id"
-                )
+            _check_same_workflow(wf_id, existing, definition)
             return WorkflowHandle(self, wf_id, routing_key, created=False)
 
         try:
@@ -262,7 +263,7 @@ class Client:
                 raise  # nothing reached the node: the start certainly did not happen
             # The connection dropped after the statement was sent: the server may have
             # committed. Look it up rather than guess (starts are idempotent by id anyway).
-            return await self._resolve_ambiguous_start(wf_id, routing_key, name, lost)
+            return await self._resolve_ambiguous_start(wf_id, routing_key, definition, lost)
 
     async def start_many(
         self,
@@ -278,8 +279,10 @@ class Client:
         ``start()`` one by one, so the result is the same as calling ``start()`` for each:
         a handle per input, in order, ``created`` False for an existing id.
         """
-        name = self._workflow_name(workflow)
-        definition = workflow if isinstance(workflow, WorkflowDef) else self.app_workflow(name)
+        definition = self._definition(workflow)
+        name = definition.name
+        for value in inputs:
+            definition.check_input(value is not None)
         limits = self.config.limits
         if workflow_ids is None:
             ids = [str(uuid.uuid4()) for _ in inputs]
@@ -298,9 +301,7 @@ class Client:
             encode_payload(value, max_bytes=limits.max_payload_bytes, what="workflow input").text
             for value in inputs
         ]
-        timeout = (
-            timedelta(seconds=definition.timeout) if definition and definition.timeout else None
-        )
+        timeout = timedelta(seconds=definition.timeout) if definition.timeout else None
         by_node: dict[str, list[tuple[int, str, str | None]]] = {}
         for wf_id, text in zip(ids, texts, strict=True):
             partition, node = self.route(wf_id)
@@ -315,6 +316,7 @@ class Client:
                             "partition": partition,
                             "workflow_id": wf_id,
                             "name": name,
+                            "app": definition.app,
                             "routing_key": None,
                             "input": text,
                             "timeout": timeout,
@@ -342,7 +344,11 @@ class Client:
         return handles
 
     async def _resolve_ambiguous_start(
-        self, wf_id: str, routing_key: str | None, name: str, lost: NodeUnavailable
+        self,
+        wf_id: str,
+        routing_key: str | None,
+        definition: WorkflowDef,
+        lost: NodeUnavailable,
     ) -> WorkflowHandle:
         try:
             record = await self.get(wf_id, routing_key=routing_key)
@@ -352,10 +358,7 @@ class Client:
                 "again with the same workflow_id (it is idempotent) once the node is back",
                 node=lost.node,
             ) from lost
-        if record.name != name:
-            raise WorkflowConflict(
-                f"workflow id {wf_id!r} already exists as a {record.name!r} workflow"
-            )
+        _check_same_workflow(wf_id, record, definition)
         log.info(
             "ambiguous start of %s resolved by lookup: it committed",
             wf_id,
@@ -363,16 +366,17 @@ class Client:
         )
         return WorkflowHandle(self, wf_id, routing_key, created=None)
 
-    def _workflow_name(self, workflow: WorkflowDef | str) -> str:
+    def _definition(self, workflow: WorkflowDef | str) -> WorkflowDef:
+        """The registered workflow to start: the decorated one, or the app's by name."""
         if isinstance(workflow, WorkflowDef):
-            return workflow.name
+            return workflow
         if not isinstance(workflow, str) or not workflow:
             raise UnknownWorkflow(
                 f"workflow must be a registered workflow or its name, got {workflow!r}"
             )
-        return workflow
+        return self.app_workflow(workflow)
 
-    def app_workflow(self, name: str) -> WorkflowDef | None:
+    def app_workflow(self, name: str) -> WorkflowDef:
         """The definition of ``name`` from the client's app (UnknownWorkflow if missing)."""
         if self.app is None:
             raise UnknownWorkflow(
@@ -520,6 +524,46 @@ class Client:
         if routing_key is not None:
             check_identifier(routing_key, what="routing_key", max_length=max_length)
         return routing_key or workflow_id
+
+
+# Once one node has answered a placement read, how long the others get: at least this, or
+# twice what the first answer took.
+_LATE_ANSWER_GRACE = 0.25
+
+
+async def _first_answers(
+    calls: Sequence[Awaitable[Placement | None]],
+) -> list[Placement | BaseException | None]:
+    """Every call's result or exception, except calls still running a grace period after the
+    first successful answer (they are cancelled and left out)."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    started = time.monotonic()
+    pending: set[asyncio.Future[Placement | None]] = set(tasks)
+    deadline: float | None = None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        done, pending = await asyncio.wait(
+            pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            break  # the grace period is over
+        if deadline is None and any(not t.exception() and t.result() for t in done):
+            elapsed = time.monotonic() - started
+            deadline = time.monotonic() + max(_LATE_ANSWER_GRACE, 2 * elapsed)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [(t.exception() or t.result()) for t in tasks if t.done() and not t.cancelled()]
+
+
+def _check_same_workflow(wf_id: str, existing: WorkflowRecord, definition: WorkflowDef) -> None:
+    """An existing id must be the same workflow of the same app, or the start is a conflict."""
+    if existing.name != definition.name or existing.app != definition.app:
+        raise WorkflowConflict(
+            f"workflow id {wf_id!r} already exists as workflow {existing.name!r} of app "
+            f"{existing.app!r}, not {definition.name!r} of app {definition.app!r}; choose "
+            "another id"
+        )
 
 
 def _encode_cursor(created_at: datetime, workflow_id: str) -> str:

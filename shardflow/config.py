@@ -60,6 +60,10 @@ class WorkerSettings:
     max_lease_expiries: int = 5
     claim_batch: int = 32
     shutdown_grace_seconds: float = 10.0
+    # Longest a run waits for one of its checkpoint or final writes (queue and commit): past
+    # it the run is abandoned loudly and its lease left to expire, so another worker resumes
+    # the workflow instead of a live worker renewing a stuck run forever.
+    write_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -73,9 +77,18 @@ class WorkerSettings:
                 "worker.heartbeat_seconds must be positive and shorter than worker.lease_seconds "
                 "(a third of it is a good choice)"
             )
-        if min(self.poll_seconds, self.reaper_seconds, self.membership_seconds) <= 0:
+        if (
+            min(
+                self.poll_seconds,
+                self.reaper_seconds,
+                self.membership_seconds,
+                self.write_timeout_seconds,
+            )
+            <= 0
+        ):
             raise ConfigurationError(
-                "worker.poll_seconds, reaper_seconds and membership_seconds must be > 0"
+                "worker.poll_seconds, reaper_seconds, membership_seconds and "
+                "write_timeout_seconds must be > 0"
             )
 
 
@@ -110,6 +123,9 @@ class ClusterConfig:
     limits: Limits = field(default_factory=Limits)
     # Where `cluster up` keeps local node data; empty for clusters of existing servers.
     local_dir: str = ""
+    # The watchdog: `cluster status` reports a running workflow whose lease is being renewed
+    # but that has recorded nothing for longer than this (seconds) as stalled.
+    stall_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.schema):
@@ -119,8 +135,10 @@ class ClusterConfig:
         p = self.partition_count
         if p < 1 or p > 65536 or p & (p - 1):
             raise ConfigurationError("partition_count must be a power of two between 1 and 65536")
-        if self.connect_timeout <= 0 or self.operation_timeout <= 0:
-            raise ConfigurationError("connect_timeout and operation_timeout must be positive")
+        if min(self.connect_timeout, self.operation_timeout, self.stall_seconds) <= 0:
+            raise ConfigurationError(
+                "connect_timeout, operation_timeout and stall_seconds must be positive"
+            )
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"node names must be unique, got {names}")

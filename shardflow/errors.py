@@ -78,6 +78,20 @@ class NodeUnavailable(ShardflowError):
         self.maybe_committed = maybe_committed
 
 
+class WriteStalled(ShardflowError):
+    """A run's checkpoint or final write got no answer within ``worker.write_timeout_seconds``.
+
+    The worker abandons the run (and stops renewing its lease), so the lease expires and a
+    worker resumes the workflow from its durable checkpoints. Nothing for the caller to do;
+    if it repeats, look at the node named in the message (locks, I/O, connection limits).
+    """
+
+    def __init__(self, message: str, *, node: str, workflow_id: str):
+        super().__init__(message)
+        self.node = node
+        self.workflow_id = workflow_id
+
+
 class NonDeterminismError(ShardflowError):
     """Replay found a different step than the one recorded at the same position.
 

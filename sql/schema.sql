@@ -36,6 +36,8 @@ CREATE TABLE {schema}.workflows (
     partition integer NOT NULL,
     workflow_id text NOT NULL,
     name text NOT NULL,
+    -- The App that started it: only that app's workers claim it (migration 0005).
+    app text NOT NULL,
     routing_key text,
     status text NOT NULL
         CONSTRAINT workflows_status_check
@@ -72,14 +74,15 @@ ALTER TABLE {schema}.workflows SET (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim path: runnable rows only, so finished workflows never slow a claim.
+-- The claim path, per app: runnable rows only, so finished workflows and other apps' backlogs
+-- never slow a claim.
 CREATE INDEX workflows_runnable_idx
-    ON {schema}.workflows (partition, run_at) WHERE status = 'pending';
+    ON {schema}.workflows (app, partition, run_at) WHERE status = 'pending';
 CREATE INDEX workflows_ready_idx
-    ON {schema}.workflows (run_at) WHERE status = 'pending';
+    ON {schema}.workflows (app, run_at) WHERE status = 'pending';
 -- Suspects (their lease expired before) are looked for on every claim round.
 CREATE INDEX workflows_suspect_idx
-    ON {schema}.workflows (run_at) WHERE status = 'pending' AND lease_expiries > 0;
+    ON {schema}.workflows (app, run_at) WHERE status = 'pending' AND lease_expiries > 0;
 -- Heartbeats renew by owner; the reaper finds expired leases.
 CREATE INDEX workflows_lease_owner_idx
     ON {schema}.workflows (lease_owner) WHERE status = 'running';
@@ -111,6 +114,18 @@ CREATE TABLE {schema}.steps (
 CREATE TABLE {schema}.service_leases (
     service text PRIMARY KEY,
     holder text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+-- Live workers on this node, refreshed by their heartbeat: which app and workflow names they
+-- run. `cluster status` uses it to show pending work that no live worker can run. A row whose
+-- expires_at passed belongs to a worker that stopped beating (the reaper prunes old ones).
+CREATE TABLE {schema}.workers (
+    owner text PRIMARY KEY,
+    app text NOT NULL,
+    workflow_names text[] NOT NULL,
+    started_at timestamptz NOT NULL,
+    seen_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL
 );
 

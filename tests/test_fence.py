@@ -21,7 +21,10 @@ def test_fenced_partition_rejects_claims_and_writes(config: ClusterConfig) -> No
             partition, owner = client.route(key)
             node = config.node(owner)
             async with NodeConnector(name=owner, dsn=node.dsn, schema=config.schema) as conn:
-                admin, worker = AdminStore(conn), WorkerStore(conn)
+                admin = AdminStore(conn)
+                worker = WorkerStore(
+                    conn, app_name=apps.app.name, workflow_names=list(apps.app.workflows)
+                )
                 handle = await client.start(apps.echo, 1, workflow_id=key)
                 claimed = await worker.claim(
                     partition=partition,
@@ -102,6 +105,7 @@ def test_other_nodes_partitions_are_not_owned_here(config: ClusterConfig) -> Non
                         partition=partition,
                         workflow_id=key,
                         name="echo",
+                        app=apps.app.name,
                         routing_key=None,
                         input="1",
                         timeout=None,

@@ -223,7 +223,9 @@ def test_stale_worker_and_client_after_a_move(config: ClusterConfig) -> None:
             async with NodeConnector(
                 name=source, dsn=dsn or str(node.conninfo), schema=config.schema
             ) as conn:
-                old_worker = WorkerStore(conn)
+                old_worker = WorkerStore(
+                    conn, app_name=apps.app.name, workflow_names=list(apps.app.workflows)
+                )
                 claimed = await old_worker.claim(
                     partition=partition, limit=50, owner="stale", lease=timedelta(seconds=2)
                 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import plan_moves
@@ -16,7 +19,7 @@ from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.routing import Placement, PlacementNode, target_placement
 from shardflow.storage import AdminStore
 from shardflow.storage.conninfo import public_conninfo
-from shardflow.storage.records import NodeIdentity
+from shardflow.storage.records import NodeIdentity, StalledWorkflow, UnservedWork
 
 
 @asynccontextmanager
@@ -111,7 +114,11 @@ def _check_matches(config: ClusterConfig, placement: Placement) -> None:
 
 @dataclass
 class NodeStatus:
-    """What ``cluster status`` shows for one node."""
+    """What ``cluster status`` shows for one node.
+
+    ``partitions_placed`` is what the placement gives the node: for a node that cannot be
+    reached it is the best answer to "which partitions are unavailable now".
+    """
 
     name: str
     address: str
@@ -120,55 +127,108 @@ class NodeStatus:
     weight: int | None = None
     partitions_owned: int = 0
     partitions_moving: int = 0
+    partitions_placed: int = 0
     unfinished_moves: int = 0
     placement_version: int | None = None
     workflows: dict[str, int] = field(default_factory=dict)
+    # app -> live workers registered on this node.
+    workers: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class ClusterStatus:
-    """The cluster at a glance: nodes, and whether a rebalance is due or in progress."""
+    """The cluster at a glance: nodes, whether a rebalance is due or in progress, and the
+    watchdog's findings (stalled runs, pending work that no live worker runs)."""
 
     placement_version: int | None
     nodes: list[NodeStatus]
     partitions_to_move: int
+    stalled_after_seconds: float
+    stalled: list[StalledWorkflow] = field(default_factory=list)
+    stalled_total: int = 0
+    unserved: list[UnservedWork] = field(default_factory=list)
+    rebalance_in_progress: bool = False
 
-    @property
-    def rebalance_in_progress(self) -> bool:
-        return any(n.unfinished_moves or n.partitions_moving for n in self.nodes)
+    def __post_init__(self) -> None:
+        self.rebalance_in_progress = any(
+            n.unfinished_moves or n.partitions_moving for n in self.nodes
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything the text view shows, for machines (timestamps as ISO 8601)."""
+        return cast(dict[str, Any], json.loads(json.dumps(asdict(self), default=_iso)))
 
 
-async def cluster_status(config: ClusterConfig) -> ClusterStatus:
-    """Every node of the configuration and of the placement; never raises for one node."""
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {value!r}")
+
+
+# How many stalled runs and unserved (app, name) groups a status lists per node.
+_LISTED = 20
+
+
+async def cluster_status(
+    config: ClusterConfig, *, stalled_after: float | None = None
+) -> ClusterStatus:
+    """Every node of the configuration and of the placement; never raises for one node.
+
+    ``stalled_after`` (seconds, default the config's ``stall_seconds``): a running workflow
+    whose lease is live but that recorded nothing for longer is reported as stalled.
+    """
+    quiet = config.stall_seconds if stalled_after is None else stalled_after
     async with ClusterAdmin(config) as admin:
         try:
             placement: Placement | None = await admin.latest_placement()
         except ShardflowError:
             placement = None
         weights = placement.weights() if placement else {}
-        nodes = await asyncio.gather(
-            *(_node_status(admin, name, weights.get(name)) for name in admin.node_names)
+        placed = placement.counts() if placement else {}
+        found = await asyncio.gather(
+            *(
+                _node_status(admin, name, weights.get(name), placed.get(name, 0), quiet)
+                for name in admin.node_names
+            )
         )
         return ClusterStatus(
             placement_version=placement.version if placement else None,
-            nodes=list(nodes),
+            nodes=[node for node, _, _, _ in found],
             partitions_to_move=len(plan_moves(placement)) if placement else 0,
+            stalled_after_seconds=quiet,
+            stalled=sorted(
+                (s for _, stalled, _, _ in found for s in stalled),
+                key=lambda s: s.last_progress_at,
+            )[:_LISTED],
+            stalled_total=sum(total for _, _, total, _ in found),
+            unserved=[u for _, _, _, unserved in found for u in unserved],
         )
 
 
-async def _node_status(admin: ClusterAdmin, name: str, weight: int | None) -> NodeStatus:
+async def _node_status(
+    admin: ClusterAdmin, name: str, weight: int | None, placed: int, quiet: float
+) -> tuple[NodeStatus, list[StalledWorkflow], int, list[UnservedWork]]:
     store = admin.admin(name)
-    status = NodeStatus(name=name, address=store.db.address, reachable=False, weight=weight)
+    status = NodeStatus(
+        name=name,
+        address=store.db.address,
+        reachable=False,
+        weight=weight,
+        partitions_placed=placed,
+    )
     try:
         ownership = await store.ownership()
         placement = await store.latest_placement()
         status.workflows = await store.status_counts()
+        status.workers = await store.live_workers()
         status.unfinished_moves = len(await admin.mover(name).active_moves())
+        stalled, total = await store.stalled(quiet=timedelta(seconds=quiet), limit=_LISTED)
+        unserved = await store.unserved_work(limit=_LISTED)
     except ShardflowError as exc:
         status.error = str(exc)
-        return status
+        return status, [], 0, []
     status.reachable = True
     status.partitions_owned = sum(1 for o in ownership if o.state == "owned")
     status.partitions_moving = sum(1 for o in ownership if o.state == "moving")
     status.placement_version = placement.version if placement else None
-    return status
+    return status, stalled, total, unserved

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
-from shardflow.errors import ConfigurationError, UnknownWorkflow
+from shardflow.errors import ConfigurationError, InvalidInput, UnknownWorkflow
 
 WorkflowFn = Callable[..., Awaitable[Any]]
 
@@ -24,8 +24,28 @@ class WorkflowDef:
 
     name: str
     fn: WorkflowFn
+    # The App that registered it: its workflows are claimed only by that app's workers.
+    app: str
     takes_input: bool
+    # The input parameter has no default: starting without an input is refused at start.
+    input_required: bool = False
     timeout: float | None = None
+
+    def check_input(self, given: bool) -> None:
+        """Refuse, before anything is written, a start whose input the function cannot take.
+
+        ``given``: the caller passed an input (JSON null counts as none).
+        """
+        if given and not self.takes_input:
+            raise InvalidInput(
+                f"workflow {self.name!r} takes no input (it is `async def f(ctx)`); start it "
+                "without one, or add an input parameter to the function"
+            )
+        if not given and self.input_required:
+            raise InvalidInput(
+                f"workflow {self.name!r} needs an input (its function takes (ctx, input) with "
+                "no default); pass one (--input JSON or --input-file PATH on the command line)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +101,9 @@ class App:
     """A set of workflows and steps that workers run and clients start by name."""
 
     def __init__(self, name: str = "shardflow"):
+        if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
+            raise ConfigurationError(f"invalid app name {name!r}: 1-200 characters, no NUL")
+        # Recorded on every workflow this app starts; workers claim only their app's workflows.
         self.name = name
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, StepDef] = {}
@@ -140,7 +163,9 @@ class App:
             wf = WorkflowDef(
                 name=self._new_name(name or func.__qualname__, self._workflows),
                 fn=func,
+                app=self.name,
                 takes_input=len(params) == 2,
+                input_required=len(params) == 2 and params[1].default is params[1].empty,
                 timeout=timeout,
             )
             self._workflows[wf.name] = wf

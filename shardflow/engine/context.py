@@ -18,7 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from shardflow.engine.codec import encode_error, encode_payload, error_text
-from shardflow.errors import InvalidInput, NonDeterminismError, ShardflowError, StepFailedError
+from shardflow.errors import (
+    InvalidInput,
+    NonDeterminismError,
+    ShardflowError,
+    StepFailedError,
+    WriteStalled,
+)
 from shardflow.faults import WORKER_FAULT_ENV, fault_point
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
@@ -125,9 +131,11 @@ class WorkflowContext:
         store: WorkerStore,
         checkpoints: list[StepRecord],
         max_payload_bytes: int,
+        write_timeout: float,
     ):
         self._work = work
         self._store = store
+        self._write_timeout = write_timeout
         self._recorded = {cp.step_seq: cp for cp in checkpoints}
         self._max_payload_bytes = max_payload_bytes
         self._next_seq = 0
@@ -364,14 +372,35 @@ class WorkflowContext:
             await self._send(batch, None)
 
     async def _send(self, batch: list[dict[str, Any]], finish: dict[str, Any] | None) -> None:
-        """Write, and remember why this run can record nothing more if that failed."""
+        """Write, and remember why this run can record nothing more if that failed.
+
+        The wait (group-commit queue and commit) is bounded: a write that never comes back
+        abandons the run, so its lease expires and another worker resumes the workflow.
+        """
         try:
-            ok = await self._store.write_progress(self._work, batch, finish)
+            async with asyncio.timeout(self._write_timeout):
+                ok = await self._store.write_progress(self._work, batch, finish)
+        except TimeoutError:
+            self._broken = RunAbandoned(self._stalled(batch, finish))
+            return
         except ShardflowError as exc:
             self._broken = RunAbandoned(exc)
             return
         if not ok:
             self._broken = LeaseLost()
+
+    def _stalled(self, batch: list[dict[str, Any]], finish: dict[str, Any] | None) -> WriteStalled:
+        what = [f"checkpoint {c['step_seq']} ({c['step_name']})" for c in batch]
+        if finish is not None:
+            what.append(f"its end ({finish['status']})")
+        node = self._store.node
+        return WriteStalled(
+            f"workflow {self.workflow_id!r} on node {node}: the write of "
+            f"{', '.join(what) or 'nothing'} got no answer within {self._write_timeout}s; "
+            "abandoning the run so its lease expires and another worker resumes it",
+            node=node,
+            workflow_id=self.workflow_id,
+        )
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:

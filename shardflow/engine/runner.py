@@ -40,9 +40,11 @@ class Outcome(StrEnum):
 class WorkflowRunner:
     """Replays a claimed workflow against its checkpoints and records how the run ended."""
 
-    def __init__(self, app: App, *, max_payload_bytes: int):
+    def __init__(self, app: App, *, max_payload_bytes: int, write_timeout: float):
         self.app = app
         self.max_payload_bytes = max_payload_bytes
+        # Bounds each of a run's writes: a run never waits forever on a write (issue 9).
+        self.write_timeout = write_timeout
 
     async def run(self, store: WorkerStore, work: ClaimedWorkflow) -> Outcome:
         try:
@@ -71,6 +73,7 @@ class WorkflowRunner:
                 await store.steps(work.partition, work.workflow_id) if work.claim_count > 1 else []
             ),
             max_payload_bytes=self.max_payload_bytes,
+            write_timeout=self.write_timeout,
         )
         try:
             return await self._run(ctx, definition, work, store)

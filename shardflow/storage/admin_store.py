@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 from shardflow.routing import Placement
@@ -13,7 +14,7 @@ from shardflow.storage.queries import (
     render,
     roles_script_text,
 )
-from shardflow.storage.records import NodeIdentity, Ownership
+from shardflow.storage.records import NodeIdentity, Ownership, StalledWorkflow, UnservedWork
 
 
 def _lock_key(schema: str) -> int:
@@ -158,6 +159,27 @@ class AdminStore:
 
     async def status_counts(self) -> dict[str, int]:
         return {r["status"]: int(r["n"]) for r in await self.db.run("workflow_status_counts")}
+
+    async def live_workers(self) -> dict[str, int]:
+        """app -> number of live workers registered on this node."""
+        return {r["app"]: int(r["workers"]) for r in await self.db.run("workers_live")}
+
+    async def unserved_work(self, *, limit: int = 20) -> list[UnservedWork]:
+        """Pending workflows that no live worker runs, grouped by (app, name)."""
+        rows = await self.db.run("pending_without_worker", {"limit": limit})
+        return [UnservedWork(node=self.db.name, **r) for r in rows]
+
+    async def stalled(
+        self, *, quiet: timedelta, limit: int = 20
+    ) -> tuple[list[StalledWorkflow], int]:
+        """Running workflows with a live lease that recorded nothing for ``quiet``: the
+        oldest ``limit`` of them, and how many there are in all."""
+        rows = await self.db.run("stalled_running", {"quiet": quiet, "limit": limit})
+        total = int(rows[0]["total"]) if rows else 0
+        return [
+            StalledWorkflow(node=self.db.name, **{k: v for k, v in r.items() if k != "total"})
+            for r in rows
+        ], total
 
     async def hygiene(self) -> dict[str, Any]:
         rows = await self.db.run("hygiene")

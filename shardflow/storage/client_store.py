@@ -33,6 +33,7 @@ class ClientStore:
         partition: int,
         workflow_id: str,
         name: str,
+        app: str,
         routing_key: str | None,
         input: str | None,
         timeout: timedelta | None,
@@ -45,6 +46,7 @@ class ClientStore:
             "partition": partition,
             "workflow_id": workflow_id,
             "name": name,
+            "app": app,
             "routing_key": routing_key,
             "input": input,
             "timeout": timeout,
@@ -64,11 +66,11 @@ class ClientStore:
     async def insert_many(self, rows: list[dict[str, Any]]) -> set[Hashable]:
         """Insert many pending workflows in one statement; returns the ids it created.
 
-        Each row has partition, workflow_id, name, routing_key, input (JSON text, validated
-        by the caller) and timeout. Ids that already existed, or whose partition this node
-        does not own, are not in the result.
+        Each row has partition, workflow_id, name, app, routing_key, input (JSON text,
+        validated by the caller) and timeout. Ids that already existed, or whose partition this
+        node does not own, are not in the result.
         """
-        columns = ("partition", "workflow_id", "name", "routing_key", "input", "timeout")
+        columns = ("partition", "workflow_id", "name", "app", "routing_key", "input", "timeout")
         params = {f"{c}_list": [row[c] for row in rows] for c in columns}
         return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 

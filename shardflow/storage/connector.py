@@ -15,7 +15,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from shardflow.errors import ClusterNotInitialized, NodeUnavailable, ShardflowError
+from shardflow.stalls import paused_since
 from shardflow.storage.conninfo import display_address
+from shardflow.storage.pool_log import OUTAGES
 from shardflow.storage.queries import QueryBook
 
 log = logging.getLogger("shardflow.storage")
@@ -74,6 +76,10 @@ class NodeConnector:
         self._revive_lock = asyncio.Lock()
         # True while the node refused the last connection attempt.
         self._down = False
+        # False until a connection to the node succeeded: the first call then connects
+        # directly, so a node that is down fails in milliseconds, not after the pool's
+        # connect_timeout (a CLI call needing only healthy nodes used to wait it out).
+        self._reached = False
         # id(connection) -> when it went back to the pool (monotonic): see _check_if_idle.
         self._returned_at: dict[int, float] = {}
 
@@ -114,13 +120,7 @@ class NodeConnector:
         async with self._revive_lock:
             if self._pool is not failed and not self._down:
                 return  # another caller already revived it
-            try:
-                probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
-            except psycopg.OperationalError:
-                self._down = True
-                raise
-            self._down = False
-            await probe.close()
+            await self._probe()
             self._pool = self._new_pool()
             await self._pool.open(wait=False)
             asyncio.get_running_loop().create_task(failed.close())
@@ -129,6 +129,18 @@ class NodeConnector:
                 self.name,
                 extra={"action": "pool_renewed", "node": self.name},
             )
+
+    async def _probe(self) -> None:
+        """Connect once, directly: raises the node's real error (refused, certificate,
+        password...) at once when it is down."""
+        try:
+            probe = await psycopg.AsyncConnection.connect(self._dsn, **self._kwargs)
+        except psycopg.OperationalError:
+            self._down = True
+            raise
+        self._down = False
+        self._reached = True
+        await probe.close()
 
     @property
     def address(self) -> str:
@@ -156,9 +168,10 @@ class NodeConnector:
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled autocommit connection; use ``conn.transaction()`` for several statements."""
         await self.open()
-        with self.translate_errors(sent=False):
+        started = time.monotonic()
+        with self.translate_errors(sent=False, started=started):
             pool, conn = await self._acquire()
-        with self.translate_errors(sent=True):
+        with self.translate_errors(sent=True, started=started):
             try:
                 async with asyncio.timeout(self._operation_timeout):
                     yield conn
@@ -175,13 +188,24 @@ class NodeConnector:
                 # Down at the last try: probe directly rather than wait on the pool's
                 # reconnect backoff. A refused probe fails in milliseconds.
                 await self._revive(self._pool)
+            elif not self._reached:
+                async with self._revive_lock:  # one probe, however many first callers
+                    if not self._reached:
+                        await self._probe()
             pool = self._pool
             try:
-                return pool, await pool.getconn()
+                conn = await pool.getconn()
             except psycopg_pool.PoolTimeout:
                 await self._revive(pool)  # raises the real reason if the node is down
                 pool = self._pool
-                return pool, await pool.getconn()
+                conn = await pool.getconn()
+            if OUTAGES.recovered(pool.name):
+                log.warning(
+                    "node %s is reachable again",
+                    self.name,
+                    extra={"action": "node_reachable", "node": self.name},
+                )
+            return pool, conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -199,10 +223,11 @@ class NodeConnector:
             finally:
                 await conn.close()
 
-    def translate_errors(self, *, sent: bool = True) -> _Translate:
+    def translate_errors(self, *, sent: bool = True, started: float | None = None) -> _Translate:
         """Turn psycopg errors into shardflow's. ``sent=False``: nothing reached the node yet,
-        so a failure is certainly not an ambiguous commit."""
-        return _Translate(self, sent=sent)
+        so a failure is certainly not an ambiguous commit. ``started`` (monotonic): when the
+        call began, to tell a timeout caused by this process's own pause from a slow node."""
+        return _Translate(self, sent=sent, started=started)
 
     async def fetch(
         self, conn: psycopg.AsyncConnection[Any], query: str, params: Params | None = None
@@ -225,9 +250,10 @@ class NodeConnector:
 class _Translate:
     """Context manager that turns psycopg and pool errors into shardflow errors."""
 
-    def __init__(self, connector: NodeConnector, *, sent: bool):
+    def __init__(self, connector: NodeConnector, *, sent: bool, started: float | None = None):
         self._node = connector
         self._sent = sent
+        self._started = time.monotonic() if started is None else started
 
     def __enter__(self) -> None:
         return None
@@ -238,6 +264,15 @@ class _Translate:
         if exc is None or isinstance(exc, ShardflowError):
             return
         name, address = self._node.name, self._node.address
+        paused = paused_since(self._started)
+        if isinstance(exc, TimeoutError) and paused:
+            raise NodeUnavailable(
+                f"this process was paused (or its event loop blocked) for {paused:.1f}s while "
+                f"waiting on node {name} ({address}), so the call timed out on its own clock; "
+                "the node may be healthy",
+                node=name,
+                maybe_committed=self._sent,
+            ) from exc
         if isinstance(exc, TimeoutError):
             raise NodeUnavailable(
                 f"node {name} ({address}) did not answer within "

@@ -34,6 +34,8 @@ class WorkflowRecord:
     name: str
     routing_key: str | None
     status: str
+    # The App that started it ('' for workflows started before apps were recorded).
+    app: str = ""
     input: Any = None
     output: Any = None
     error: dict[str, Any] | None = None
@@ -80,3 +82,29 @@ class ClaimedWorkflow:
     retry_step_seq: int | None
     retry_attempts: int
     claimed_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class StalledWorkflow:
+    """A running workflow whose lease a worker keeps renewing but that records nothing."""
+
+    node: str
+    partition: int
+    workflow_id: str
+    name: str
+    app: str
+    lease_owner: str | None
+    claimed_at: datetime
+    last_progress_at: datetime
+    quiet_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnservedWork:
+    """Pending workflows of one (app, name) on one node that no live worker can run."""
+
+    node: str
+    app: str
+    name: str
+    workflows: int
+    oldest: datetime

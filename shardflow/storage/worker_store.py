@@ -11,7 +11,7 @@ import heapq
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,10 +40,21 @@ class Progress:
 
 
 class WorkerStore:
-    """The claim loop's, runner's, heartbeat's and reaper's queries for one node."""
+    """The claim loop's, runner's, heartbeat's and reaper's queries for one node.
 
-    def __init__(self, connector: NodeConnector):
+    Claims take only workflows of ``app_name`` whose name is in ``workflow_names`` (what the
+    worker's code can run); the heartbeat's store, which claims nothing, needs neither.
+    """
+
+    def __init__(
+        self,
+        connector: NodeConnector,
+        *,
+        app_name: str = "",
+        workflow_names: Sequence[str] = (),
+    ):
         self.db = connector
+        self._runs = {"app": app_name, "names": sorted(workflow_names)}
         # Group commit of what every workflow writes: checkpoints and its terminal state.
         self._progress: WriteBatcher[Progress] = WriteBatcher(
             self._write_progress, keys=Progress.keys
@@ -70,13 +81,13 @@ class WorkerStore:
 
     async def next_due_seconds(self) -> float | None:
         """Seconds until the earliest pending workflow is due (negative: overdue; None: none)."""
-        rows = await self.db.run("next_due_seconds")
+        rows = await self.db.run("next_due_seconds", self._runs)
         seconds = rows[0]["seconds"] if rows else None
         return None if seconds is None else float(seconds)
 
     async def suspect_partitions(self) -> list[int]:
         """Partitions with runnable suspects: workflows whose worker died while running them."""
-        return [r["partition"] for r in await self.db.run("suspect_partitions")]
+        return [r["partition"] for r in await self.db.run("suspect_partitions", self._runs)]
 
     async def claim(
         self, *, partition: int, limit: int, owner: str, lease: timedelta, suspect: bool = False
@@ -89,6 +100,7 @@ class WorkerStore:
         rows = await self.db.run(
             "claim",
             {
+                **self._runs,
                 "partition": partition,
                 "limit": limit,
                 "owner": owner,
@@ -112,6 +124,7 @@ class WorkerStore:
         rows = await self.db.run(
             "claim_ready" if backlog else "claim_oldest",
             {
+                **self._runs,
                 "limit": limit,
                 "owner": owner,
                 "lease": lease,
@@ -214,6 +227,20 @@ class WorkerStore:
         """Extend the unexpired leases ``owner`` holds here under ``tokens``; returns how many."""
         params = {"owner": owner, "tokens": tokens, "lease": lease}
         return len(await self.db.run("lease_renew", params))
+
+    async def register_worker(
+        self, *, owner: str, app_name: str, workflow_names: Sequence[str], ttl: timedelta
+    ) -> None:
+        """Say (on each heartbeat) that ``owner`` is alive and which workflows it runs."""
+        params = {"owner": owner, "app": app_name, "names": sorted(workflow_names), "ttl": ttl}
+        await self.db.run("worker_register", params)
+
+    async def unregister_worker(self, *, owner: str) -> None:
+        await self.db.run("worker_unregister", {"owner": owner})
+
+    async def prune_workers(self) -> None:
+        """Forget registrations of workers that stopped beating a day ago."""
+        await self.db.run("workers_prune")
 
     async def acquire_service_lease(self, *, service: str, holder: str, ttl: timedelta) -> bool:
         """Take or keep the node-wide lease of a singleton service; True while we hold it."""

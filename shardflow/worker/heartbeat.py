@@ -1,7 +1,9 @@
 """Lease renewal on a thread of its own, with its own event loop and connections.
 
 A step that blocks the worker's event loop (CPU-bound async code, a blocking call) cannot
-starve it: the heartbeat keeps renewing this worker incarnation's leases on every node.
+starve it: the heartbeat keeps renewing this worker incarnation's leases on every node. Each
+beat also registers the worker (its app and workflow names) on every node, which is how
+``cluster status`` knows which pending workflows no live worker can run.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from shardflow.config import ClusterConfig
 from shardflow.connectors import node_connector
 from shardflow.errors import ShardflowError
+from shardflow.stalls import watch_running_loop
 from shardflow.storage import NodeConnector, WorkerStore
 
 log = logging.getLogger("shardflow.worker")
@@ -24,10 +27,18 @@ class HeartbeatThread:
     """Renews ``owner``'s leases on every node each ``heartbeat_seconds``."""
 
     def __init__(
-        self, *, config: ClusterConfig, owner: str, held: Callable[[], dict[str, list[str]]]
+        self,
+        *,
+        config: ClusterConfig,
+        owner: str,
+        held: Callable[[], dict[str, list[str]]],
+        app_name: str = "",
+        workflow_names: Sequence[str] = (),
     ):
         self.config = config
         self.owner = owner
+        self.app_name = app_name
+        self.workflow_names = list(workflow_names)
         # node -> lease tokens of the work this worker is running now (read each beat).
         self._held = held
         self.started = threading.Event()
@@ -59,6 +70,7 @@ class HeartbeatThread:
         settings = self.config.worker
         lease = timedelta(seconds=settings.lease_seconds)
         connectors: dict[str, NodeConnector] = {}
+        watch_running_loop()
         self.started.set()
         try:
             while not self._stop.is_set():
@@ -82,18 +94,32 @@ class HeartbeatThread:
                 held = self._held()
                 await asyncio.gather(
                     *(
-                        self._renew(WorkerStore(c), held[name], lease)
+                        self._beat(WorkerStore(c), held.get(name, []), lease)
                         for name, c in connectors.items()
-                        if held.get(name)
                     )
                 )
                 await asyncio.to_thread(self._stop.wait, settings.heartbeat_seconds)
         finally:
+            await asyncio.gather(
+                *(WorkerStore(c).unregister_worker(owner=self.owner) for c in connectors.values()),
+                return_exceptions=True,
+            )
             await asyncio.gather(*(c.close() for c in connectors.values()), return_exceptions=True)
 
-    async def _renew(self, store: WorkerStore, tokens: list[str], lease: timedelta) -> None:
+    async def _beat(self, store: WorkerStore, tokens: list[str], lease: timedelta) -> None:
         try:
-            self.renewals += await store.renew_leases(owner=self.owner, tokens=tokens, lease=lease)
+            if tokens:
+                self.renewals += await store.renew_leases(
+                    owner=self.owner, tokens=tokens, lease=lease
+                )
+            if self.app_name:
+                await store.register_worker(
+                    owner=self.owner,
+                    app_name=self.app_name,
+                    workflow_names=self.workflow_names,
+                    # Live for three beats: one missed beat does not make it look gone.
+                    ttl=timedelta(seconds=3 * self.config.worker.heartbeat_seconds),
+                )
         except ShardflowError as exc:
             log.warning(
                 "heartbeat failed: %s",

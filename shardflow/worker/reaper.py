@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -27,6 +28,10 @@ _DEAD_ERROR = json.dumps(
         "its worker. Fix the cause, then `shardflow requeue WORKFLOW_ID`.",
     }
 )
+
+
+# How often the reaper forgets the registrations of long-gone workers.
+_PRUNE_SECONDS = 300.0
 
 
 class Reaper(Service):
@@ -49,6 +54,7 @@ class Reaper(Service):
         self._wake = wake
         self.requeued_total = 0
         self.dead_total = 0
+        self._prune_at = 0.0
 
     async def run(self) -> None:
         ttl = timedelta(seconds=self.interval * 3)
@@ -61,6 +67,9 @@ class Reaper(Service):
                 requeued, dead = await self.store.requeue_expired(
                     max_expiries=self.max_expiries, dead_error=_DEAD_ERROR
                 )
+                if time.monotonic() >= self._prune_at:
+                    self._prune_at = time.monotonic() + _PRUNE_SECONDS
+                    await self.store.prune_workers()
             except NodeUnavailable:
                 continue  # the claim loop reports the outage; try again next round
             for workflow_id in dead:

@@ -20,8 +20,9 @@ from shardflow.config import ClusterConfig
 from shardflow.connectors import dsn_for, node_connector
 from shardflow.engine.app import App
 from shardflow.engine.runner import Outcome, WorkflowRunner
-from shardflow.errors import ShardflowError
+from shardflow.errors import ShardflowError, WriteStalled
 from shardflow.routing import Placement
+from shardflow.stalls import watch_running_loop
 from shardflow.storage import NodeConnector, WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
 from shardflow.worker.heartbeat import HeartbeatThread
@@ -53,14 +54,24 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.outcomes: Counter[str] = Counter()
         self.stopped = asyncio.Event()
-        self._runner = WorkflowRunner(app, max_payload_bytes=config.limits.max_payload_bytes)
+        self._runner = WorkflowRunner(
+            app,
+            max_payload_bytes=config.limits.max_payload_bytes,
+            write_timeout=self.settings.write_timeout_seconds,
+        )
         self._connectors: dict[str, NodeConnector] = {}
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
         self._membership: MembershipWatcher | None = None
         self._tasks: dict[asyncio.Task[None], tuple[WorkerStore, ClaimedWorkflow]] = {}
         self._slots = Slots(self.settings.concurrency)
-        self._heartbeat = HeartbeatThread(config=config, owner=self.owner, held=self._held_leases)
+        self._heartbeat = HeartbeatThread(
+            config=config,
+            owner=self.owner,
+            held=self._held_leases,
+            app_name=app.name,
+            workflow_names=list(app.workflows),
+        )
         self._started = False
         self._stop_requested = False
         self._stop_task: asyncio.Future[None] | None = None
@@ -90,6 +101,8 @@ class Worker:
         if self._started:
             return
         self._started = True
+        # A worker resumed after SIGSTOP sees every timeout fire at once: know it was paused.
+        watch_running_loop()
         self._heartbeat.start()
         for node in self.config.nodes:
             self._serve_node(node.name, node.dsn)
@@ -106,7 +119,9 @@ class Worker:
         """Start this node's claim loop, listener and reaper."""
         connector = node_connector(self.config, name, dsn, role="worker")
         self._connectors[name] = connector
-        store = WorkerStore(connector)
+        store = WorkerStore(
+            connector, app_name=self.app.name, workflow_names=list(self.app.workflows)
+        )
         loop = ClaimLoop(
             store=store,
             owner=self.owner,
@@ -232,7 +247,10 @@ class Worker:
                 log.exception("bug: run of %s crashed", work.workflow_id)
             # Node trouble mid-run: the lease expires and the reaper makes it runnable again.
             self.outcomes["error"] += 1
-            log.warning(
+            log.log(
+                # A write that never came back is a loud event: it used to leave a workflow
+                # `running` forever with no trace.
+                logging.ERROR if isinstance(exc, WriteStalled) else logging.WARNING,
                 "run of %s abandoned: %s",
                 work.workflow_id,
                 exc,

@@ -4,8 +4,9 @@
 -- name: bench_fill
 WITH w AS (
     INSERT INTO {schema}.workflows
-        (partition, workflow_id, name, status, input, output, completed_at)
-    SELECT %(partition)s, 'bench-' || %(partition)s || '-' || g, 'bench', 'succeeded',
+        (partition, workflow_id, name, app, status, input, output, completed_at)
+    SELECT %(partition)s, 'bench-' || %(partition)s || '-' || g, 'bench', 'shardflow-bench',
+           'succeeded',
            '1'::json, '4'::json, now()
     FROM generate_series(1, %(count)s) AS g
     RETURNING workflow_id

@@ -38,3 +38,43 @@ RETURNING epoch;
 
 -- name: workflow_status_counts
 SELECT status, count(*) AS n FROM {schema}.workflows GROUP BY status ORDER BY status;
+
+-- name: workers_live
+-- Live workers on this node (their heartbeat registered them within three beats), per app.
+SELECT app, count(*) AS workers FROM {schema}.workers
+WHERE expires_at > now()
+GROUP BY app ORDER BY app;
+
+-- name: pending_without_worker
+-- Pending workflows that no live worker can run: their app has no live worker, or no live
+-- worker of that app defines the name (a deploy that dropped it, a typo in a start).
+SELECT w.app, w.name, count(*) AS workflows, min(w.created_at) AS oldest
+FROM {schema}.workflows AS w
+WHERE w.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM {schema}.workers AS k
+      WHERE k.expires_at > now() AND k.app = w.app AND w.name = ANY(k.workflow_names)
+  )
+GROUP BY w.app, w.name
+ORDER BY count(*) DESC, w.app, w.name
+LIMIT %(limit)s;
+
+-- name: stalled_running
+-- The watchdog: running workflows whose lease is live (a worker keeps renewing it) but which
+-- have recorded nothing since they were claimed, or since their last checkpoint, for longer
+-- than `quiet`. A step that legitimately runs that long shows here too: raise the bound.
+SELECT w.partition, w.workflow_id, w.name, w.app, w.lease_owner, w.claimed_at,
+       greatest(w.claimed_at, s.last_recorded) AS last_progress_at,
+       extract(epoch FROM now() - greatest(w.claimed_at, s.last_recorded))::float8
+           AS quiet_seconds,
+       count(*) OVER () AS total
+FROM {schema}.workflows AS w
+LEFT JOIN LATERAL (
+    SELECT max(st.recorded_at) AS last_recorded FROM {schema}.steps AS st
+    WHERE st.partition = w.partition AND st.workflow_id = w.workflow_id
+) AS s ON true
+WHERE w.status = 'running' AND w.lease_expires_at > now()
+  AND w.claimed_at < now() - %(quiet)s::interval
+  AND greatest(w.claimed_at, s.last_recorded) < now() - %(quiet)s::interval
+ORDER BY last_progress_at
+LIMIT %(limit)s;

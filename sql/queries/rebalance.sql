@@ -23,8 +23,9 @@ ORDER BY started_at;
 -- it claimed from, and the source is fenced): copied leases arrive expired, so the target's
 -- reaper makes that work runnable at once instead of after the lease runs out.
 COPY (
-    SELECT partition, workflow_id, name, routing_key, status, input, output, error, run_at,
-           deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
+    SELECT partition, workflow_id, name, app, routing_key, status, input, output, error,
+           run_at, deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token,
+           lease_owner,
            CASE WHEN status = 'running' THEN '-infinity'::timestamptz
                 ELSE lease_expires_at END AS lease_expires_at,
            claimed_at, created_at, updated_at, completed_at, lease_expiries
@@ -33,7 +34,7 @@ COPY (
 
 -- name: copy_in_workflows
 COPY {schema}.workflows (
-    partition, workflow_id, name, routing_key, status, input, output, error, run_at,
+    partition, workflow_id, name, app, routing_key, status, input, output, error, run_at,
     deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
     lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries
 ) FROM STDIN;

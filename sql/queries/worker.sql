@@ -1,19 +1,27 @@
 -- Worker-side queries. Every state change is a guarded UPDATE naming one partition, the lease
 -- token it expects, and the partition fence; losing a race returns no row.
+--
+-- Lock order: a statement that locks several rows of one table locks them sorted by
+-- (partition, workflow_id), ownership rows by partition, and never upgrades a row lock it
+-- holds; claims skip locked rows. Two statements can then never wait on each other in a cycle
+-- (a progress write and a heartbeat, or two progress writes, deadlocked before: issue 9).
+-- Claims take only the worker's own app's workflows, and only names its code defines.
 
 -- name: listen_work
 LISTEN {channel};
 
 -- name: suspect_partitions
 SELECT DISTINCT partition FROM {schema}.workflows
-WHERE status = 'pending' AND run_at <= now() AND lease_expiries > 0
+WHERE app = %(app)s AND status = 'pending' AND run_at <= now() AND lease_expiries > 0
+  AND name = ANY(%(names)s::text[])
 LIMIT 16;
 
 -- name: next_due_seconds
--- Seconds until the earliest pending workflow becomes runnable (NULL when none is pending).
+-- Seconds until the earliest pending workflow this worker can run becomes runnable (NULL when
+-- none is pending).
 SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
 FROM {schema}.workflows
-WHERE status = 'pending';
+WHERE app = %(app)s AND status = 'pending' AND name = ANY(%(names)s::text[]);
 
 -- name: claim_oldest
 -- The short-queue claim (the previous claim drained the node): the oldest runnable workflows
@@ -24,7 +32,8 @@ WHERE status = 'pending';
 -- nodes: Citus refuses row locks across shards (there, claim per partition).
 WITH candidates AS MATERIALIZED (
     SELECT partition, workflow_id FROM {schema}.workflows
-    WHERE status = 'pending' AND run_at <= now() AND lease_expiries = 0
+    WHERE app = %(app)s AND status = 'pending' AND run_at <= now() AND lease_expiries = 0
+      AND name = ANY(%(names)s::text[])
       AND partition IN (
           SELECT partition FROM {schema}.partition_ownership WHERE state = 'owned'
       )
@@ -34,6 +43,7 @@ WITH candidates AS MATERIALIZED (
 ), fence AS (
     SELECT partition FROM {schema}.partition_ownership
     WHERE partition IN (SELECT partition FROM candidates) AND state = 'owned'
+    ORDER BY partition
     FOR SHARE
 )
 UPDATE {schema}.workflows AS w
@@ -69,8 +79,8 @@ WITH candidates AS MATERIALIZED (
     ) AS p
     CROSS JOIN LATERAL (
         SELECT partition, workflow_id FROM {schema}.workflows
-        WHERE partition = p.partition AND status = 'pending' AND run_at <= now()
-          AND lease_expiries = 0
+        WHERE app = %(app)s AND partition = p.partition AND status = 'pending'
+          AND run_at <= now() AND lease_expiries = 0 AND name = ANY(%(names)s::text[])
         ORDER BY run_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
@@ -79,6 +89,7 @@ WITH candidates AS MATERIALIZED (
 ), fence AS (
     SELECT partition FROM {schema}.partition_ownership
     WHERE partition IN (SELECT partition FROM candidates) AND state = 'owned'
+    ORDER BY partition
     FOR SHARE
 )
 UPDATE {schema}.workflows AS w
@@ -107,8 +118,9 @@ WITH fence AS (
     FOR SHARE
 ), candidates AS MATERIALIZED (
     SELECT workflow_id FROM {schema}.workflows
-    WHERE partition = %(partition)s AND status = 'pending' AND run_at <= now()
-      AND (lease_expiries > 0) = %(suspect)s
+    WHERE app = %(app)s AND partition = %(partition)s AND status = 'pending'
+      AND run_at <= now() AND (lease_expiries > 0) = %(suspect)s
+      AND name = ANY(%(names)s::text[])
       AND EXISTS (SELECT 1 FROM fence)
     ORDER BY run_at
     LIMIT %(limit)s
@@ -166,12 +178,20 @@ RETURNING workflow_id;
 -- name: lease_renew
 -- The heartbeat: extends the unexpired leases this worker incarnation is running on the node.
 -- By token, not by owner alone: a row copied to another node by a partition move keeps its
--- old lease, which the worker must not renew there (it can never complete it there).
-UPDATE {schema}.workflows
+-- old lease, which the worker must not renew there (it can never complete it there). Rows
+-- are locked in (partition, workflow_id) order, like every multi-row write.
+WITH held AS MATERIALIZED (
+    SELECT partition, workflow_id FROM {schema}.workflows
+    WHERE status = 'running' AND lease_owner = %(owner)s
+      AND lease_token = ANY(%(tokens)s::uuid[]) AND lease_expires_at > now()
+    ORDER BY partition, workflow_id
+    FOR NO KEY UPDATE
+)
+UPDATE {schema}.workflows AS w
 SET lease_expires_at = now() + %(lease)s::interval
-WHERE status = 'running' AND lease_owner = %(owner)s
-  AND lease_token = ANY(%(tokens)s::uuid[]) AND lease_expires_at > now()
-RETURNING partition, workflow_id;
+FROM held AS h
+WHERE w.partition = h.partition AND w.workflow_id = h.workflow_id
+RETURNING w.partition, w.workflow_id;
 
 -- name: service_lease_takeover
 UPDATE {schema}.service_leases
@@ -199,18 +219,24 @@ WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
+), expired AS MATERIALIZED (
+    SELECT workflow_id FROM {schema}.workflows
+    WHERE partition = %(partition)s AND workflow_id = ANY(%(workflow_ids)s::text[])
+      AND status = 'running' AND lease_expires_at < now()
+      AND EXISTS (SELECT 1 FROM fence)
+    ORDER BY workflow_id
+    FOR NO KEY UPDATE
 )
-UPDATE {schema}.workflows
-SET status = CASE WHEN lease_expiries + 1 >= %(max_expiries)s THEN 'dead' ELSE 'pending' END,
-    error = CASE WHEN lease_expiries + 1 >= %(max_expiries)s THEN %(dead_error)s::json
-                 ELSE error END,
-    lease_expiries = lease_expiries + 1,
+UPDATE {schema}.workflows AS w
+SET status = CASE WHEN w.lease_expiries + 1 >= %(max_expiries)s THEN 'dead' ELSE 'pending' END,
+    error = CASE WHEN w.lease_expiries + 1 >= %(max_expiries)s THEN %(dead_error)s::json
+                 ELSE w.error END,
+    lease_expiries = w.lease_expiries + 1,
     run_at = now(), updated_at = now(),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
-WHERE partition = %(partition)s AND workflow_id = ANY(%(workflow_ids)s::text[])
-  AND status = 'running' AND lease_expires_at < now()
-  AND EXISTS (SELECT 1 FROM fence)
-RETURNING workflow_id, status;
+FROM expired AS e
+WHERE w.partition = %(partition)s AND w.workflow_id = e.workflow_id
+RETURNING w.workflow_id, w.status;
 
 -- name: service_lease_release
 DELETE FROM {schema}.service_leases WHERE service = %(service)s AND holder = %(holder)s;
@@ -232,8 +258,11 @@ RETURNING holder;
 -- checkpoints, so a workflow's end costs one commit). Each row is guarded like step_record:
 -- its lease unexpired, its partition owned (ownership rows FOR SHARE). Returns what was
 -- written: (workflow_id, step_seq) per checkpoint and (workflow_id, -1) per terminal state;
--- a row missing from the result lost its lease or its partition. Plain Postgres nodes: Citus
--- refuses row locks across shards (there, one partition per statement).
+-- a row missing from the result lost its lease or its partition. Locks, in the global order:
+-- ownership rows by partition (FOR SHARE), then the workflow rows by (partition, workflow_id)
+-- (FOR NO KEY UPDATE, the lock the terminal-state UPDATE needs, so it upgrades nothing), then
+-- the checkpoint inserts in the same order. Plain Postgres nodes: Citus refuses row locks
+-- across shards (there, one partition per statement).
 WITH batch AS (
     SELECT * FROM unnest(
         %(partition_list)s::integer[], %(workflow_id_list)s::text[], %(lease_token_list)s::uuid[],
@@ -247,20 +276,22 @@ WITH batch AS (
         %(fin_lease_token_list)s::uuid[], %(fin_status_list)s::text[],
         %(fin_output_list)s::text[], %(fin_error_list)s::text[]
     ) AS f (partition, workflow_id, lease_token, status, output, error)
-), fence AS (
+), fence AS MATERIALIZED (
     SELECT partition FROM {schema}.partition_ownership
     WHERE (partition = ANY(%(partition_list)s::integer[])
            OR partition = ANY(%(fin_partition_list)s::integer[]))
       AND state = 'owned'
+    ORDER BY partition
     FOR SHARE
-), lease AS (
+), lease AS MATERIALIZED (
     SELECT w.partition, w.workflow_id, w.lease_token FROM {schema}.workflows AS w
     WHERE (w.partition, w.workflow_id) IN (
               SELECT partition, workflow_id FROM batch
               UNION SELECT partition, workflow_id FROM finished
           )
       AND w.status = 'running' AND w.lease_expires_at > now()
-    FOR SHARE
+    ORDER BY w.partition, w.workflow_id
+    FOR NO KEY UPDATE
 ), written AS (
     INSERT INTO {schema}.steps
         (partition, workflow_id, step_seq, step_name, status, output, error, attempts,
@@ -272,6 +303,7 @@ WITH batch AS (
       ON l.partition = b.partition AND l.workflow_id = b.workflow_id
      AND l.lease_token = b.lease_token
     WHERE b.partition IN (SELECT partition FROM fence)
+    ORDER BY b.partition, b.workflow_id, b.step_seq
     ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
     RETURNING workflow_id, step_seq
 ), ended AS (
@@ -290,3 +322,19 @@ WITH batch AS (
 SELECT workflow_id, step_seq FROM written
 UNION ALL
 SELECT workflow_id, -1 FROM ended;
+
+-- name: worker_register
+-- The heartbeat says which app and workflow names this worker runs, on every beat. now() sits
+-- in VALUES and DO UPDATE uses EXCLUDED: Citus refuses now() inside ON CONFLICT DO UPDATE.
+INSERT INTO {schema}.workers (owner, app, workflow_names, started_at, seen_at, expires_at)
+VALUES (%(owner)s, %(app)s, %(names)s, now(), now(), now() + %(ttl)s::interval)
+ON CONFLICT (owner) DO UPDATE
+SET app = EXCLUDED.app, workflow_names = EXCLUDED.workflow_names,
+    seen_at = EXCLUDED.seen_at, expires_at = EXCLUDED.expires_at;
+
+-- name: worker_unregister
+DELETE FROM {schema}.workers WHERE owner = %(owner)s;
+
+-- name: workers_prune
+-- Registrations of workers gone for a day: nobody needs to see them any more.
+DELETE FROM {schema}.workers WHERE expires_at < now() - interval '1 day';

@@ -8,21 +8,22 @@ WITH fence AS (
     FOR SHARE
 )
 INSERT INTO {schema}.workflows
-    (partition, workflow_id, name, routing_key, status, input, deadline_at)
-SELECT %(partition)s, %(workflow_id)s, %(name)s, %(routing_key)s, 'pending', %(input)s::json,
-       now() + %(timeout)s::interval
+    (partition, workflow_id, name, app, routing_key, status, input, deadline_at)
+SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
+       %(input)s::json, now() + %(timeout)s::interval
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
 
 -- name: workflow_get
-SELECT partition, workflow_id, name, routing_key, status, input, output, error,
+SELECT partition, workflow_id, name, app, routing_key, status, input, output, error,
        run_at, deadline_at, claim_count, created_at, updated_at, completed_at
 FROM {schema}.workflows
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s;
 
 -- name: workflow_list
-SELECT partition, workflow_id, name, routing_key, status, created_at, updated_at, completed_at
+SELECT partition, workflow_id, name, app, routing_key, status, run_at, created_at, updated_at,
+       completed_at
 FROM {schema}.workflows
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
@@ -88,16 +89,20 @@ LIMIT %(limit)s;
 WITH fence AS (
     SELECT partition FROM {schema}.partition_ownership
     WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
+    ORDER BY partition
     FOR SHARE
 )
 INSERT INTO {schema}.workflows
-    (partition, workflow_id, name, routing_key, status, input, deadline_at)
-SELECT r.partition, r.workflow_id, r.name, r.routing_key, 'pending', r.input::json,
+    (partition, workflow_id, name, app, routing_key, status, input, deadline_at)
+SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
        now() + r.timeout
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
-            %(name_list)s::text[], %(routing_key_list)s::text[], %(input_list)s::text[],
-            %(timeout_list)s::interval[])
-     AS r (partition, workflow_id, name, routing_key, input, timeout)
+            %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
+            %(input_list)s::text[], %(timeout_list)s::interval[])
+     AS r (partition, workflow_id, name, app, routing_key, input, timeout)
 WHERE r.partition IN (SELECT partition FROM fence)
+-- One global order for the unique-index entries: two batches naming the same ids cannot wait
+-- on each other in opposite orders.
+ORDER BY r.partition, r.workflow_id
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
