@@ -53,3 +53,11 @@ def worker_command(config_file: Path) -> tuple[list[str], dict[str, Any]]:
         "tests.apps:app",
     ]
     return argv, {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": str(REPO)}}
+
+
+async def one_loop_turn() -> None:
+    """Let every callback that is ready now run once (one turn of the event loop); no timing."""
+    loop = asyncio.get_running_loop()
+    turned = loop.create_future()
+    loop.call_soon(turned.set_result, None)
+    await turned

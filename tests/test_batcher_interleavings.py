@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shardflow.storage.batcher import WriteBatcher
-from tests.helpers import run
+from tests.helpers import one_loop_turn, run
 
 
 class GatedFlush:
@@ -41,14 +41,6 @@ class GatedFlush:
             return False
         self.waiting.pop(0).set()
         return True
-
-
-async def one_round() -> None:
-    """Let every callback that is ready now run once (one turn of the event loop)."""
-    loop = asyncio.get_running_loop()
-    turned = loop.create_future()
-    loop.call_soon(turned.set_result, None)
-    await turned
 
 
 class Scenario:
@@ -80,7 +72,7 @@ class Scenario:
         """Open every flush and turn the loop until nothing is left to do."""
         for _ in range(rounds):
             self.flush.open_oldest()
-            await one_round()
+            await one_loop_turn()
         assert not self.flush.waiting, "a flush was still waiting after the scenario settled"
 
     def stranded(self) -> list[int]:
@@ -95,10 +87,10 @@ def test_second_write_right_after_two_flushes_end_together_is_flushed() -> None:
     async def go() -> None:
         s = Scenario(max_in_flight=2)
         s.caller(2)  # A: two checkpoints in a row
-        await one_round()  # A submits; flusher 1 starts and waits on its gate
+        await one_loop_turn()  # A submits; flusher 1 starts and waits on its gate
         s.caller(1)  # B: one write
-        await one_round()  # B submits; flusher 2 starts and waits on its gate
-        await one_round()
+        await one_loop_turn()  # B submits; flusher 2 starts and waits on its gate
+        await one_loop_turn()
         assert len(s.flush.waiting) == 2
         s.flush.open_oldest()
         s.flush.open_oldest()
@@ -146,7 +138,7 @@ async def _play(script: tuple[str, ...] | list[str], *, max_in_flight: int, max_
         elif step == "open":
             s.flush.open_oldest()
         else:
-            await one_round()
+            await one_loop_turn()
     await s.settle()
     assert s.stranded() == [], f"items never answered after {script}"
     assert all(s.answers.values())

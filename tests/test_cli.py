@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 from click.testing import CliRunner
 
+from shardflow import Client
 from shardflow.cli import cli
+from shardflow.cluster.local import LocalCluster
 from shardflow.config import ClusterConfig, load_config
 from shardflow.storage import AdminStore, NodeConnector
+from tests import apps
 from tests.helpers import run, worker_command
 
 
@@ -118,3 +122,89 @@ def test_worker_stops_gracefully_on_sigterm(config_file: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_one_node_down_slows_only_calls_that_need_it(
+    config: ClusterConfig, restore_nodes: LocalCluster, tmp_path: Path
+) -> None:
+    """Issue 9: with one node down, every CLI call waited out the connect timeout, status showed
+    the down node with 0 partitions and `cluster check` refused to check anything."""
+    cluster = restore_nodes
+    down = config.nodes[1].name
+    # A long connect timeout makes waiting on the down node obvious.
+    slow_file = tmp_path / "slow.toml"
+    slow_file.write_text(config.replace(connect_timeout=20.0).to_toml())
+
+    async def ids() -> tuple[str, str]:
+        async with Client(config, app=apps.app) as client:
+            healthy = next(
+                i
+                for i in (f"down-{uuid.uuid4().hex}" for _ in range(1000))
+                if client.route(i)[1] != down
+            )
+            await client.start(apps.echo, 1, workflow_id=healthy)
+            stranded = next(
+                i
+                for i in (f"down-{uuid.uuid4().hex}" for _ in range(1000))
+                if client.route(i)[1] == down
+            )
+            return healthy, stranded
+
+    healthy, stranded = run(ids())
+    cluster.stop_node(cluster.node(down), mode="immediate")
+    started = time.monotonic()
+    code, out = invoke(slow_file, "get", healthy)
+    assert code == 0 and '"status": "pending"' in out
+    code, out = invoke(slow_file, "get", stranded)
+    assert code != 0 and "NodeUnavailable" in out and down in out
+    # Far below the 20 s connect timeout: a refused connection is known at once.
+    assert time.monotonic() - started < 10
+
+    code, out = invoke(slow_file, "cluster", "status", "--json")
+    assert code == 0, out
+    status = json.loads(out)
+    node = next(n for n in status["nodes"] if n["name"] == down)
+    assert not node["reachable"] and node["partitions_placed"] > 0
+    assert status["rebalance_in_progress"] is False
+    code, out = invoke(slow_file, "cluster", "check")
+    assert code == 1
+    assert f"{down} is unreachable" in out and "owned by nobody" not in out
+
+
+def test_start_input_from_a_file_or_stdin_and_app_by_path(
+    config_file: Path, tmp_path: Path
+) -> None:
+    """Issue 9: --input cannot carry the documented 1 MiB (argv limit); --app module:attr
+    worked only from the module's directory."""
+    big = {"blob": "x" * (900 * 1024)}
+    input_file = tmp_path / "input.json"
+    input_file.write_text(json.dumps(big))
+    wf_id = f"cli-file-{uuid.uuid4().hex}"
+    apps_file = Path(apps.__file__)
+    code, out = invoke(
+        config_file, "start", "echo", "--app", f"{apps_file}:app", "--input-file",
+        str(input_file), "--id", wf_id,
+    )  # fmt: skip
+    assert code == 0, out
+    runner = CliRunner()
+    stdin_id = f"cli-stdin-{uuid.uuid4().hex}"
+    result = runner.invoke(
+        cli,
+        ["--config", str(config_file), "start", "echo", "--app", "tests.apps:app",
+         "--input-file", "-", "--id", stdin_id],
+        input='{"from": "stdin"}',
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    async def inputs() -> tuple[object, object]:
+        async with Client(load_config(str(config_file))) as client:
+            return (await client.get(wf_id)).input, (await client.get(stdin_id)).input
+
+    assert run(inputs()) == (big, {"from": "stdin"})
+    code, out = invoke(config_file, "start", "echo", "--app", "tests.apps:app", "--input", "1",
+                       "--input-file", str(input_file))  # fmt: skip
+    assert code != 0 and "give the input once" in out
+    code, out = invoke(config_file, "start", "echo", "--app", "nowhere/shop.py:app")
+    assert code != 0 and "--app path/to/file.py:app" in out
+    code, out = invoke(config_file, "list", "--status", "sleeping")
+    assert code != 0 and "pending" in out  # the choices are listed

@@ -2,7 +2,8 @@
 
 Every partition is owned by exactly one node, the one the newest placement names; no
 partition is left ``moving``; no journaled move is unfinished; no node holds rows of a
-partition it does not own; no prepared transaction is left behind.
+partition it does not own; no prepared transaction is left behind. A node that cannot be
+reached is itself a problem; the reachable ones are still checked.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from shardflow.cluster.membership import ClusterAdmin
+from shardflow.errors import NodeUnavailable
 
 
 @dataclass
@@ -30,14 +32,23 @@ async def check_cluster(admin: ClusterAdmin) -> CheckReport:
     report = CheckReport(placement_version=placement.version)
     names = [n.name for n in placement.nodes]
     owners: dict[int, list[str]] = {}
+    unreachable: set[str] = set()
 
     async def inspect(name: str) -> None:
         mover, store = admin.mover(name), admin.admin(name)
-        ownership = await store.ownership()
-        with_rows = await mover.partitions_with_rows()
-        active = await mover.active_moves()
-        hygiene = await store.hygiene()
-        rows = await mover.node_rows()
+        try:
+            ownership = await store.ownership()
+            with_rows = await mover.partitions_with_rows()
+            active = await mover.active_moves()
+            hygiene = await store.hygiene()
+            rows = await mover.node_rows()
+        except NodeUnavailable as exc:
+            unreachable.add(name)
+            report.problems.append(
+                f"{name} is unreachable, its {len(placement.partitions_of(name))} partitions "
+                f"could not be checked: {str(exc).split(';')[0]}"
+            )
+            return
         report.workflows += rows["workflows"]  # after the await: no lost update
         owned = set()
         for o in ownership:
@@ -56,6 +67,8 @@ async def check_cluster(admin: ClusterAdmin) -> CheckReport:
 
     await asyncio.gather(*(inspect(n) for n in names))
     for p in range(placement.partition_count):
+        if placement.owner(p) in unreachable:
+            continue  # already reported: its owner could not be asked
         holders = owners.get(p, [])
         if len(holders) != 1:
             report.problems.append(f"partition {p} is owned by {holders or 'nobody'}")
