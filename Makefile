@@ -36,14 +36,16 @@ demo-status: install ## Show the demo cluster: nodes, partitions, workflows by s
 demo-down: install ## Stop the demo cluster and delete its data
 	$(SF) cluster down --destroy --dir $(CLUSTER_DIR)
 
-load: install ## Headless Locust run (LOAD_USERS users, LOAD_TIME) on the demo cluster with 2 workers
+load: install ## Headless Locust run (LOAD_USERS users, LOAD_TIME) on the demo cluster with 2 workers; ends with completed/backlog
 	$(SF) cluster up --nodes 3 --dir $(CLUSTER_DIR)
 	export SHARDFLOW_CONFIG=$(CLUSTER_DIR)/shardflow.toml; \
+	export SHARDFLOW_LOAD_PREFIX=locust-$$(date +%s)-; \
 	$(SF) worker --app shardflow.bench.workloads:app >$(CLUSTER_DIR)/load-worker-1.log 2>&1 & w1=$$!; \
 	$(SF) worker --app shardflow.bench.workloads:app >$(CLUSTER_DIR)/load-worker-2.log 2>&1 & w2=$$!; \
 	trap 'kill $$w1 $$w2; wait' EXIT; \
 	$(BIN)/locust -f locustfiles/shardflow_users.py --headless -u $(LOAD_USERS) \
-		-r $(LOAD_USERS) -t $(LOAD_TIME) --only-summary
+		-r $(LOAD_USERS) -t $(LOAD_TIME) --only-summary; \
+	$(SF) bench drain $$SHARDFLOW_LOAD_PREFIX --wait 60
 
 lint: install ## ruff (lint + format check) and mypy --strict on the package
 	$(BIN)/ruff check shardflow tests locustfiles benchmarks

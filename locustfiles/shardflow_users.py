@@ -11,12 +11,15 @@ Run against the cluster of $SHARDFLOW_CONFIG, with workers serving shardflow.ben
 
     locust -f locustfiles/shardflow_users.py --headless -u 20 -r 10 -t 30s
 
-(`make load` does all of that on the demo cluster.) shardflow has no signals yet, so there
-is no signal task.
+(`make load` does all of that on the demo cluster, then `shardflow bench drain` reports how
+many of the started workflows completed and what backlog is left.) Workflow ids start with
+$SHARDFLOW_LOAD_PREFIX (default ``locust-``). shardflow has no signals yet, so there is no
+signal task.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -28,6 +31,9 @@ from locust import User, between, events, task
 
 from shardflow import SyncClient, load_config
 from shardflow.bench import workloads
+
+# Every workflow of this run starts with it: `shardflow bench drain PREFIX` counts them.
+PREFIX = os.environ.get("SHARDFLOW_LOAD_PREFIX", "locust-")
 
 
 class _SharedClient:
@@ -79,7 +85,7 @@ class ShardflowUser(User):
 
     @task(5)
     def start_workflow(self) -> None:
-        wf_id = f"locust-{uuid.uuid4().hex}"
+        wf_id = f"{PREFIX}{uuid.uuid4().hex}"
         self._report(
             "start", wf_id, lambda: self.shardflow.start(workloads.w, 1, workflow_id=wf_id)
         )
@@ -88,7 +94,7 @@ class ShardflowUser(User):
 
     @task(2)
     def start_and_wait(self) -> None:
-        wf_id = f"locust-{uuid.uuid4().hex}"
+        wf_id = f"{PREFIX}{uuid.uuid4().hex}"
 
         def run() -> None:
             handle = self.shardflow.start(workloads.w, 1, workflow_id=wf_id)

@@ -757,6 +757,12 @@ def bench_rebalance(
 @click.option("--rate", type=float, help="Open loop: start this many workflows per second...")
 @click.option("--duration", default=10.0, show_default=True, help="...for this many seconds.")
 @click.option(
+    "--drain-timeout",
+    default=600.0,
+    show_default=True,
+    help="After the last start, report workflows still running after this long as unfinished.",
+)
+@click.option(
     "--node-cpu",
     type=float,
     help="Cap each node at this many CPUs (cgroup v1, root only): the scaling benchmark.",
@@ -777,6 +783,7 @@ def bench_run(
     count: int | None,
     rate: float | None,
     duration: float,
+    drain_timeout: float,
     node_cpu: float | None,
     repeat: int,
     json_path: str | None,
@@ -797,6 +804,7 @@ def bench_run(
         rate=rate,
         duration=duration,
         node_cpu=node_cpu,
+        drain_timeout=drain_timeout,
     )
     settings.check()
     results = []
@@ -810,6 +818,22 @@ def bench_run(
     print_summary(results, echo=click.echo)
     if json_path:
         append_results(Path(json_path), results)
+
+
+@bench.command("drain")
+@click.argument("prefix")
+@click.option("--wait", default=60.0, show_default=True, help="Seconds to wait for the backlog.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_state
+def bench_drain(state: _State, prefix: str, wait: float, as_json: bool) -> None:
+    """After a load run: wait for the workflows whose id starts with PREFIX to end, then say
+    how many completed and what backlog is left (exit 1 if any is left)."""
+    from shardflow.bench.drain import drain_report
+
+    report = _run(drain_report(state.config(), prefix, wait=wait))
+    click.echo(json.dumps(report.as_dict()) if as_json else report.summary())
+    if report.backlog:
+        sys.exit(1)
 
 
 @bench.command("start-many")

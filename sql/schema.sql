@@ -74,15 +74,17 @@ ALTER TABLE {schema}.workflows SET (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim path, per app: runnable rows only, so finished workflows and other apps' backlogs
--- never slow a claim.
+-- The claim paths: runnable rows only, so finished workflows never slow a claim. The backlog
+-- claim walks (app, partition, run_at), so another app's backlog never slows it; the
+-- short-queue claim reads the node's oldest through (run_at) (see migration 0005 for why
+-- that one has no `app`).
 CREATE INDEX workflows_runnable_idx
     ON {schema}.workflows (app, partition, run_at) WHERE status = 'pending';
 CREATE INDEX workflows_ready_idx
-    ON {schema}.workflows (app, run_at) WHERE status = 'pending';
+    ON {schema}.workflows (run_at) WHERE status = 'pending';
 -- Suspects (their lease expired before) are looked for on every claim round.
 CREATE INDEX workflows_suspect_idx
-    ON {schema}.workflows (app, run_at) WHERE status = 'pending' AND lease_expiries > 0;
+    ON {schema}.workflows (run_at) WHERE status = 'pending' AND lease_expiries > 0;
 -- Heartbeats renew by owner; the reaper finds expired leases.
 CREATE INDEX workflows_lease_owner_idx
     ON {schema}.workflows (lease_owner) WHERE status = 'running';

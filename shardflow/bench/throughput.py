@@ -49,6 +49,9 @@ class BenchSettings:
     rate: float | None = None
     duration: float = 10.0
     node_cpu: float | None = None
+    # After the last start, how long the run waits for every workflow to end before it
+    # reports the rest as unfinished (the soak's pass/fail line).
+    drain_timeout: float = 600.0
 
     def check(self) -> None:
         if self.workload not in workloads.WORKLOADS:
@@ -72,6 +75,7 @@ class BenchResult:
     workflows_per_second: float
     latency_p50_ms: float
     latency_p99_ms: float
+    latency_max_ms: float
     pickup_p50_ms: float
     pickup_p99_ms: float
     worker_cpu_seconds: float
@@ -82,6 +86,11 @@ class BenchResult:
     worker_rss_mb_start: float
     worker_rss_mb_end: float
     per_node: dict[str, int] = field(default_factory=dict)
+    # Open loop: starts that raised, workflows not finished within drain_timeout of the last
+    # start, and how long after the last start the last workflow ended.
+    start_errors: int = 0
+    unfinished: int = 0
+    drain_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,13 +158,17 @@ async def _commits(nodes: list[BenchStore]) -> int:
     return sum([await node.write_transactions() for node in nodes])
 
 
-async def _wait_done(nodes: list[BenchStore], prefix: str, expected: int, workers: _Workers) -> int:
-    """Poll until every workflow of the run finished; returns how many failed."""
+async def _wait_done(
+    nodes: list[BenchStore], prefix: str, expected: int, workers: _Workers, timeout: float
+) -> tuple[int, int]:
+    """Poll until every workflow of the run finished, or ``timeout`` passed: (failed,
+    unfinished)."""
+    deadline = time.monotonic() + timeout
     while True:
         workers.sample_rss()
         done, failed = await _progress(nodes, prefix)
-        if done >= expected:
-            return failed
+        if done >= expected or time.monotonic() > deadline:
+            return failed, max(0, expected - done)
         for p in workers.processes:
             if p.poll() is not None:
                 raise RuntimeError(f"a worker exited with {p.returncode}; see its log")
@@ -177,19 +190,32 @@ async def _submit_closed(client: Client, prefix: str, count: int, workload: str)
         await asyncio.gather(*(one(c) for c in chunks[i : i + in_flight]))
 
 
-async def _submit_open(client: Client, prefix: str, rate: float, duration: float, wl: str) -> int:
-    """Start one workflow every 1/rate seconds regardless of how the others are doing."""
+async def _submit_open(
+    client: Client, prefix: str, rate: float, duration: float, wl: str
+) -> tuple[int, int]:
+    """Start one workflow every 1/rate seconds regardless of how the others are doing:
+    (started, starts that raised). Only starts in flight are kept (hours-long soaks)."""
     wf = workloads.WORKLOADS[wl]
     total = int(rate * duration)
     began = time.monotonic()
-    tasks = []
+    in_flight: set[asyncio.Future[Any]] = set()
+    errors = 0
+
+    def finished(task: asyncio.Future[Any]) -> None:
+        nonlocal errors
+        in_flight.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            errors += 1
+
     for i in range(total):
         delay = began + i / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(client.start(wf, i, workflow_id=f"{prefix}{i}")))
-    await asyncio.gather(*tasks)
-    return total
+        task = asyncio.ensure_future(client.start(wf, i, workflow_id=f"{prefix}{i}"))
+        in_flight.add(task)
+        task.add_done_callback(finished)
+    await asyncio.gather(*in_flight, return_exceptions=True)
+    return total, errors
 
 
 async def _timings(nodes: list[BenchStore], prefix: str) -> tuple[list[RunTiming], dict[str, int]]:
@@ -236,15 +262,19 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             commits_before = await _commits(nodes)
             meter.start()
             sampler = asyncio.create_task(workers.sample_every(1.0))
+            start_errors = 0
             if settings.rate is not None:
-                expected = await _submit_open(
+                expected, start_errors = await _submit_open(
                     client, prefix, settings.rate, settings.duration, settings.workload
                 )
             else:
                 assert settings.count is not None
                 expected = settings.count
                 await _submit_closed(client, prefix, expected, settings.workload)
-            failed = await _wait_done(nodes, prefix, expected, workers)
+            last_start = await _last_start(nodes, prefix)
+            failed, unfinished = await _wait_done(
+                nodes, prefix, expected - start_errors, workers, settings.drain_timeout
+            )
             meter.stop()
             sampler.cancel()
             commits = await _commits(nodes) - commits_before
@@ -270,6 +300,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
         workflows_per_second=round(len(rows) / seconds, 1),
         latency_p50_ms=round(statistics.median(latencies), 2),
         latency_p99_ms=round(percentile(latencies, 0.99), 2),
+        latency_max_ms=round(max(latencies), 2),
         pickup_p50_ms=round(statistics.median(pickups), 2),
         pickup_p99_ms=round(percentile(pickups, 0.99), 2),
         worker_cpu_seconds=round(meter.worker_seconds, 2),
@@ -280,7 +311,15 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
         worker_rss_mb_start=round(workers.rss_first, 1) if workers else 0.0,
         worker_rss_mb_end=round(workers.rss[-1], 1) if workers and workers.rss else 0.0,
         per_node=per_node,
+        start_errors=start_errors,
+        unfinished=unfinished,
+        drain_seconds=round(max(0.0, last - last_start), 3),
     )
+
+
+async def _last_start(nodes: list[BenchStore], prefix: str) -> float:
+    """When the run's last workflow was started (epoch seconds, database clock)."""
+    return max([await node.last_start(prefix) for node in nodes])
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from shardflow.storage.connector import NodeConnector
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunTiming:
     """One finished workflow, in epoch seconds of the node's clock."""
 
@@ -36,6 +36,11 @@ class BenchStore:
         """(done, failed, total) of the workflows whose id starts with ``prefix``."""
         row = (await self.db.run("bench_progress", {"prefix": prefix + "%"}))[0]
         return row["done"], row["failed"], row["total"]
+
+    async def last_start(self, prefix: str) -> float:
+        """When the newest workflow of the run was started here (epoch seconds; 0 if none)."""
+        rows = await self.db.run("bench_last_start", {"prefix": prefix + "%"})
+        return float(rows[0]["created"] or 0.0)
 
     async def timings(self, prefix: str) -> list[RunTiming]:
         rows = await self.db.run("bench_timings", {"prefix": prefix + "%"})

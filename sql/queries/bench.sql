@@ -24,6 +24,11 @@ SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed', 'cancelled', 'de
 FROM {schema}.workflows
 WHERE workflow_id LIKE %(prefix)s;
 
+-- name: bench_last_start
+SELECT extract(epoch FROM max(created_at))::float8 AS created
+FROM {schema}.workflows
+WHERE workflow_id LIKE %(prefix)s;
+
 -- name: bench_timings
 -- Per workflow of one run, from the database clock: start, first pick-up and completion.
 SELECT extract(epoch FROM created_at)::float8 AS created,
