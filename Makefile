@@ -10,9 +10,10 @@ DEMO_WORKERS ?= 2
 LOAD_USERS ?= 20
 LOAD_TIME ?= 30s
 BENCH_RUNS ?= 3
+SOAK_SECONDS ?= 1800
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-status demo-down load lint format test test-all chaos bench bench-rebalance bench-dbos clean
+.PHONY: help install demo demo-status demo-down load lint format test test-all chaos soak bench bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -64,6 +65,9 @@ test-all: lint ## The test suite including the long scenarios marked slow
 
 chaos: install ## The long fault scenarios only (worker churn, latency isolation); prints a table
 	$(BIN)/pytest -m slow -s -q tests/test_chaos.py | grep -E "^CHAOS|passed|failed"
+
+soak: install ## Open-loop load at 50% and 90% of the measured maximum, SOAK_SECONDS each (30 min); every workflow must end
+	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --out bench-results
 
 bench: install ## Throughput, latency, start_many and scaling benchmarks; JSON + PNG in bench-results/
 	$(BIN)/pip install -q -e '.[bench]'
