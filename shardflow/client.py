@@ -21,11 +21,9 @@ from typing import Any, TypeVar
 
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig
-from shardflow.connectors import dsn_for, node_connector
 from shardflow.engine.app import App, WorkflowDef
 from shardflow.engine.codec import check_identifier, encode_payload
 from shardflow.errors import (
-    ClusterNotInitialized,
     InvalidInput,
     NodeUnavailable,
     PartitionMoved,
@@ -36,10 +34,11 @@ from shardflow.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from shardflow.routing import Placement, partition_for
-from shardflow.storage import AdminStore, ClientStore, NodeConnector
+from shardflow.routing import Placement
+from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
+from shardflow.topology import Topology
 from shardflow.wakeup import WakeUp
 
 log = logging.getLogger("shardflow.client")
@@ -74,11 +73,9 @@ class Client:
         self.app = app
         # Recorded in the audit log for cancel and requeue.
         self.actor = actor or default_actor()
-        self._connectors: dict[str, NodeConnector] = {}
+        self.topology = Topology(config, role="client")
         self._wake_ups: dict[str, WakeUp] = {}
         self._start_batchers: dict[str, WriteBatcher[dict[str, Any]]] = {}
-        self._placement: Placement | None = None
-        self._refresh_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -93,63 +90,25 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
-        """Open pools to the configured nodes and load the placement."""
-        for node in self.config.nodes:
-            self._connector(node.name, node.dsn)
-        await self.refresh_placement()
+        """Open pools to the nodes and load the placement."""
+        await self.topology.refresh()
 
     async def close(self) -> None:
         await asyncio.gather(*(w.flush() for w in self._wake_ups.values()))
-        await asyncio.gather(*(c.close() for c in self._connectors.values()))
-        self._connectors.clear()
+        await self.topology.close()
 
     @property
     def placement(self) -> Placement:
-        if self._placement is None:
-            raise ClusterNotInitialized("the client is not connected: call connect() first")
-        return self._placement
-
-    def _connector(self, name: str, dsn: str) -> NodeConnector:
-        if name not in self._connectors:
-            self._connectors[name] = node_connector(self.config, name, dsn, role="client")
-        return self._connectors[name]
+        return self.topology.placement
 
     async def refresh_placement(self, *, min_version: int = 0) -> Placement:
-        """Ask every reachable node for its placement and keep the highest version.
-
-        Nodes that answer late (down, or blackholed until connect_timeout) are not waited
-        for once another node has answered: a placement that is behind is corrected by the
-        fence (PartitionMoved, then a refresh), so only calls needing the down node wait.
-        """
-        async with self._refresh_lock:
-            if self._placement is not None and self._placement.version > min_version:
-                return self._placement
-            answers = await _first_answers(
-                [AdminStore(c).latest_placement() for c in self._connectors.values()]
-            )
-            found = [a for a in answers if isinstance(a, Placement)]
-            if not found:
-                errors = [a for a in answers if isinstance(a, BaseException)]
-                if errors and all(isinstance(e, NodeUnavailable) for e in errors):
-                    raise NodeUnavailable(
-                        "no configured node is reachable to read the placement; start the "
-                        "nodes or check the configuration",
-                        node="*",
-                    )
-                raise ClusterNotInitialized(
-                    "no node has a placement yet: run `shardflow cluster init` or `cluster up`"
-                )
-            best = max(found, key=lambda p: p.version)
-            for node in best.nodes:
-                self._connector(node.name, dsn_for(self.config, node))
-            self._placement = best
-            return best
+        """Read the placement in force again (unless the cached one is newer than
+        ``min_version``)."""
+        return await self.topology.refresh(min_version=min_version)
 
     def route(self, key: str) -> tuple[int, str]:
         """(partition, owning node name) for a workflow id or routing key."""
-        placement = self.placement
-        partition = partition_for(key, placement.partition_count)
-        return partition, placement.owner(partition)
+        return self.topology.route(key)
 
     async def _routed(self, key: str, op: Callable[[ClientStore, int], Awaitable[T]]) -> T:
         """Run ``op`` on the node owning ``key``, following moves.
@@ -193,10 +152,7 @@ class Client:
         wake_up.request()
 
     def _connector_for(self, node: str) -> NodeConnector:
-        connector = self._connectors.get(node)
-        if connector is None:
-            raise ClusterNotInitialized(f"the placement names node {node!r} but has no address")
-        return connector
+        return self.topology.connector(node)
 
     # -- starting -----------------------------------------------------------------------
 
@@ -489,11 +445,16 @@ class Client:
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be between 1 and 1000")
         after = _decode_cursor(cursor) if cursor else None
-        names = list(self.placement.counts())
+        placement = self.placement
+        names = list(placement.counts())
         answers = await asyncio.gather(
             *(
                 ClientStore(self._connector_for(n)).list_workflows(
-                    status=status, name=name, limit=limit, after=after
+                    status=status,
+                    name=name,
+                    limit=limit,
+                    after=after,
+                    partitions=placement.partitions_of(n),
                 )
                 for n in names
             ),
@@ -524,36 +485,6 @@ class Client:
         if routing_key is not None:
             check_identifier(routing_key, what="routing_key", max_length=max_length)
         return routing_key or workflow_id
-
-
-# Once one node has answered a placement read, how long the others get: at least this, or
-# twice what the first answer took.
-_LATE_ANSWER_GRACE = 0.25
-
-
-async def _first_answers(
-    calls: Sequence[Awaitable[Placement | None]],
-) -> list[Placement | BaseException | None]:
-    """Every call's result or exception, except calls still running a grace period after the
-    first successful answer (they are cancelled and left out)."""
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    started = time.monotonic()
-    pending: set[asyncio.Future[Placement | None]] = set(tasks)
-    deadline: float | None = None
-    while pending:
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        done, pending = await asyncio.wait(
-            pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if not done:
-            break  # the grace period is over
-        if deadline is None and any(not t.exception() and t.result() for t in done):
-            elapsed = time.monotonic() - started
-            deadline = time.monotonic() + max(_LATE_ANSWER_GRACE, 2 * elapsed)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return [(t.exception() or t.result()) for t in tasks if t.done() and not t.cancelled()]
 
 
 def _check_same_workflow(wf_id: str, existing: WorkflowRecord, definition: WorkflowDef) -> None:

@@ -23,6 +23,7 @@ from shardflow.storage.conninfo import (
 )
 
 ENV_PREFIX = "SHARDFLOW_"
+BACKENDS = ("plain", "citus")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
@@ -123,6 +124,9 @@ class ClusterConfig:
     limits: Limits = field(default_factory=Limits)
     # Where `cluster up` keeps local node data; empty for clusters of existing servers.
     local_dir: str = ""
+    # "plain": independent PostgreSQL nodes, shardflow places and moves partitions.
+    # "citus": one Citus cluster; `nodes` names its coordinator, Citus places and moves shards.
+    backend: str = "plain"
     # The watchdog: `cluster status` reports a running workflow whose lease is being renewed
     # but that has recorded nothing for longer than this (seconds) as stalled.
     stall_seconds: float = 300.0
@@ -142,6 +146,8 @@ class ClusterConfig:
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"node names must be unique, got {names}")
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.profile not in PROFILES:
             raise ConfigurationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         if self.profile == "production":
@@ -186,6 +192,8 @@ class ClusterConfig:
             f"operation_timeout = {self.operation_timeout}",
             f"pool_max_size = {self.pool_max_size}",
             f"local_dir = {_toml_value(self.local_dir)}",
+            f"backend = {_toml_value(self.backend)}",
+            f"stall_seconds = {self.stall_seconds}",
         ]
         for section in ("worker", "limits"):
             lines += ["", f"[{section}]"]

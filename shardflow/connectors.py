@@ -32,6 +32,7 @@ def node_connector(
         ),
         pool_max_size=pool_max_size or config.pool_max_size,
         application_name=f"shardflow-{role}",
+        dialect=config.backend,
     )
 
 

@@ -1,8 +1,8 @@
 """Fault injection for the crash tests: a process kills itself (SIGKILL) at a named point.
 
 Off unless the environment variable names the point, so production processes never die here.
-The points mark the moments RELIABILITY.md asks to crash at: between the phases of a partition
-move, and around the commit of a transactional step.
+The points mark the moments docs/reliability.md asks to crash at: between the phases of a
+partition move, and around the commit of a transactional step.
 """
 
 from __future__ import annotations

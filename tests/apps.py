@@ -195,7 +195,7 @@ async def effects(ctx: WorkflowContext, log_path: str) -> int:
 
 
 # A table of the application's own, for transactional steps. No unique constraint on purpose:
-# a duplicated effect would show as a second row (RELIABILITY.md check 3).
+# a duplicated effect would show as a second row (docs/reliability.md, check 3).
 TX_EFFECTS_TABLE = """
 CREATE TABLE IF NOT EXISTS public.tx_effects (
     workflow_id text NOT NULL,

@@ -17,7 +17,7 @@ from shardflow.config import ClusterConfig, WorkerSettings
 from tests.helpers import run
 from tests.invariants import create_tx_effects_table
 
-# Short leases and polls so fault scenarios finish in seconds (RELIABILITY.md).
+# Short leases and polls so fault scenarios finish in seconds (docs/reliability.md).
 TEST_WORKER = WorkerSettings(
     concurrency=32,
     lease_seconds=3.0,

@@ -1,4 +1,4 @@
-"""One invariant checker, run after every fault scenario (RELIABILITY.md).
+"""One invariant checker, run after every fault scenario (docs/reliability.md).
 
 1. every acknowledged workflow reached a terminal state (lost = those that did not);
 2. one checkpoint per (workflow, step), positions contiguous from 0 (duplicates = violations);

@@ -59,7 +59,7 @@ def test_overlapping_batches_and_renewals_do_not_deadlock(
                 held += await claimer.claim_ready(
                     limit=WORKFLOWS, owner="lock-test", lease=timedelta(seconds=60)
                 )
-            tokens = sorted({w.lease_token for w in held})
+            leases = [(w.partition, w.lease_token) for w in held]
             for round_no in range(ROUNDS):
                 # Each store group-commits one batch of every workflow, in its own order; the
                 # last round also ends a different subset of workflows in each batch.
@@ -81,7 +81,7 @@ def test_overlapping_batches_and_renewals_do_not_deadlock(
                         }
                         writes.append(store.write_progress(work, [checkpoint], finish))
                 renewals = [
-                    claimer.renew_leases(owner="lock-test", tokens=tokens, lease=timedelta(60))
+                    claimer.renew_leases(owner="lock-test", held=leases, lease=timedelta(60))
                     for _ in range(4)
                 ]
                 await asyncio.gather(*writes, *renewals)

@@ -1,4 +1,4 @@
-"""Faults from RELIABILITY.md: poison workflows, paused workers, ambiguous commits, network
+"""Faults from docs/reliability.md: poison workflows, paused workers, ambiguous commits, network
 faults on one node through a TCP proxy, a killed LISTEN connection, secrets, the audit log."""
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from shardflow.cluster.citus import init_citus
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import plan_moves
 from shardflow.config import ClusterConfig
@@ -37,7 +38,15 @@ async def admin_stores(config: ClusterConfig) -> AsyncIterator[dict[str, AdminSt
 
 
 async def migrate_all(config: ClusterConfig) -> dict[str, list[int]]:
-    """Apply missing migrations on every node; returns the versions applied per node."""
+    """Apply missing migrations on every node; returns the versions applied per node.
+
+    On Citus, on the coordinator (it propagates the DDL), then new tables are distributed.
+    """
+    if config.backend == "citus":
+        async with ClusterAdmin(config) as admin:
+            before = await admin.admin(config.nodes[0].name).migrate()
+            await init_citus(admin)
+            return {config.nodes[0].name: before}
     async with admin_stores(config) as stores:
         results = await asyncio.gather(*(s.migrate() for s in stores.values()))
         return dict(zip(stores, results, strict=True))
@@ -47,8 +56,12 @@ async def init_cluster(config: ClusterConfig) -> Placement:
     """Migrate every node and give the cluster its first placement. Idempotent.
 
     A node already in another cluster, or a cluster initialised with other nodes or another
-    partition count, is refused with what to do instead.
+    partition count, is refused with what to do instead. On Citus, the configured node is
+    the coordinator: see ``shardflow.cluster.citus.init_citus``.
     """
+    if config.backend == "citus":
+        async with ClusterAdmin(config) as admin:
+            return await init_citus(admin)
     await migrate_all(config)
     async with admin_stores(config) as stores:
         identities = dict(
@@ -184,11 +197,16 @@ async def cluster_status(
         except ShardflowError:
             placement = None
         weights = placement.weights() if placement else {}
-        placed = placement.counts() if placement else {}
         found = await asyncio.gather(
             *(
-                _node_status(admin, name, weights.get(name), placed.get(name, 0), quiet)
-                for name in admin.node_names
+                _node_status(
+                    admin,
+                    name,
+                    weights.get(name),
+                    placement.partitions_of(name) if placement else [],
+                    quiet,
+                )
+                for name in _status_nodes(config, admin, placement)
             )
         )
         return ClusterStatus(
@@ -205,8 +223,18 @@ async def cluster_status(
         )
 
 
+def _status_nodes(
+    config: ClusterConfig, admin: ClusterAdmin, placement: Placement | None
+) -> list[str]:
+    """Plain: every node known. Citus: the nodes holding shards (the configured coordinator
+    is only the way in, unless it is all the placement could be read from)."""
+    if config.backend == "citus" and placement is not None:
+        return sorted(n.name for n in placement.nodes)
+    return admin.node_names
+
+
 async def _node_status(
-    admin: ClusterAdmin, name: str, weight: int | None, placed: int, quiet: float
+    admin: ClusterAdmin, name: str, weight: int | None, placed: list[int], quiet: float
 ) -> tuple[NodeStatus, list[StalledWorkflow], int, list[UnservedWork]]:
     store = admin.admin(name)
     status = NodeStatus(
@@ -214,16 +242,18 @@ async def _node_status(
         address=store.db.address,
         reachable=False,
         weight=weight,
-        partitions_placed=placed,
+        partitions_placed=len(placed),
     )
     try:
-        ownership = await store.ownership()
+        ownership = await store.ownership(partitions=placed)
         placement = await store.latest_placement()
-        status.workflows = await store.status_counts()
+        status.workflows = await store.status_counts(partitions=placed)
         status.workers = await store.live_workers()
         status.unfinished_moves = len(await admin.mover(name).active_moves())
-        stalled, total = await store.stalled(quiet=timedelta(seconds=quiet), limit=_LISTED)
-        unserved = await store.unserved_work(limit=_LISTED)
+        stalled, total = await store.stalled(
+            quiet=timedelta(seconds=quiet), limit=_LISTED, partitions=placed
+        )
+        unserved = await store.unserved_work(limit=_LISTED, partitions=placed)
     except ShardflowError as exc:
         status.error = str(exc)
         return status, [], 0, []

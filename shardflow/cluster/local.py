@@ -5,10 +5,17 @@ loopback port. PostgreSQL refuses to run as root, so when invoked as root the se
 programs run as the unprivileged ``postgres`` user (``runuser``); as any other user they
 run as that user. The password is random, lives only in ``<dir>/pgpass`` (mode 0600), and
 reaches libpq through ``passfile=`` in the DSN: never on a command line.
+
+A Citus cluster (``citus_workers``) is a coordinator and N workers with the extension
+loaded; the nodes reach each other with the same password, read from a copy of the password
+file that the server user owns (``PGPASSFILE`` in the servers' environment). The nodes of a
+cluster are listed in ``<dir>/nodes.json`` (the config of a Citus cluster names only its
+coordinator).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pwd
@@ -21,6 +28,7 @@ from pathlib import Path
 
 from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.errors import ConfigurationError
+from shardflow.storage.citus_setup import install_citus, join_workers
 from shardflow.storage.conninfo import parse_conninfo
 
 log = logging.getLogger("shardflow.cluster")
@@ -36,6 +44,14 @@ SERVER_SETTINGS = {
     "synchronous_commit": "on",
     "log_min_messages": "warning",
     "log_line_prefix": "'%m [%p] %u@%d '",
+}
+# A Citus node also loads the extension and allows online shard moves (logical replication).
+CITUS_SETTINGS = {
+    "shared_preload_libraries": "'citus'",
+    "wal_level": "logical",
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
+    "citus.enable_statistics_collection": "off",
 }
 
 
@@ -88,6 +104,15 @@ class LocalCluster:
     def passfile(self) -> Path:
         return self.directory / "pgpass"
 
+    @property
+    def server_passfile(self) -> Path:
+        """The password file the servers use to reach each other (Citus), owned by them."""
+        return self.directory / "server.pgpass"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "nodes.json"
+
     def exists(self) -> bool:
         return self.config_path.exists()
 
@@ -95,6 +120,12 @@ class LocalCluster:
         return load_config(self.config_path, environ={})
 
     def nodes(self) -> list[LocalNode]:
+        """Every node of this local cluster (the coordinator and workers of a Citus one)."""
+        if self.manifest.exists():
+            return [
+                LocalNode(n["name"], self.directory / n["name"], int(n["port"]))
+                for n in json.loads(self.manifest.read_text())
+            ]
         config = self.load_config()
         return [
             LocalNode(n.name, self.directory / n.name, int(parse_conninfo(n.dsn)["port"]))
@@ -107,45 +138,88 @@ class LocalCluster:
                 return node
         raise ConfigurationError(f"local cluster in {self.directory} has no node {name!r}")
 
-    def create(self, *, nodes: int, partition_count: int, schema: str) -> ClusterConfig:
-        """initdb ``nodes`` new nodes, start them, and write the cluster config file."""
-        if nodes < 1:
-            raise ConfigurationError("a cluster needs at least one node")
+    def dsn(self, node: LocalNode) -> str:
+        return self._dsn(node)
+
+    def create(
+        self,
+        *,
+        nodes: int,
+        partition_count: int,
+        schema: str,
+        citus_workers: int | None = None,
+    ) -> ClusterConfig:
+        """initdb ``nodes`` new nodes (or a Citus coordinator and ``citus_workers`` workers),
+        start them, and write the cluster config file."""
+        citus = citus_workers is not None
+        count = (citus_workers or 0) + 1 if citus else nodes
+        if count < 1 or (citus and count < 2):
+            raise ConfigurationError("a cluster needs at least one node (Citus: one worker)")
         self._prepare_directory()
         password = secrets.token_urlsafe(24)
         self.passfile.write_text(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
         self.passfile.chmod(0o600)
-        node_configs = []
-        for i in range(1, nodes + 1):
-            node = LocalNode(f"node{i}", self.directory / f"node{i}", _free_port())
-            self._init_node(node, password)
-            self.start_node(node)
-            self._create_database(node)
-            node_configs.append(NodeConfig(name=node.name, dsn=self._dsn(node)))
+        if citus:
+            self._write_server_passfile(password)
+        names = (
+            ["coordinator", *(f"worker{i}" for i in range(1, count))]
+            if citus
+            else [f"node{i}" for i in range(1, count + 1)]
+        )
+        created = [self._new_node(name, password, citus=citus) for name in names]
+        self._write_manifest(created)
+        if citus:
+            join_workers(self._dsn(created[0]), created[0].port, [n.port for n in created[1:]])
         config = ClusterConfig(
             name=self.directory.name,
             schema=schema,
             partition_count=partition_count,
-            nodes=tuple(node_configs),
+            nodes=tuple(
+                NodeConfig(name=n.name, dsn=self._dsn(n))
+                for n in (created[:1] if citus else created)
+            ),
             local_dir=str(self.directory),
+            backend="citus" if citus else "plain",
         )
         self.config_path.write_text(config.to_toml())
         return config
 
-    def add_node(self) -> NodeConfig:
-        """initdb and start one more node, and add it to the config file."""
-        config = self.load_config()
-        taken = {n.name for n in config.nodes} | {p.name for p in self.directory.iterdir()}
-        number = len(config.nodes) + 1
-        while f"node{number}" in taken:
-            number += 1
-        node = LocalNode(f"node{number}", self.directory / f"node{number}", _free_port())
-        password = self._password()
-        self._init_node(node, password)
+    def _new_node(self, name: str, password: str, *, citus: bool) -> LocalNode:
+        node = LocalNode(name, self.directory / name, _free_port())
+        self._init_node(node, password, citus=citus)
         self.start_node(node)
         self._create_database(node)
+        if citus:
+            install_citus(self._dsn(node))
+        return node
+
+    def _write_manifest(self, nodes: list[LocalNode]) -> None:
+        self.manifest.write_text(
+            json.dumps([{"name": n.name, "port": n.port} for n in nodes], indent=2) + "\n"
+        )
+
+    def _write_server_passfile(self, password: str) -> None:
+        self.server_passfile.write_text(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
+        self.server_passfile.chmod(0o600)
+        if self._run_as is not None:
+            os.chown(self.server_passfile, self._run_as.pw_uid, self._run_as.pw_gid)
+
+    def add_node(self) -> NodeConfig:
+        """initdb and start one more node. A plain cluster's config gains it; a Citus node
+        has the extension and still has to be added to Citus (`cluster add-node`)."""
+        config = self.load_config()
+        citus = config.backend == "citus"
+        existing = self.nodes()
+        taken = {n.name for n in existing} | {p.name for p in self.directory.iterdir()}
+        prefix = "worker" if citus else "node"
+        number = len(existing) + (0 if citus else 1)
+        while f"{prefix}{number}" in taken:
+            number += 1
+        node = self._new_node(f"{prefix}{number}", self._password(), citus=citus)
+        self._write_manifest([*existing, node])
         added = NodeConfig(name=node.name, dsn=self._dsn(node))
-        self.config_path.write_text(config.replace(nodes=(*config.nodes, added)).to_toml())
+        if not citus:
+            self.config_path.write_text(config.replace(nodes=(*config.nodes, added)).to_toml())
         return added
 
     def forget_node(self, name: str) -> None:
@@ -154,6 +228,7 @@ class LocalCluster:
         self.stop_node(self.node(name))
         remaining = tuple(n for n in config.nodes if n.name != name)
         self.config_path.write_text(config.replace(nodes=remaining).to_toml())
+        self._write_manifest([n for n in self.nodes() if n.name != name])
 
     def _password(self) -> str:
         line = self.passfile.read_text().strip()
@@ -179,8 +254,12 @@ class LocalCluster:
     def start_node(self, node: LocalNode) -> None:
         if self.is_running(node):
             return
+        # Citus nodes connect to each other as the shardflow user: they read the password
+        # from the server's own copy of the password file.
+        env = {"PGPASSFILE": str(self.server_passfile)} if self.server_passfile.exists() else {}
         self._pg_ctl(
-            ["start", "-w", "-t", "60", "-D", str(node.data_dir), "-l", str(node.log_file)]
+            ["start", "-w", "-t", "60", "-D", str(node.data_dir), "-l", str(node.log_file)],
+            env=env,
         )
         log.info("started %s on port %d", node.name, node.port)
 
@@ -201,7 +280,7 @@ class LocalCluster:
         if self._run_as is not None:
             _check_traversable(self.directory, self._run_as)
 
-    def _init_node(self, node: LocalNode, password: str) -> None:
+    def _init_node(self, node: LocalNode, password: str, *, citus: bool = False) -> None:
         node.directory.mkdir(parents=True)
         pwfile = node.directory / "initdb.pw"
         pwfile.write_text(password + "\n")
@@ -231,6 +310,8 @@ class LocalCluster:
         settings = dict(
             SERVER_SETTINGS, port=str(node.port), unix_socket_directories=f"'{node.directory}'"
         )
+        if citus:
+            settings.update(CITUS_SETTINGS)
         conf = "\n".join(f"{k} = {v}" for k, v in settings.items())
         with (node.data_dir / "postgresql.conf").open("a") as fh:
             fh.write(f"\n# shardflow local node\n{conf}\n")
@@ -250,12 +331,16 @@ class LocalCluster:
             ]
         )
 
-    def _pg_ctl(self, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self._server_cmd([str(self.pg_bin / "pg_ctl"), *args], check=check)
+    def _pg_ctl(
+        self, args: list[str], *, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self._server_cmd([str(self.pg_bin / "pg_ctl"), *args], check=check, env=env)
 
     def _server_cmd(
-        self, argv: list[str], *, check: bool = True
+        self, argv: list[str], *, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
         if self._run_as is not None:
             argv = ["runuser", "-u", self._run_as.pw_name, "--", *argv]
         result = subprocess.run(

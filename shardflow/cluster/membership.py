@@ -21,14 +21,19 @@ from typing import Any
 
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig, NodeConfig
-from shardflow.connectors import dsn_for, node_connector
-from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
+from shardflow.errors import (
+    ClusterNotInitialized,
+    ConfigurationError,
+    NodeUnavailable,
+    ShardflowError,
+)
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage import AdminStore, NodeConnector, WorkerStore
 from shardflow.storage.bench_store import BenchStore
 from shardflow.storage.conninfo import public_conninfo, redact
 from shardflow.storage.rebalance_store import RebalanceStore
 from shardflow.storage.records import NodeIdentity
+from shardflow.topology import Topology
 
 log = logging.getLogger("shardflow.cluster")
 
@@ -46,9 +51,10 @@ class ClusterAdmin:
         # is dead, e.g. on another host).
         self.force = force
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._connectors: dict[str, NodeConnector] = {}
-        for node in config.nodes:
-            self._add_connector(node.name, node.dsn)
+        # Administrative calls (a partition copy) may run long: no operation timeout.
+        self.topology = Topology(
+            config, role="admin", pool_max_size=3, operation_timeout=None, patient=True
+        )
 
     async def __aenter__(self) -> ClusterAdmin:
         return self
@@ -59,21 +65,15 @@ class ClusterAdmin:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.gather(*(c.close() for c in self._connectors.values()))
+        await self.topology.close()
 
     def _add_connector(self, name: str, dsn: str) -> NodeConnector:
-        if name not in self._connectors:
-            # Administrative calls (a partition copy) may run long: no operation timeout.
-            self._connectors[name] = node_connector(
-                self.config, name, dsn, role="admin", pool_max_size=3, operation_timeout=None
-            )
-        return self._connectors[name]
+        return self.topology.add_node(name, dsn)
 
     def connector(self, name: str) -> NodeConnector:
-        try:
-            return self._connectors[name]
-        except KeyError:
-            raise ConfigurationError(f"unknown node {name!r}") from None
+        if name not in self.topology.node_names:
+            raise ConfigurationError(f"unknown node {name!r}")
+        return self.topology.connector(name)
 
     def admin(self, name: str) -> AdminStore:
         return AdminStore(self.connector(name))
@@ -86,25 +86,18 @@ class ClusterAdmin:
 
     @property
     def node_names(self) -> list[str]:
-        return sorted(self._connectors)
+        return self.topology.node_names
 
     async def latest_placement(self) -> Placement:
-        """The highest placement version any reachable node has; learns new nodes from it."""
-        answers = await asyncio.gather(
-            *(AdminStore(c).latest_placement() for c in list(self._connectors.values())),
-            return_exceptions=True,
-        )
-        found = [a for a in answers if isinstance(a, Placement)]
-        if not found:
+        """The placement in force (re-read every time); learns new nodes from it."""
+        try:
+            return await self.topology.refresh(force=True)
+        except ClusterNotInitialized as exc:
             raise NodeUnavailable(
-                "no node answered with a placement: start the nodes, or initialise the "
-                "cluster with `shardflow cluster init`",
+                f"no node answered with a placement ({exc}): start the nodes, or initialise "
+                "the cluster with `shardflow cluster init`",
                 node="*",
-            )
-        placement = max(found, key=lambda p: p.version)
-        for node in placement.nodes:
-            self._add_connector(node.name, dsn_for(self.config, node))
-        return placement
+            ) from exc
 
     async def publish(self, placement: Placement, *, extra_nodes: tuple[str, ...] = ()) -> None:
         """Store ``placement`` on every node of it (and ``extra_nodes``) that can be reached.

@@ -145,8 +145,10 @@ class AdminStore:
             dict(r, node=self.db.name) for r in await self.db.run("audit_list", {"limit": limit})
         ]
 
-    async def ownership(self) -> list[Ownership]:
-        return [Ownership(**r) for r in await self.db.run("ownership_list")]
+    async def ownership(self, *, partitions: list[int] | None = None) -> list[Ownership]:
+        """The ownership rows here (on Citus: of ``partitions``, those of this node's shards)."""
+        rows = await self.db.run("ownership_list", {"partitions": partitions or []})
+        return [Ownership(**r) for r in rows]
 
     async def set_partition_state(self, partition: int, state: str) -> bool:
         """Set a partition's ownership state (``owned`` or ``moving``); False if not owned here.
@@ -157,24 +159,30 @@ class AdminStore:
         rows = await self.db.run("ownership_set_state", {"partition": partition, "state": state})
         return bool(rows)
 
-    async def status_counts(self) -> dict[str, int]:
-        return {r["status"]: int(r["n"]) for r in await self.db.run("workflow_status_counts")}
+    async def status_counts(self, *, partitions: list[int] | None = None) -> dict[str, int]:
+        """Workflows here by status (on Citus: in ``partitions``)."""
+        rows = await self.db.run("workflow_status_counts", {"partitions": partitions or []})
+        return {r["status"]: int(r["n"]) for r in rows}
 
     async def live_workers(self) -> dict[str, int]:
         """app -> number of live workers registered on this node."""
         return {r["app"]: int(r["workers"]) for r in await self.db.run("workers_live")}
 
-    async def unserved_work(self, *, limit: int = 20) -> list[UnservedWork]:
+    async def unserved_work(
+        self, *, limit: int = 20, partitions: list[int] | None = None
+    ) -> list[UnservedWork]:
         """Pending workflows that no live worker runs, grouped by (app, name)."""
-        rows = await self.db.run("pending_without_worker", {"limit": limit})
+        params = {"limit": limit, "partitions": partitions or []}
+        rows = await self.db.run("pending_without_worker", params)
         return [UnservedWork(node=self.db.name, **r) for r in rows]
 
     async def stalled(
-        self, *, quiet: timedelta, limit: int = 20
+        self, *, quiet: timedelta, limit: int = 20, partitions: list[int] | None = None
     ) -> tuple[list[StalledWorkflow], int]:
         """Running workflows with a live lease that recorded nothing for ``quiet``: the
         oldest ``limit`` of them, and how many there are in all."""
-        rows = await self.db.run("stalled_running", {"quiet": quiet, "limit": limit})
+        params = {"quiet": quiet, "limit": limit, "partitions": partitions or []}
+        rows = await self.db.run("stalled_running", params)
         total = int(rows[0]["total"]) if rows else 0
         return [
             StalledWorkflow(node=self.db.name, **{k: v for k, v in r.items() if k != "total"})

@@ -91,10 +91,13 @@ class ClientStore:
         name: str | None,
         limit: int,
         after: tuple[datetime, str] | None,
+        partitions: list[int],
     ) -> list[WorkflowRecord]:
+        """The newest workflows of this node (on Citus: of its ``partitions``)."""
         rows = await self.db.run(
             "workflow_list",
             {
+                "partitions": partitions,
                 "status": status,
                 "name": name,
                 "limit": limit,

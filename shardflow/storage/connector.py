@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -56,10 +56,13 @@ class NodeConnector:
         pool_max_size: int = 10,
         application_name: str = "shardflow",
         operation_timeout: float | None = None,
+        dialect: str = "plain",
     ):
         self.name = name
         self.schema = schema
-        self.queries = QueryBook(schema)
+        # "plain" or "citus": which variant of the named queries this node runs.
+        self.dialect = dialect
+        self.queries = QueryBook(schema, dialect)
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         # Bounds one call (connection + statements): a node that stops answering (a network
@@ -241,6 +244,33 @@ class NodeConnector:
         """Run one named query in its own (autocommit) transaction on a pooled connection."""
         async with self.connection() as conn:
             return await self.fetch(conn, query, params)
+
+    async def run_many(self, query: str, params: Sequence[Params]) -> list[list[Row]]:
+        """Run one named query once per parameter set, all in one transaction, pipelined
+        (one round trip and one commit). Citus runs single-partition statements this way
+        where plain PostgreSQL takes one statement for many partitions."""
+        if not params:
+            return []
+        async with self.transaction() as conn:
+            return await self.fetch_many(conn, query, params)
+
+    async def fetch_many(
+        self, conn: psycopg.AsyncConnection[Any], query: str, params: Sequence[Params]
+    ) -> list[list[Row]]:
+        """``run_many`` on ``conn``, inside the caller's transaction."""
+        return await self.fetch_each(conn, [(query, one) for one in params])
+
+    async def fetch_each(
+        self, conn: psycopg.AsyncConnection[Any], statements: Sequence[tuple[str, Params]]
+    ) -> list[list[Row]]:
+        """Several named queries on ``conn``, pipelined (one round trip); their rows in order."""
+        cursors = []
+        async with conn.pipeline():
+            for query, params in statements:
+                cur = conn.cursor(row_factory=dict_row)
+                await cur.execute(self.queries[query], params)
+                cursors.append(cur)
+        return [await cur.fetchall() if cur.description else [] for cur in cursors]
 
     async def execute_script(self, conn: psycopg.AsyncConnection[Any], script: bytes) -> None:
         """Run a multi-statement script (migrations): no parameters, simple protocol."""

@@ -4,6 +4,11 @@ A query file holds blocks that start with ``-- name: <query_name>``. ``{schema}`
 ``{channel}`` are identifiers filled in through ``psycopg.sql``; values are always bound
 parameters. The wheel carries the files as ``shardflow/sql``; a checkout has them at the
 top of the repository.
+
+Dialects: ``plain`` (independent PostgreSQL nodes) reads ``sql/queries/*.sql``; ``citus``
+reads the same files, then ``sql/queries/citus/*.sql``, whose blocks replace the plain ones of
+the same name (only statements Citus refuses or runs badly have a Citus block) or add
+Citus-only ones.
 """
 
 from __future__ import annotations
@@ -28,11 +33,28 @@ def sql_dir() -> Path:
     raise RuntimeError(f"shardflow's sql/ directory is missing next to {package_dir}; reinstall")
 
 
+DIALECTS = ("plain", "citus")
+
+
 @cache
-def raw_queries() -> dict[str, str]:
-    """Every named query's text, by name (schema placeholders not yet filled)."""
+def raw_queries(dialect: str = "plain") -> dict[str, str]:
+    """Every named query's text for ``dialect``, by name (placeholders not yet filled)."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}: one of {DIALECTS}")
+    queries = _read_blocks(sql_dir() / "queries")
+    if dialect != "plain":
+        queries.update(_read_blocks(sql_dir() / "queries" / dialect))
+    return queries
+
+
+def dialect_only_queries(dialect: str) -> dict[str, str]:
+    """The blocks ``dialect`` adds or replaces (for tests: each must be used or replace one)."""
+    return _read_blocks(sql_dir() / "queries" / dialect)
+
+
+def _read_blocks(directory: Path) -> dict[str, str]:
     queries: dict[str, str] = {}
-    for path in sorted((sql_dir() / "queries").glob("*.sql")):
+    for path in sorted(directory.glob("*.sql")):
         text = path.read_text()
         marks = list(_NAME_LINE.finditer(text))
         for mark, following in zip(marks, [*marks[1:], None], strict=True):
@@ -66,11 +88,12 @@ def work_channel(schema: str) -> str:
 
 
 class QueryBook:
-    """The named queries rendered for one schema; ``book["claim"]`` is ready to execute."""
+    """The named queries rendered for one schema and dialect; ``book["claim"]`` is ready."""
 
-    def __init__(self, schema: str):
+    def __init__(self, schema: str, dialect: str = "plain"):
         self.schema = schema
-        self._rendered = {name: render(text, schema) for name, text in raw_queries().items()}
+        self.dialect = dialect
+        self._rendered = {name: render(text, schema) for name, text in raw_queries(dialect).items()}
 
     def __getitem__(self, name: str) -> bytes:
         try:

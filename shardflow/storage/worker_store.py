@@ -55,6 +55,9 @@ class WorkerStore:
     ):
         self.db = connector
         self._runs = {"app": app_name, "names": sorted(workflow_names)}
+        # Citus: the partitions whose shards this node holds (from the placement). Claims,
+        # the reaper and timers look only there; plain nodes use their ownership rows.
+        self.partitions: list[int] = []
         # Group commit of what every workflow writes: checkpoints and its terminal state.
         self._progress: WriteBatcher[Progress] = WriteBatcher(
             self._write_progress, keys=Progress.keys
@@ -79,15 +82,25 @@ class WorkerStore:
     def node(self) -> str:
         return self.db.name
 
+    @property
+    def _citus(self) -> bool:
+        return self.db.dialect == "citus"
+
+    @property
+    def _scope(self) -> dict[str, Any]:
+        """What every claim-side query is limited to: this worker's app and names and, on
+        Citus, this node's partitions."""
+        return {**self._runs, "partitions": self.partitions}
+
     async def next_due_seconds(self) -> float | None:
         """Seconds until the earliest pending workflow is due (negative: overdue; None: none)."""
-        rows = await self.db.run("next_due_seconds", self._runs)
+        rows = await self.db.run("next_due_seconds", self._scope)
         seconds = rows[0]["seconds"] if rows else None
         return None if seconds is None else float(seconds)
 
     async def suspect_partitions(self) -> list[int]:
         """Partitions with runnable suspects: workflows whose worker died while running them."""
-        return [r["partition"] for r in await self.db.run("suspect_partitions", self._runs)]
+        return [r["partition"] for r in await self.db.run("suspect_partitions", self._scope)]
 
     async def claim(
         self, *, partition: int, limit: int, owner: str, lease: timedelta, suspect: bool = False
@@ -121,6 +134,8 @@ class WorkerStore:
         when much is runnable); otherwise take the node's oldest (cheap when little is).
         """
         token = str(uuid.uuid4())
+        if self._citus:
+            return await self._claim_partitions(limit=limit, owner=owner, lease=lease, token=token)
         rows = await self.db.run(
             "claim_ready" if backlog else "claim_oldest",
             {
@@ -133,6 +148,33 @@ class WorkerStore:
             },
         )
         return [ClaimedWorkflow(lease_token=token, **row) for row in rows]
+
+    async def _claim_partitions(
+        self, *, limit: int, owner: str, lease: timedelta, token: str
+    ) -> list[ClaimedWorkflow]:
+        """Citus: find the node's partitions with runnable work (no locks), then claim from
+        each with a single-partition statement, all in one local transaction."""
+        if not self.partitions:
+            return []
+        runnable = await self.db.run("runnable_partitions", {**self._scope, "limit": limit})
+        wanted: list[tuple[int, int]] = []
+        left = limit
+        for row in runnable:
+            take = min(left, int(row["runnable"]))
+            wanted.append((int(row["partition"]), take))
+            left -= take
+            if left == 0:
+                break
+        common = {**self._runs, "owner": owner, "lease": lease, "lease_token": token}
+        answers = await self.db.run_many(
+            "claim",
+            [{**common, "partition": p, "limit": n, "suspect": False} for p, n in wanted],
+        )
+        return [
+            ClaimedWorkflow(partition=partition, lease_token=token, **row)
+            for (partition, _), rows in zip(wanted, answers, strict=True)
+            for row in rows
+        ]
 
     async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
         rows = await self.db.run(
@@ -186,12 +228,67 @@ class WorkerStore:
     async def _write_progress(self, batch: list[Progress]) -> set[Hashable]:
         checkpoints = [c for p in batch for c in p.checkpoints]
         finishes = [p.finish for p in batch if p.finish is not None]
+        if self._citus:
+            return await self._write_progress_by_partition(checkpoints, finishes)
         params = {
             **_columns(checkpoints, _CHECKPOINT_COLUMNS),
             **{f"fin_{k}": v for k, v in _columns(finishes, _FINISH_COLUMNS).items()},
         }
         rows = await self.db.run("progress_write_many", params)
         return {(r["workflow_id"], r["step_seq"]) for r in rows}
+
+    async def _write_progress_by_partition(
+        self, checkpoints: list[dict[str, Any]], finishes: list[dict[str, Any]]
+    ) -> set[Hashable]:
+        """Citus: per partition (ascending, like the plain statement's locks), lock the rows
+        whose lease holds, then write theirs; all in one transaction, one commit."""
+        rows = [*checkpoints, *finishes]
+        partitions = sorted({r["partition"] for r in rows})
+        async with self.db.transaction() as conn:
+            held: set[tuple[str, str]] = set()
+            for answer in await self.db.fetch_many(
+                conn,
+                "progress_lock_partition",
+                [
+                    {
+                        "partition": p,
+                        "workflow_ids": sorted(
+                            {r["workflow_id"] for r in rows if r["partition"] == p}
+                        ),
+                    }
+                    for p in partitions
+                ],
+            ):
+                held |= {(r["workflow_id"], r["lease_token"]) for r in answer}
+            writes: list[tuple[str, dict[str, Any]]] = []
+            for p in partitions:
+                ours = [
+                    c
+                    for c in checkpoints
+                    if c["partition"] == p and (c["workflow_id"], c["lease_token"]) in held
+                ]
+                ended = [
+                    f
+                    for f in finishes
+                    if f["partition"] == p and (f["workflow_id"], f["lease_token"]) in held
+                ]
+                if ours:
+                    writes.append(
+                        (
+                            "progress_steps_partition",
+                            {"partition": p, **_columns(ours, _CHECKPOINT_COLUMNS[1:])},
+                        )
+                    )
+                if ended:
+                    columns = _columns(ended, _FINISH_COLUMNS[1:])
+                    writes.append(
+                        (
+                            "progress_finish_partition",
+                            {"partition": p, **{f"fin_{k}": v for k, v in columns.items()}},
+                        )
+                    )
+            answers = await self.db.fetch_each(conn, writes)
+            return {(r["workflow_id"], r["step_seq"]) for rows in answers for r in rows}
 
     def step_transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A connection inside one transaction, for a transactional step and its checkpoint.
@@ -223,9 +320,24 @@ class WorkerStore:
         )
         return bool(rows)
 
-    async def renew_leases(self, *, owner: str, tokens: list[str], lease: timedelta) -> int:
-        """Extend the unexpired leases ``owner`` holds here under ``tokens``; returns how many."""
-        params = {"owner": owner, "tokens": tokens, "lease": lease}
+    async def renew_leases(
+        self, *, owner: str, held: list[tuple[int, str]], lease: timedelta
+    ) -> int:
+        """Extend the unexpired leases ``owner`` holds here, given as (partition, lease token)
+        pairs; returns how many."""
+        if self._citus:
+            tokens: dict[int, set[str]] = {}
+            for partition, token in held:
+                tokens.setdefault(partition, set()).add(token)
+            answers = await self.db.run_many(
+                "lease_renew_partition",
+                [
+                    {"partition": p, "owner": owner, "tokens": sorted(t), "lease": lease}
+                    for p, t in sorted(tokens.items())
+                ],
+            )
+            return sum(len(rows) for rows in answers)
+        params = {"owner": owner, "tokens": sorted({t for _, t in held}), "lease": lease}
         return len(await self.db.run("lease_renew", params))
 
     async def register_worker(
@@ -272,7 +384,9 @@ class WorkerStore:
 
         Returns how many were requeued, and the ids dead-lettered (``max_expiries`` reached).
         """
-        expired = await self.db.run("expired_leases", {"limit": limit})
+        expired = await self.db.run(
+            "expired_leases", {"limit": limit, "partitions": self.partitions}
+        )
         by_partition: dict[int, list[str]] = {}
         for row in expired:
             by_partition.setdefault(row["partition"], []).append(row["workflow_id"])

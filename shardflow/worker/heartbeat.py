@@ -31,7 +31,7 @@ class HeartbeatThread:
         *,
         config: ClusterConfig,
         owner: str,
-        held: Callable[[], dict[str, list[str]]],
+        held: Callable[[], dict[str, list[tuple[int, str]]]],
         app_name: str = "",
         workflow_names: Sequence[str] = (),
     ):
@@ -39,7 +39,7 @@ class HeartbeatThread:
         self.owner = owner
         self.app_name = app_name
         self.workflow_names = list(workflow_names)
-        # node -> lease tokens of the work this worker is running now (read each beat).
+        # node -> (partition, lease token) of the work this worker runs now (read each beat).
         self._held = held
         self.started = threading.Event()
         self.renewals = 0
@@ -106,12 +106,12 @@ class HeartbeatThread:
             )
             await asyncio.gather(*(c.close() for c in connectors.values()), return_exceptions=True)
 
-    async def _beat(self, store: WorkerStore, tokens: list[str], lease: timedelta) -> None:
+    async def _beat(
+        self, store: WorkerStore, held: list[tuple[int, str]], lease: timedelta
+    ) -> None:
         try:
-            if tokens:
-                self.renewals += await store.renew_leases(
-                    owner=self.owner, tokens=tokens, lease=lease
-                )
+            if held:
+                self.renewals += await store.renew_leases(owner=self.owner, held=held, lease=lease)
             if self.app_name:
                 await store.register_worker(
                     owner=self.owner,

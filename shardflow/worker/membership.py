@@ -1,15 +1,15 @@
 """Follows the cluster's membership: when the placement gains a node, the worker starts
-serving it; when a node leaves the placement, the worker stops claiming from it."""
+serving it; when a node leaves the placement, the worker stops claiming from it; on Citus,
+when shards move, each node's claim loop follows its partitions."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from shardflow.errors import ShardflowError
 from shardflow.routing import Placement
-from shardflow.storage import AdminStore, NodeConnector
+from shardflow.topology import Topology
 from shardflow.worker.service import Service, jittered
 
 log = logging.getLogger("shardflow.worker")
@@ -21,31 +21,34 @@ class MembershipWatcher(Service):
     def __init__(
         self,
         *,
-        connectors: Callable[[], list[NodeConnector]],
+        topology: Topology,
         apply: Callable[[Placement], Awaitable[None]],
         interval: float,
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._connectors = connectors
+        self._topology = topology
         self._apply = apply
         self.interval = interval
-        self.version = 0
+        self.current: Placement | None = None
 
     async def run(self) -> None:
         while not self.stopping.is_set():
-            answers = await asyncio.gather(
-                *(AdminStore(c).latest_placement() for c in self._connectors()),
-                return_exceptions=True,
-            )
-            for answer in answers:
-                if isinstance(answer, BaseException) and not isinstance(answer, ShardflowError):
-                    raise answer
-            found = [a for a in answers if isinstance(a, Placement)]
-            if found:
-                newest = max(found, key=lambda p: p.version)
-                if newest.version > self.version:
-                    self.version = newest.version
-                    await self._apply(newest)
+            try:
+                placement = await self._topology.refresh(force=True)
+            except ShardflowError as exc:
+                log.warning("could not read the placement: %s", exc, extra={"action": "membership"})
+            else:
+                if _newer(placement, self.current):
+                    self.current = placement
+                    await self._apply(placement)
             if await self.pause(jittered(self.interval)):
                 return
+
+
+def _newer(placement: Placement, current: Placement | None) -> bool:
+    """A higher version, or (Citus: a node joined or left without a shard move) the same
+    version with other contents. A late answer with a lower version is never applied."""
+    if current is None or placement.version > current.version:
+        return True
+    return placement.version == current.version and placement != current

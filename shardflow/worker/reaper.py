@@ -60,8 +60,9 @@ class Reaper(Service):
         ttl = timedelta(seconds=self.interval * 3)
         while not await self.pause(jittered(self.interval)):
             try:
+                # One reaper per node: on Citus the lease table is one for the whole cluster.
                 if not await self.store.acquire_service_lease(
-                    service="reaper", holder=self.holder, ttl=ttl
+                    service=f"reaper:{self.store.node}", holder=self.holder, ttl=ttl
                 ):
                     continue
                 requeued, dead = await self.store.requeue_expired(

@@ -17,14 +17,14 @@ from datetime import timedelta
 from types import TracebackType
 
 from shardflow.config import ClusterConfig
-from shardflow.connectors import dsn_for, node_connector
 from shardflow.engine.app import App
 from shardflow.engine.runner import Outcome, WorkflowRunner
 from shardflow.errors import ShardflowError, WriteStalled
 from shardflow.routing import Placement
 from shardflow.stalls import watch_running_loop
-from shardflow.storage import NodeConnector, WorkerStore
+from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
+from shardflow.topology import Topology
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
 from shardflow.worker.membership import MembershipWatcher
@@ -59,7 +59,8 @@ class Worker:
             max_payload_bytes=config.limits.max_payload_bytes,
             write_timeout=self.settings.write_timeout_seconds,
         )
-        self._connectors: dict[str, NodeConnector] = {}
+        self.topology = Topology(config, role="worker")
+        self._stores: dict[str, WorkerStore] = {}
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
         self._membership: MembershipWatcher | None = None
@@ -104,10 +105,14 @@ class Worker:
         # A worker resumed after SIGSTOP sees every timeout fire at once: know it was paused.
         watch_running_loop()
         self._heartbeat.start()
-        for node in self.config.nodes:
-            self._serve_node(node.name, node.dsn)
+        if self.topology.backend == "plain":
+            # Serve the configured nodes at once, even if one is down; the membership
+            # watcher then follows the placement. On Citus the configured node is the
+            # coordinator, which holds no shards: the placement says whom to serve.
+            for node in self.config.nodes:
+                self._serve_node(node.name)
         self._membership = MembershipWatcher(
-            connectors=lambda: list(self._connectors.values()),
+            topology=self.topology,
             apply=self._follow_placement,
             interval=self.settings.membership_seconds,
             on_failure=self._service_failed,
@@ -115,13 +120,14 @@ class Worker:
         self._membership.start()
         log.info("worker started", extra={"action": "worker_started", "owner": self.owner})
 
-    def _serve_node(self, name: str, dsn: str) -> None:
+    def _serve_node(self, name: str) -> None:
         """Start this node's claim loop, listener and reaper."""
-        connector = node_connector(self.config, name, dsn, role="worker")
-        self._connectors[name] = connector
         store = WorkerStore(
-            connector, app_name=self.app.name, workflow_names=list(self.app.workflows)
+            self.topology.connector(name),
+            app_name=self.app.name,
+            workflow_names=list(self.app.workflows),
         )
+        self._stores[name] = store
         loop = ClaimLoop(
             store=store,
             owner=self.owner,
@@ -156,23 +162,23 @@ class Worker:
         """Serve every node of ``placement``; stop serving nodes it no longer has."""
         if self._stop_requested:
             return
-        wanted = {node.name: dsn_for(self.config, node) for node in placement.nodes}
-        for name, dsn in wanted.items():
-            if name not in self._connectors:
-                log.info("serving new node %s", name, extra={"action": "node_added", "node": name})
-                self._serve_node(name, dsn)
-        for name in set(self._connectors) - set(wanted):
+        wanted = {node.name for node in placement.nodes}
+        for name in sorted(wanted - set(self._stores)):
+            log.info("serving new node %s", name, extra={"action": "node_added", "node": name})
+            self._serve_node(name)
+        for name in set(self._stores) - wanted:
             log.info(
                 "node %s left the cluster", name, extra={"action": "node_removed", "node": name}
             )
             await asyncio.gather(*(s.stop(timeout=5) for s in self._node_services.pop(name)))
             self._loops.pop(name)
+            self._stores.pop(name)
             self._slots.nodes = len(self._loops)
             self._slots.isolating.discard(name)
-            await self._connectors.pop(name).close()
-        self._heartbeat.set_nodes(
-            {name: dsn for name, dsn in wanted.items() if name in self._connectors}
-        )
+        for name, store in self._stores.items():
+            # On Citus a node claims only the partitions whose shards it holds now.
+            store.partitions = placement.partitions_of(name)
+        self._heartbeat.set_nodes(self.topology.dsns())
 
     def request_stop(self) -> None:
         """Begin a graceful stop from a signal handler or a callback."""
@@ -208,18 +214,16 @@ class Worker:
         services = [s for group in self._node_services.values() for s in group]
         await asyncio.gather(*(s.stop(timeout=5) for s in services))
         self._heartbeat.stop()
-        await asyncio.gather(
-            *(c.close() for c in self._connectors.values()), return_exceptions=True
-        )
+        await self.topology.close()
         self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
 
-    def _held_leases(self) -> dict[str, list[str]]:
-        """node -> lease tokens of running work. Called from the heartbeat thread:
+    def _held_leases(self) -> dict[str, list[tuple[int, str]]]:
+        """node -> (partition, lease token) of running work. Called from the heartbeat thread:
         ``list(dict.values())`` copies the dict in one step under the GIL."""
-        held: dict[str, list[str]] = {}
+        held: dict[str, list[tuple[int, str]]] = {}
         for store, work in list(self._tasks.values()):
-            held.setdefault(store.node, []).append(work.lease_token)
+            held.setdefault(store.node, []).append((work.partition, work.lease_token))
         return held
 
     def _execute(self, store: WorkerStore, work: ClaimedWorkflow, slots: int) -> None:

@@ -67,7 +67,7 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
 ORDER BY step_seq;
 
 -- name: notify_work
--- Sent as its own statement after the commit (never from a trigger): see DESIGN.md.
+-- Sent as its own statement after the commit (never from a trigger): see docs/design.md.
 SELECT pg_notify(%(channel)s, %(payload)s);
 
 -- name: audit_insert

@@ -1,0 +1,347 @@
+"""``shardflow cluster ...``: create, inspect, grow, rebalance, drain and stop clusters."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from shardflow.cli.base import CliState, cli, pass_state, run_async
+from shardflow.cluster.admin import cluster_status, init_cluster
+from shardflow.cluster.local import LocalCluster
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.rebalance import MoveResult, Rebalancer
+from shardflow.cluster.verify import CheckReport, check_cluster
+from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.errors import ConfigurationError
+
+# -- cluster -------------------------------------------------------------------------------
+
+
+@cli.group()
+def cluster() -> None:
+    """Create, inspect and stop clusters."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=3, show_default=True, help="Number of local nodes.")
+@click.option(
+    "--dir",
+    "directory",
+    default="/tmp/shardflow-cluster",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where node data and the config live.",
+)
+@click.option("--partitions", default=256, show_default=True, help="Fixed partition count.")
+@click.option("--schema", default="shardflow", show_default=True)
+def cluster_up(nodes: int, directory: str, partitions: int, schema: str) -> None:
+    """Start a local cluster of N PostgreSQL nodes (reused if it exists)."""
+    local = LocalCluster(directory)
+    try:
+        if local.exists():
+            config = local.load_config()
+            if len(config.nodes) != nodes:
+                raise ConfigurationError(
+                    f"{directory} holds a {len(config.nodes)}-node cluster; use it as is, or "
+                    f"`shardflow cluster down --destroy --dir {directory}` first"
+                )
+            local.start_all()
+            action = "reused"
+        else:
+            config = local.create(nodes=nodes, partition_count=partitions, schema=schema)
+            action = "created"
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    placement = run_async(init_cluster(config))
+    click.echo(
+        f"{action} {len(config.nodes)}-node cluster, {placement.partition_count} "
+        f"partitions, placement v{placement.version}"
+    )
+    click.echo(f"config: {local.config_path}")
+
+
+@cluster.command("down")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    help="Local cluster directory (default: the config's local_dir).",
+)
+@click.option("--destroy", is_flag=True, help="Also delete the nodes' data.")
+@pass_state
+def cluster_down(state: CliState, directory: str | None, destroy: bool) -> None:
+    """Stop a local cluster's nodes."""
+    directory = directory or state.config().local_dir
+    if not directory:
+        raise click.ClickException("this cluster is not local; pass --dir for a local one")
+    local = LocalCluster(directory)
+    if destroy:
+        local.destroy()
+        click.echo(f"destroyed {directory}")
+    elif local.exists():
+        local.stop_all()
+        click.echo(f"stopped nodes in {directory}")
+
+
+@cluster.command("init")
+@click.option(
+    "--node",
+    "dsns",
+    multiple=True,
+    required=True,
+    help="DSN of an existing node (no password in it); repeat per node.",
+)
+@click.option("--name", "names", multiple=True, help="Node names, in --node order.")
+@click.option("--partitions", default=256, show_default=True)
+@click.option("--schema", default="shardflow", show_default=True)
+@click.option(
+    "--write-config", type=click.Path(dir_okay=False), help="Write the cluster config file here."
+)
+def cluster_init(
+    dsns: tuple[str, ...],
+    names: tuple[str, ...],
+    partitions: int,
+    schema: str,
+    write_config: str | None,
+) -> None:
+    """Install the schema and placement on existing PostgreSQL servers.
+
+    Passwords come from PGPASSWORD, a password file (PGPASSFILE or passfile=) or a libpq
+    service file, never from the command line.
+    """
+    if names and len(names) != len(dsns):
+        raise click.ClickException("give one --name per --node, or none")
+    try:
+        config = ClusterConfig(
+            schema=schema,
+            partition_count=partitions,
+            nodes=tuple(
+                NodeConfig(name=names[i] if names else f"node{i + 1}", dsn=dsn)
+                for i, dsn in enumerate(dsns)
+            ),
+        )
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+    placement = run_async(init_cluster(config))
+    click.echo(f"initialised {len(dsns)} nodes, placement v{placement.version}")
+    if write_config:
+        Path(write_config).write_text(config.to_toml())
+        click.echo(f"config: {write_config}")
+
+
+@cluster.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--stalled-after",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Report running workflows that recorded nothing for this many seconds while their "
+    "lease was renewed (default: the config's stall_seconds, 300).",
+)
+@pass_state
+def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | None) -> None:
+    """Per node: reachable, weight, partitions, workflows by status, live workers; then the
+    watchdog: stalled runs and pending work that no live worker runs."""
+    status = run_async(cluster_status(state.config(), stalled_after=stalled_after))
+    if as_json:
+        click.echo(json.dumps(status.to_json(), indent=2))
+        return
+    click.echo(
+        f"{'node':<10} {'address':<26} {'up':<4} {'weight':>6} {'parts':>5} "
+        f"{'moving':>6}  workflows"
+    )
+    for s in status.nodes:
+        counts = " ".join(f"{k}={v}" for k, v in s.workflows.items()) or "-"
+        parts = str(s.partitions_owned)
+        if not s.reachable:
+            counts = s.error.split(";")[0]
+            # Its partitions are unavailable while it is down: show what the placement gives it.
+            parts = f"{s.partitions_placed}?"
+        weight = "-" if s.weight is None else str(s.weight)
+        click.echo(
+            f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
+            f"{weight:>6} {parts:>5} {s.partitions_moving:>6}  {counts}"
+        )
+    click.echo(
+        f"placement v{status.placement_version}; "
+        + (
+            "REBALANCE IN PROGRESS (interrupted? run `shardflow cluster rebalance`)"
+            if status.rebalance_in_progress
+            else "no move in progress"
+        )
+        + f"; {status.partitions_to_move} partitions to move for balance"
+    )
+    workers: dict[str, int] = {}
+    for s in status.nodes:
+        for app_name, n in s.workers.items():
+            workers[app_name] = max(workers.get(app_name, 0), n)
+    click.echo(
+        "live workers: "
+        + (", ".join(f"{n} of app {a!r}" for a, n in sorted(workers.items())) or "none")
+    )
+    if status.stalled_total:
+        click.echo(
+            f"STALLED: {status.stalled_total} running workflows recorded nothing for more than "
+            f"{status.stalled_after_seconds:g}s while their lease was renewed:"
+        )
+        for w in status.stalled:
+            click.echo(
+                f"  {w.workflow_id} ({w.name}, app {w.app!r}) on {w.node}, held by "
+                f"{w.lease_owner}, quiet for {w.quiet_seconds:.0f}s"
+            )
+    if status.unserved:
+        click.echo("WAITING FOR A WORKER: pending workflows that no live worker runs:")
+        for u in status.unserved:
+            click.echo(
+                f"  {u.workflows} x {u.name} (app {u.app!r}) on {u.node}, oldest started "
+                f"{u.oldest:%Y-%m-%d %H:%M:%S}: start a worker whose app defines it"
+            )
+
+
+@cluster.command("check")
+@pass_state
+def cluster_check(state: CliState) -> None:
+    """Verify ownership, placement and data placement on every node; exit 1 on a problem."""
+
+    async def go() -> CheckReport:
+        async with ClusterAdmin(state.config()) as admin:
+            return await check_cluster(admin)
+
+    report = run_async(go())
+    for problem in report.problems:
+        click.echo(f"PROBLEM: {problem}")
+    click.echo(
+        f"placement v{report.placement_version}, {report.workflows} workflows: "
+        + ("ok" if report.ok else f"{len(report.problems)} problems")
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+def _save_config(state: CliState, config: ClusterConfig) -> None:
+    """Write membership changes back to the config file the command was given."""
+    if state.config_path:
+        Path(state.config_path).write_text(config.to_toml())
+        click.echo(f"updated {state.config_path}")
+    else:
+        click.echo("note: no --config file to update; add the node to SHARDFLOW_NODES", err=True)
+
+
+@cluster.command("add-node")
+@click.argument("dsn", required=False)
+@click.option("--local", is_flag=True, help="Start one more node in the local cluster.")
+@click.option("--name", help="Name of the new node (default nodeN).")
+@click.option("--weight", default=1, show_default=True, help="Share of partitions to hold.")
+@pass_state
+def cluster_add_node(
+    state: CliState, dsn: str | None, local: bool, name: str | None, weight: int
+) -> None:
+    """Join an empty PostgreSQL database to the cluster, then run `cluster rebalance`."""
+    config = state.config()
+    try:
+        if local:
+            if not config.local_dir:
+                raise ConfigurationError("--local needs a cluster made by `shardflow cluster up`")
+            node = LocalCluster(config.local_dir).add_node()
+            node = NodeConfig(name=node.name, dsn=node.dsn, weight=weight)
+        elif dsn:
+            node = NodeConfig(name=name or f"node{len(config.nodes) + 1}", dsn=dsn, weight=weight)
+        else:
+            raise ConfigurationError("give the new node's DSN, or --local")
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def go() -> int:
+        async with ClusterAdmin(config) as admin:
+            return (await admin.add_node(node)).version
+
+    version = run_async(go())
+    if not local:
+        _save_config(state, config.replace(nodes=(*config.nodes, node)))
+    click.echo(
+        f"added {node.name} (placement v{version}); move partitions onto it with "
+        "`shardflow cluster rebalance`"
+    )
+
+
+@cluster.command("rebalance")
+@click.option("--dry-run", is_flag=True, help="Print the plan, move nothing.")
+@click.option("--limit", type=int, help="Move at most this many partitions now.")
+@click.option(
+    "--force", is_flag=True, help="Take the rebalance lease from a holder you know is dead."
+)
+@pass_state
+def cluster_rebalance(state: CliState, dry_run: bool, limit: int | None, force: bool) -> None:
+    """Move partitions until every node holds its share; resumes interrupted moves."""
+    config = state.config()
+
+    async def go() -> None:
+        async with ClusterAdmin(config, force=force) as admin:
+            planned = await Rebalancer(admin).plan()
+            if dry_run:
+                for move in planned:
+                    click.echo(f"partition {move.partition:>5}: {move.source} -> {move.target}")
+                click.echo(f"{len(planned)} partitions to move")
+                return
+            total = len(planned) if limit is None else min(limit, len(planned))
+            with click.progressbar(length=total, label="moving partitions", show_pos=True) as bar:
+                copied = [0]
+
+                def moved(result: MoveResult) -> None:
+                    copied[0] += result.rows
+                    bar.label = f"moving partitions ({copied[0]} rows copied)"
+                    if not result.resumed:
+                        bar.update(1)
+
+                report = await Rebalancer(admin, on_move=moved).run(limit=limit)
+            freezes = sorted(m.freeze_seconds for m in report.moves)
+            p50 = freezes[len(freezes) // 2] if freezes else 0.0
+            click.echo(
+                f"moved {len(report.moves)} partitions, {report.rows} rows in "
+                f"{report.seconds:.2f}s; freeze p50 {p50 * 1000:.0f} ms, max "
+                f"{(freezes[-1] if freezes else 0) * 1000:.0f} ms; placement "
+                f"v{report.placement_version}"
+            )
+
+    run_async(go())
+
+
+@cluster.command("drain")
+@click.argument("node")
+@pass_state
+def cluster_drain(state: CliState, node: str) -> None:
+    """Move every partition off NODE (weight 0), ready for `cluster remove-node`."""
+    config = state.config()
+
+    async def go() -> None:
+        async with ClusterAdmin(config) as admin:
+            await admin.set_weight(node, 0)
+            report = await Rebalancer(admin).run()
+            click.echo(
+                f"drained {node}: moved {len(report.moves)} partitions, "
+                f"{report.rows} rows in {report.seconds:.2f}s"
+            )
+
+    run_async(go())
+
+
+@cluster.command("remove-node")
+@click.argument("node")
+@pass_state
+def cluster_remove_node(state: CliState, node: str) -> None:
+    """Remove a drained NODE; refused while it owns a partition or holds any row."""
+    config = state.config()
+
+    async def go() -> int:
+        async with ClusterAdmin(config) as admin:
+            return (await admin.remove_node(node)).version
+
+    version = run_async(go())
+    remaining = tuple(n for n in config.nodes if n.name != node)
+    if config.local_dir:
+        LocalCluster(config.local_dir).forget_node(node)
+    else:
+        _save_config(state, config.replace(nodes=remaining))
+    click.echo(f"removed {node} (placement v{version})")

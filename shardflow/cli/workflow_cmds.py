@@ -1,0 +1,259 @@
+"""``shardflow worker``, the workflow commands (start, get, result, list, cancel, requeue)
+and ``shardflow demo``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import click
+
+from shardflow.cli.base import CliState, cli, pass_state, run_async
+from shardflow.client import Client
+from shardflow.engine.app import App
+from shardflow.errors import WorkflowFailed
+from shardflow.storage.records import STATUSES
+from shardflow.worker import Worker
+
+# -- worker and workflows ------------------------------------------------------------------
+
+
+def load_app(spec: str) -> App:
+    """Import the App named by ``module:attribute`` or ``path/to/file.py:attribute``.
+
+    A module is looked up from the current directory too; a file path works from anywhere
+    (its directory goes on the import path, so its own imports resolve).
+    """
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise click.ClickException(
+            f"--app must look like module:attribute or path/to/file.py:attribute, got {spec!r}"
+        )
+    try:
+        if target.endswith(".py"):
+            module = _import_file(Path(target))
+        else:
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(target)
+        app = getattr(module, attr)
+    except (ImportError, AttributeError, FileNotFoundError) as exc:
+        raise click.ClickException(
+            f"cannot load app {spec!r}: {exc} (run from the directory that holds the module, "
+            "or give the file's path: --app path/to/file.py:app)"
+        ) from None
+    if not isinstance(app, App):
+        raise click.ClickException(f"{spec} is a {type(app).__name__}, not a shardflow App")
+    return app
+
+
+def _import_file(path: Path) -> ModuleType:
+    path = path.resolve(strict=True)
+    directory = str(path.parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    # Imported under its own name, as `python file.py` would see its siblings: a worker and
+    # the module's other importers then share one module object (and one App).
+    if path.stem in sys.modules:
+        return sys.modules[path.stem]
+    return importlib.import_module(path.stem)
+
+
+@cli.command()
+@click.option("--app", "app_spec", required=True, help="The App to run, as module:attribute.")
+@click.option("--concurrency", type=int, help="Workflows run at once (default from config).")
+@pass_state
+def worker(state: CliState, app_spec: str, concurrency: int | None) -> None:
+    """Run workflows from every node until SIGTERM or SIGINT (graceful stop)."""
+    app = load_app(app_spec)
+    config = state.config()
+
+    async def serve() -> None:
+        w = Worker(app, config, concurrency=concurrency)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.request_stop)
+        await w.start()
+        click.echo(f"worker {w.owner} serving {len(config.nodes)} nodes", err=True)
+        await w.stopped.wait()
+
+    run_async(serve())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--app", "app_spec", required=True, help="The App that defines NAME.")
+@click.option("--input", "input_json", help="Workflow input as JSON text.")
+@click.option(
+    "--input-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the JSON input from this file ('-' for stdin): no command-line size limit.",
+)
+@click.option("--id", "workflow_id", help="Workflow id (default: a new UUID).")
+@click.option("--routing-key", help="Co-locate with other workflows of this key.")
+@click.option("--wait", type=float, help="Wait up to this many seconds for the result.")
+@pass_state
+def start(
+    state: CliState,
+    name: str,
+    app_spec: str,
+    input_json: str | None,
+    input_file: TextIO | None,
+    workflow_id: str | None,
+    routing_key: str | None,
+    wait: float | None,
+) -> None:
+    """Start workflow NAME (idempotent for a given --id)."""
+    if input_json is not None and input_file is not None:
+        raise click.ClickException("give the input once: --input JSON or --input-file PATH")
+    source, text = "--input", input_json
+    if input_file is not None:
+        source, text = "--input-file", input_file.read()
+    try:
+        payload = None if text is None else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{source} is not valid JSON: {exc}") from None
+    app = load_app(app_spec)
+
+    async def go() -> None:
+        async with Client(state.config(), app=app) as client:
+            handle = await client.start(
+                name, payload, workflow_id=workflow_id, routing_key=routing_key
+            )
+            click.echo(json.dumps({"workflow_id": handle.workflow_id, "created": handle.created}))
+            if wait is not None:
+                click.echo(json.dumps(await handle.result(timeout=wait)))
+
+    run_async(go())
+
+
+def _record_json(record: Any) -> str:
+    data = dict(record.__dict__)
+    return json.dumps(data, default=str, indent=2)
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@click.option("--steps", is_flag=True, help="Also show the recorded steps.")
+@pass_state
+def get(state: CliState, workflow_id: str, routing_key: str | None, steps: bool) -> None:
+    """Show one workflow."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            click.echo(_record_json(await client.get(workflow_id, routing_key=routing_key)))
+            if steps:
+                for step in await client.steps(workflow_id, routing_key=routing_key):
+                    click.echo(_record_json(step))
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@pass_state
+def result(state: CliState, workflow_id: str, routing_key: str | None, timeout: float) -> None:
+    """Wait for a workflow and print its output as JSON."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            try:
+                output = await client.result(workflow_id, routing_key=routing_key, timeout=timeout)
+            except WorkflowFailed as exc:
+                raise click.ClickException(f"workflow failed: {json.dumps(exc.error)}") from None
+            click.echo(json.dumps(output))
+
+    run_async(go())
+
+
+@cli.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(STATUSES),
+    help="Only this status. A sleeping or retrying workflow is pending (until its run_at).",
+)
+@click.option("--name", help="Only workflows of this name.")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--cursor", help="Continue after the page that printed it.")
+@pass_state
+def list_cmd(
+    state: CliState, status: str | None, name: str | None, limit: int, cursor: str | None
+) -> None:
+    """List workflows across all nodes, newest first: id, name, app, status, started."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            page = await client.list(status=status, name=name, limit=limit, cursor=cursor)
+            for r in page.items:
+                line = f"{r.workflow_id}\t{r.name}\t{r.app}\t{r.status}\t{r.created_at}"
+                if r.status == "pending" and r.run_at and r.run_at > datetime.now(UTC):
+                    line += f"\tsleeping until {r.run_at}"  # a durable sleep or a retry backoff
+                click.echo(line)
+            if page.unavailable_nodes:
+                click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})", err=True)
+            if page.next_cursor:
+                click.echo(f"next: --cursor {page.next_cursor}", err=True)
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@pass_state
+def cancel(state: CliState, workflow_id: str, routing_key: str | None) -> None:
+    """Cancel a pending or running workflow."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            done = await client.cancel(workflow_id, routing_key=routing_key)
+            click.echo("cancelled" if done else "already finished")
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@pass_state
+def requeue(state: CliState, workflow_id: str, routing_key: str | None) -> None:
+    """Re-queue a dead-lettered workflow (after fixing what killed its workers)."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            done = await client.requeue(workflow_id, routing_key=routing_key)
+            click.echo("requeued" if done else "not dead-lettered: nothing to do")
+
+    run_async(go())
+
+
+@cli.command()
+@click.option("--count", default=300, show_default=True, help="Workflows to run.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes to start.")
+@click.option("--concurrency", default=64, show_default=True, help="Slots per worker.")
+@pass_state
+def demo(state: CliState, count: int, workers: int, concurrency: int) -> None:
+    """Run the demo order workflow COUNT times across the cluster and print a summary."""
+    from shardflow.demo_runner import run_demo
+
+    click.echo(
+        run_async(
+            run_demo(
+                state.config(),
+                state.config_path,
+                count=count,
+                workers=workers,
+                concurrency=concurrency,
+            )
+        )
+    )

@@ -1,0 +1,42 @@
+-- Citus variants of status queries: one Citus database answers for every node, so each node
+-- reports its own partitions only.
+
+-- name: workflow_status_counts
+SELECT status, count(*) AS n FROM {schema}.workflows
+WHERE partition = ANY(%(partitions)s::integer[])
+GROUP BY status ORDER BY status;
+
+-- name: ownership_list
+SELECT partition, epoch, state FROM {schema}.partition_ownership
+WHERE partition = ANY(%(partitions)s::integer[])
+ORDER BY partition;
+
+-- name: pending_without_worker
+SELECT w.app, w.name, count(*) AS workflows, min(w.created_at) AS oldest
+FROM {schema}.workflows AS w
+WHERE w.partition = ANY(%(partitions)s::integer[]) AND w.status = 'pending'
+  AND NOT EXISTS (
+      SELECT 1 FROM {schema}.workers AS k
+      WHERE k.expires_at > now() AND k.app = w.app AND w.name = ANY(k.workflow_names)
+  )
+GROUP BY w.app, w.name
+ORDER BY count(*) DESC, w.app, w.name
+LIMIT %(limit)s;
+
+-- name: stalled_running
+SELECT w.partition, w.workflow_id, w.name, w.app, w.lease_owner, w.claimed_at,
+       greatest(w.claimed_at, s.last_recorded) AS last_progress_at,
+       extract(epoch FROM now() - greatest(w.claimed_at, s.last_recorded))::float8
+           AS quiet_seconds,
+       count(*) OVER () AS total
+FROM {schema}.workflows AS w
+LEFT JOIN LATERAL (
+    SELECT max(st.recorded_at) AS last_recorded FROM {schema}.steps AS st
+    WHERE st.partition = w.partition AND st.workflow_id = w.workflow_id
+) AS s ON true
+WHERE w.partition = ANY(%(partitions)s::integer[])
+  AND w.status = 'running' AND w.lease_expires_at > now()
+  AND w.claimed_at < now() - %(quiet)s::interval
+  AND greatest(w.claimed_at, s.last_recorded) < now() - %(quiet)s::interval
+ORDER BY last_progress_at
+LIMIT %(limit)s;

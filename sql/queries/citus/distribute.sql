@@ -1,0 +1,40 @@
+-- Citus only: how shardflow's tables are spread over a Citus cluster. Run on the coordinator
+-- after the migrations (which are the same as on plain nodes), each block idempotent.
+-- Tables that belong to a workflow are distributed by `partition` and co-located, so
+-- everything about one partition lives in one shard group and one partition's transaction is
+-- local to one node. Small cluster-wide tables are reference tables (a copy on every node,
+-- readable where the workers run). The migrations table stays on the coordinator.
+
+-- name: citus_distributed_tables
+SELECT logicalrelid::regclass::text AS table_name FROM pg_dist_partition;
+
+-- name: citus_distribute_node_identity
+SELECT create_reference_table('{schema}.node_identity');
+
+-- name: citus_distribute_placements
+SELECT create_reference_table('{schema}.placements');
+
+-- name: citus_distribute_partition_moves
+SELECT create_reference_table('{schema}.partition_moves');
+
+-- name: citus_distribute_partition_ownership
+-- The first of the co-location group: it fixes the shard count.
+SELECT create_distributed_table('{schema}.partition_ownership', 'partition',
+                                shard_count => %(shard_count)s, colocate_with => 'none');
+
+-- name: citus_distribute_workflows
+SELECT create_distributed_table('{schema}.workflows', 'partition',
+                                colocate_with => '{schema}.partition_ownership');
+
+-- name: citus_distribute_steps
+SELECT create_distributed_table('{schema}.steps', 'partition',
+                                colocate_with => '{schema}.partition_ownership');
+
+-- name: citus_distribute_service_leases
+SELECT create_distributed_table('{schema}.service_leases', 'service');
+
+-- name: citus_distribute_workers
+SELECT create_distributed_table('{schema}.workers', 'owner');
+
+-- name: citus_distribute_audit_log
+SELECT create_distributed_table('{schema}.audit_log', 'audit_id');

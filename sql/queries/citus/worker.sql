@@ -1,0 +1,101 @@
+-- Citus variants of worker queries. Citus refuses row locks in a statement that spans shards
+-- ("could not run distributed query with FOR UPDATE/SHARE"), even for partitions that share
+-- a shard: where the plain query covers many partitions in one statement, the Citus one names
+-- one partition, and the store sends one per partition inside one transaction on the node
+-- that holds them (all local shards: Citus executes them locally, no two-phase commit).
+-- Reads across shards without locks are fine; they name the node's partitions so that each
+-- node answers for its own.
+
+-- name: runnable_partitions
+-- The claim round's first look: which of the node's partitions have runnable work for this
+-- worker, and how much, oldest first (no locks: the claims that follow take them).
+SELECT partition, count(*) AS runnable
+FROM {schema}.workflows
+WHERE partition = ANY(%(partitions)s::integer[]) AND app = %(app)s AND status = 'pending'
+  AND run_at <= now() AND lease_expiries = 0 AND name = ANY(%(names)s::text[])
+GROUP BY partition
+ORDER BY min(run_at)
+LIMIT %(limit)s;
+
+-- name: suspect_partitions
+SELECT DISTINCT partition FROM {schema}.workflows
+WHERE partition = ANY(%(partitions)s::integer[]) AND app = %(app)s AND status = 'pending'
+  AND run_at <= now() AND lease_expiries > 0 AND name = ANY(%(names)s::text[])
+LIMIT 16;
+
+-- name: next_due_seconds
+SELECT extract(epoch FROM min(run_at) - now())::float8 AS seconds
+FROM {schema}.workflows
+WHERE partition = ANY(%(partitions)s::integer[]) AND app = %(app)s AND status = 'pending'
+  AND name = ANY(%(names)s::text[]);
+
+-- name: expired_leases
+SELECT partition, workflow_id
+FROM {schema}.workflows
+WHERE partition = ANY(%(partitions)s::integer[]) AND status = 'running'
+  AND lease_expires_at < now()
+ORDER BY lease_expires_at
+LIMIT %(limit)s;
+
+-- name: lease_renew_partition
+-- The heartbeat, one partition at a time (the plain lease_renew covers many).
+WITH held AS MATERIALIZED (
+    SELECT partition, workflow_id FROM {schema}.workflows
+    WHERE partition = %(partition)s AND status = 'running' AND lease_owner = %(owner)s
+      AND lease_token = ANY(%(tokens)s::uuid[]) AND lease_expires_at > now()
+    ORDER BY workflow_id
+    FOR NO KEY UPDATE
+)
+UPDATE {schema}.workflows AS w
+SET lease_expires_at = now() + %(lease)s::interval
+FROM held AS h
+WHERE w.partition = %(partition)s AND w.workflow_id = h.workflow_id
+RETURNING w.partition, w.workflow_id;
+
+-- Group commit of progress, one partition at a time, in three statements inside the batch's
+-- transaction (one statement, as on plain nodes, hits a Citus bug: an INSERT ... SELECT in a
+-- data-modifying CTE goes through COPY and fails with 'missing data for column'):
+-- progress_lock_partition takes the row locks the guard needs (fence FOR SHARE, then the
+-- workflow rows FOR NO KEY UPDATE in workflow_id order) and returns the leases that hold;
+-- the store keeps the rows of those leases; progress_steps_partition and
+-- progress_finish_partition write them while the locks are held.
+
+-- name: progress_lock_partition
+WITH fence AS MATERIALIZED (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+SELECT w.workflow_id, w.lease_token::text AS lease_token FROM {schema}.workflows AS w
+WHERE w.partition = %(partition)s AND w.workflow_id = ANY(%(workflow_ids)s::text[])
+  AND w.status = 'running' AND w.lease_expires_at > now()
+  AND EXISTS (SELECT 1 FROM fence)
+ORDER BY w.workflow_id
+FOR NO KEY UPDATE OF w;
+
+-- name: progress_steps_partition
+INSERT INTO {schema}.steps
+    (partition, workflow_id, step_seq, step_name, status, output, error, attempts, lease_token)
+SELECT %(partition)s, b.workflow_id, b.step_seq, b.step_name, b.status, b.output::json,
+       b.error::json, b.attempts, b.lease_token
+FROM unnest(
+    %(workflow_id_list)s::text[], %(lease_token_list)s::uuid[], %(step_seq_list)s::integer[],
+    %(step_name_list)s::text[], %(status_list)s::text[], %(output_list)s::text[],
+    %(error_list)s::text[], %(attempts_list)s::integer[]
+) AS b (workflow_id, lease_token, step_seq, step_name, status, output, error, attempts)
+ORDER BY b.workflow_id, b.step_seq
+ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
+RETURNING workflow_id, step_seq;
+
+-- name: progress_finish_partition
+UPDATE {schema}.workflows AS w
+SET status = f.status, output = f.output::json, error = f.error::json,
+    completed_at = now(), updated_at = now(), lease_expiries = 0,
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+FROM unnest(
+    %(fin_workflow_id_list)s::text[], %(fin_lease_token_list)s::uuid[],
+    %(fin_status_list)s::text[], %(fin_output_list)s::text[], %(fin_error_list)s::text[]
+) AS f (workflow_id, lease_token, status, output, error)
+WHERE w.partition = %(partition)s AND w.workflow_id = f.workflow_id
+  AND w.lease_token = f.lease_token AND w.status = 'running'
+RETURNING w.workflow_id, -1 AS step_seq;
