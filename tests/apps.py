@@ -203,6 +203,12 @@ CREATE TABLE IF NOT EXISTS public.tx_effects (
     amount integer NOT NULL
 )
 """
+TX_EFFECTS_DISTRIBUTE = """
+SELECT create_distributed_table('public.tx_effects', 'workflow_id')
+WHERE NOT EXISTS (
+    SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'public.tx_effects'::regclass
+)
+"""
 TX_EFFECT_INSERT = (
     "INSERT INTO public.tx_effects (workflow_id, step_seq, amount) VALUES (%s, %s, %s)"
 )

@@ -3,7 +3,9 @@
 Modes: ``pass``; ``latency`` (seconds added to every chunk, both directions); ``blackhole``
 (connections stay open, nothing is forwarded); ``reset()`` closes every connection at once;
 ``drop_after(pattern)`` closes a connection right after the server answered a client message
-containing ``pattern`` (the server committed, the client never hears it: an ambiguous commit).
+containing ``pattern`` (the server committed, the client never hears it: an ambiguous commit);
+``drop_after(pattern, then=b"COMMIT")`` waits, on that connection, for the next message with
+``then`` (a statement inside a transaction commits only at its COMMIT).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._drop_pattern: bytes | None = None
+        self._drop_then: bytes | None = None
         self.dropped = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -62,9 +65,11 @@ class FaultProxy:
         self.blackhole = False
         self._drop_pattern = None
 
-    def drop_after(self, pattern: bytes) -> None:
-        """Arm: the next connection whose client sends ``pattern`` loses the server's answer."""
+    def drop_after(self, pattern: bytes, *, then: bytes | None = None) -> None:
+        """Arm: the next connection whose client sends ``pattern`` (and then ``then``) loses
+        the server's answer to it."""
         self._drop_pattern = pattern
+        self._drop_then = then
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -96,6 +101,7 @@ class FaultProxy:
         watch: asyncio.Event | None = None,
         drop_on: asyncio.Event | None = None,
     ) -> None:
+        waiting_for: bytes | None = None  # this connection saw the pattern; drop at this
         while True:
             chunk = await reader.read(65536)
             if not chunk:
@@ -103,9 +109,14 @@ class FaultProxy:
             await self._flowing.wait()
             if self.latency:
                 await asyncio.sleep(self.latency)
-            if watch is not None and self._drop_pattern and self._drop_pattern in chunk:
-                self._drop_pattern = None
+            if watch is not None and waiting_for is not None and waiting_for in chunk:
                 watch.set()
+            elif watch is not None and self._drop_pattern and self._drop_pattern in chunk:
+                self._drop_pattern = None
+                if self._drop_then is None:
+                    watch.set()
+                else:
+                    waiting_for = self._drop_then
             if drop_on is not None and drop_on.is_set():
                 # The server has answered the armed statement: lose the answer.
                 self.dropped += 1

@@ -10,6 +10,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shardflow.cluster.local import LocalCluster, LocalNode
+from shardflow.config import NodeConfig
+from shardflow.storage.conninfo import parse_conninfo
+
 T = TypeVar("T")
 
 
@@ -61,3 +65,9 @@ async def one_loop_turn() -> None:
     turned = loop.create_future()
     loop.call_soon(turned.set_result, None)
     await turned
+
+
+def local_node(cluster: LocalCluster, node: NodeConfig) -> LocalNode:
+    """The local server behind a data node (by port: Citus workers are named host_port)."""
+    port = int(parse_conninfo(node.dsn)["port"])
+    return next(n for n in cluster.nodes() if n.port == port)

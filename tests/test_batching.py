@@ -23,7 +23,7 @@ def test_start_many_starts_each_once_and_is_idempotent(config: ClusterConfig) ->
             assert [h.workflow_id for h in handles] == ids
             assert all(h.created for h in handles)
             # Every node got its share, in one statement each.
-            assert {client.route(i)[1] for i in ids} == {n.name for n in config.nodes}
+            assert {client.route(i)[1] for i in ids} == {n.name for n in client.placement.nodes}
             extra = f"many-{uuid.uuid4().hex}"
             again = await client.start_many(apps.three_steps, [0, 0], workflow_ids=[ids[0], extra])
             assert [h.created for h in again] == [False, True]

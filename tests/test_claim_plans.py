@@ -23,6 +23,8 @@ from shardflow.storage.queries import QueryBook
 from shardflow.storage.records import NodeIdentity
 from tests.helpers import run
 
+pytestmark = pytest.mark.plain_only("plans of the plain multi-partition claim statements")
+
 SCHEMA = "sf_claim_plans"
 PARTITIONS = 64
 BACKLOG = 6000

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from shardflow import Client
 from shardflow.cli import cli
 from shardflow.cluster.local import LocalCluster
-from shardflow.config import ClusterConfig, load_config
+from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.storage import AdminStore, NodeConnector
 from tests import apps
-from tests.helpers import run, worker_command
+from tests.helpers import local_node, run, worker_command
 
 
 def invoke(config_file: Path, *args: str) -> tuple[int, str]:
@@ -25,10 +25,10 @@ def invoke(config_file: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_cluster_status_and_config_show(config_file: Path) -> None:
+def test_cluster_status_and_config_show(config_file: Path, data_nodes: list[NodeConfig]) -> None:
     code, out = invoke(config_file, "cluster", "status")
     assert code == 0, out
-    assert out.count(" yes ") == 3
+    assert out.count(" yes ") == len(data_nodes)
     code, out = invoke(config_file, "cluster", "status", "--json")
     assert code == 0
     nodes = json.loads(out)["nodes"]
@@ -78,14 +78,18 @@ def test_cluster_init_on_existing_servers(config: ClusterConfig, tmp_path: Path)
         "--write-config",
         str(out_file),
     ]
-    for node in config.nodes:
-        args += ["--node", node.dsn]
+    if config.backend == "citus":
+        args += ["--citus", config.nodes[0].dsn]
+    else:
+        for node in config.nodes:
+            args += ["--node", node.dsn]
     try:
         for _ in range(2):  # idempotent
             result = CliRunner().invoke(cli, args)
             assert result.exit_code == 0, result.output
         written = load_config(out_file, environ={})
-        assert written.partition_count == 16 and len(written.nodes) == 3
+        assert written.partition_count == 16 and written.nodes == config.nodes
+        assert written.backend == config.backend
         code, out = invoke(out_file, "cluster", "status", "--json")
         assert code == 0, out
         assert sum(n["partitions_owned"] for n in json.loads(out)["nodes"]) == 16
@@ -116,7 +120,7 @@ def test_worker_stops_gracefully_on_sigterm(config_file: Path) -> None:
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()  # printed once the worker is serving
-        assert "serving 3 nodes" in line, line
+        assert "serving app 'tests'" in line, line
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -125,12 +129,12 @@ def test_worker_stops_gracefully_on_sigterm(config_file: Path) -> None:
 
 
 def test_one_node_down_slows_only_calls_that_need_it(
-    config: ClusterConfig, restore_nodes: LocalCluster, tmp_path: Path
+    config: ClusterConfig, restore_nodes: LocalCluster, tmp_path: Path, data_nodes: list[NodeConfig]
 ) -> None:
     """Issue 9: with one node down, every CLI call waited out the connect timeout, status showed
     the down node with 0 partitions and `cluster check` refused to check anything."""
     cluster = restore_nodes
-    down = config.nodes[1].name
+    down = data_nodes[1].name
     # A long connect timeout makes waiting on the down node obvious.
     slow_file = tmp_path / "slow.toml"
     slow_file.write_text(config.replace(connect_timeout=20.0).to_toml())
@@ -151,7 +155,7 @@ def test_one_node_down_slows_only_calls_that_need_it(
             return healthy, stranded
 
     healthy, stranded = run(ids())
-    cluster.stop_node(cluster.node(down), mode="immediate")
+    cluster.stop_node(local_node(cluster, data_nodes[1]), mode="immediate")
     started = time.monotonic()
     code, out = invoke(slow_file, "get", healthy)
     assert code == 0 and '"status": "pending"' in out

@@ -11,9 +11,9 @@ import pytest
 
 from shardflow import Client, NodeUnavailable, Worker
 from shardflow.cluster.local import LocalCluster
-from shardflow.config import ClusterConfig
+from shardflow.config import ClusterConfig, NodeConfig
 from tests import apps
-from tests.helpers import run, wait_until, worker_command
+from tests.helpers import local_node, run, wait_until, worker_command
 
 
 async def spawn_worker(config_file: Path) -> asyncio.subprocess.Process:
@@ -66,10 +66,10 @@ def test_worker_killed_mid_step_completes_elsewhere(
 
 @pytest.mark.timeout(120)
 def test_stopped_node_only_affects_its_own_partitions(
-    config: ClusterConfig, restore_nodes: LocalCluster
+    config: ClusterConfig, restore_nodes: LocalCluster, data_nodes: list[NodeConfig]
 ) -> None:
     cluster = restore_nodes
-    down = config.nodes[1].name
+    down = data_nodes[1].name
 
     async def go() -> None:
         async with Client(config, app=apps.app) as client:
@@ -85,11 +85,11 @@ def test_stopped_node_only_affects_its_own_partitions(
             stranded = ids_on(down, 5)
             for wf_id in stranded:
                 await client.start(apps.three_steps, 0, workflow_id=wf_id)
-            cluster.stop_node(cluster.node(down), mode="immediate")
+            cluster.stop_node(local_node(cluster, data_nodes[1]), mode="immediate")
 
             async with Worker(apps.app, config):
                 healthy = [
-                    i for node in config.nodes if node.name != down for i in ids_on(node.name, 10)
+                    i for node in data_nodes if node.name != down for i in ids_on(node.name, 10)
                 ]
                 for wf_id in healthy:
                     await client.start(apps.three_steps, 0, workflow_id=wf_id)
@@ -101,7 +101,7 @@ def test_stopped_node_only_affects_its_own_partitions(
                     await client.start(apps.three_steps, 0, workflow_id=ids_on(down, 1)[0])
                 assert info.value.node == down
 
-                cluster.start_node(cluster.node(down))
+                cluster.start_node(local_node(cluster, data_nodes[1]))
                 results = await asyncio.gather(*(client.result(i, timeout=45) for i in stranded))
                 assert results == [3] * len(stranded)
             for wf_id in stranded:

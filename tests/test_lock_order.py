@@ -17,11 +17,11 @@ from datetime import timedelta
 
 from shardflow import App, Client, WorkflowContext
 from shardflow.cluster.local import LocalCluster
-from shardflow.config import ClusterConfig
+from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.connectors import node_connector
 from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
-from tests.helpers import run
+from tests.helpers import local_node, run
 
 WORKFLOWS = 40
 STORES = 8
@@ -29,7 +29,7 @@ ROUNDS = 6
 
 
 def test_overlapping_batches_and_renewals_do_not_deadlock(
-    config: ClusterConfig, local_cluster: LocalCluster
+    config: ClusterConfig, local_cluster: LocalCluster, data_nodes: list[NodeConfig]
 ) -> None:
     # An app of its own: nothing else claims these workflows, and they claim nothing else.
     app = App(f"lock-order-{uuid.uuid4().hex[:8]}")
@@ -38,8 +38,8 @@ def test_overlapping_batches_and_renewals_do_not_deadlock(
     async def idle(ctx: WorkflowContext) -> None:
         return None
 
-    node = config.nodes[0]
-    log_file = local_cluster.node(node.name).log_file
+    node = data_nodes[0]
+    log_file = local_node(local_cluster, node).log_file
     log_offset = log_file.stat().st_size
     rng = random.Random(9)
 
@@ -51,9 +51,11 @@ def test_overlapping_batches_and_renewals_do_not_deadlock(
                 if client.route(wf_id)[1] == node.name:
                     ids.append(wf_id)
             await client.start_many(idle, [None] * WORKFLOWS, workflow_ids=ids)
+            partitions = client.placement.partitions_of(node.name)
         connector = node_connector(config, node.name, node.dsn, role="test", pool_max_size=16)
         try:
             claimer = WorkerStore(connector, app_name=app.name, workflow_names=[idle.name])
+            claimer.partitions = partitions  # Citus: claims look at this node's partitions
             held: list[ClaimedWorkflow] = []
             while len(held) < WORKFLOWS:
                 held += await claimer.claim_ready(

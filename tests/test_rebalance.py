@@ -34,6 +34,10 @@ from tests import apps
 from tests.conftest import TEST_WORKER
 from tests.helpers import REPO, run, wait_until
 
+pytestmark = pytest.mark.plain_only(
+    "shardflow's own partition mover; on Citus, Citus moves shards (tests/test_citus.py)"
+)
+
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:

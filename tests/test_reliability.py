@@ -36,18 +36,21 @@ def ids_on(client: Client, node: str, n: int, prefix: str) -> list[str]:
 
 @asynccontextmanager
 async def proxied(
-    config: ClusterConfig, node: str
+    config: ClusterConfig, node: NodeConfig
 ) -> AsyncIterator[tuple[FaultProxy, ClusterConfig]]:
-    """A fault proxy in front of ``node`` and a config that reaches that node through it."""
-    params = parse_conninfo(config.node(node).dsn)
+    """A fault proxy in front of data node ``node`` and a config that reaches it through the
+    proxy (on Citus: a configured address for that worker, which overrides the published one)."""
+    params = parse_conninfo(node.dsn)
     proxy = FaultProxy(params["host"], int(params["port"]))
     port = await proxy.start()
-    nodes = tuple(
-        NodeConfig(name=n.name, dsn=make_conninfo({**params, "port": str(port)}))
-        if n.name == node
-        else n
-        for n in config.nodes
+    # In clear: the proxy matches statements in the traffic (Citus turns TLS on by default).
+    through = NodeConfig(
+        name=node.name, dsn=make_conninfo({**params, "port": str(port), "sslmode": "disable"})
     )
+    if any(n.name == node.name for n in config.nodes):
+        nodes = tuple(through if n.name == node.name else n for n in config.nodes)
+    else:
+        nodes = (*config.nodes, through)
     try:
         yield proxy, config.replace(nodes=nodes)
     finally:
@@ -174,11 +177,13 @@ def test_paused_worker_past_its_lease_commits_nothing(
 
 
 @pytest.mark.timeout(60)
-def test_ambiguous_commit_of_a_start_is_resolved_by_lookup(config: ClusterConfig) -> None:
+def test_ambiguous_commit_of_a_start_is_resolved_by_lookup(
+    config: ClusterConfig, data_nodes: list[NodeConfig]
+) -> None:
     async def go() -> None:
-        node = config.nodes[0].name
+        node = data_nodes[0].name
         async with (
-            proxied(config, node) as (proxy, via_proxy),
+            proxied(config, data_nodes[0]) as (proxy, via_proxy),
             Client(via_proxy, app=apps.app) as client,
         ):
             (wf_id,) = ids_on(client, node, 1, "ambiguous")
@@ -197,13 +202,17 @@ def test_ambiguous_commit_of_a_start_is_resolved_by_lookup(config: ClusterConfig
 
 
 @pytest.mark.timeout(90)
-def test_ambiguous_commit_of_a_checkpoint_is_not_recorded_twice(config: ClusterConfig) -> None:
+def test_ambiguous_commit_of_a_checkpoint_is_not_recorded_twice(
+    config: ClusterConfig, data_nodes: list[NodeConfig]
+) -> None:
     async def go() -> None:
-        node = config.nodes[1].name
+        node = data_nodes[1].name
         async with Client(config, app=apps.app) as client:
             (wf_id,) = ids_on(client, node, 1, "ambiguous-step")
-            async with proxied(config, node) as (proxy, via_proxy):
-                proxy.drop_after(b'INSERT INTO "shardflow".steps')
+            async with proxied(config, data_nodes[1]) as (proxy, via_proxy):
+                # Plain: one autocommit statement. Citus: a transaction, committed at COMMIT.
+                then = b"COMMIT" if config.backend == "citus" else None
+                proxy.drop_after(b'INSERT INTO "shardflow".steps', then=then)
                 await client.start(apps.three_steps, 1, workflow_id=wf_id)
                 async with Worker(apps.app, via_proxy) as worker:
                     assert await client.result(wf_id, timeout=40) == 4
@@ -218,11 +227,13 @@ def test_ambiguous_commit_of_a_checkpoint_is_not_recorded_twice(config: ClusterC
 
 
 @pytest.mark.timeout(90)
-def test_blackholed_node_fails_fast_and_others_keep_serving(config: ClusterConfig) -> None:
+def test_blackholed_node_fails_fast_and_others_keep_serving(
+    config: ClusterConfig, data_nodes: list[NodeConfig]
+) -> None:
     async def go() -> None:
-        node = config.nodes[2].name
+        node = data_nodes[-1].name
         async with (
-            proxied(config, node) as (proxy, via_proxy),
+            proxied(config, data_nodes[-1]) as (proxy, via_proxy),
             Worker(apps.app, via_proxy),
             Client(via_proxy, app=apps.app) as client,
         ):
@@ -232,7 +243,7 @@ def test_blackholed_node_fails_fast_and_others_keep_serving(config: ClusterConfi
             proxy.blackhole = True
             others = [
                 i
-                for n in config.nodes
+                for n in data_nodes
                 if n.name != node
                 for i in ids_on(client, n.name, 5, "healthy")
             ]
@@ -251,11 +262,13 @@ def test_blackholed_node_fails_fast_and_others_keep_serving(config: ClusterConfi
 
 
 @pytest.mark.timeout(60)
-def test_reset_connections_and_killed_listen_recover(config: ClusterConfig) -> None:
+def test_reset_connections_and_killed_listen_recover(
+    config: ClusterConfig, data_nodes: list[NodeConfig]
+) -> None:
     async def go() -> None:
-        node = config.nodes[0].name
+        node = data_nodes[0].name
         async with (
-            proxied(config, node) as (proxy, via_proxy),
+            proxied(config, data_nodes[0]) as (proxy, via_proxy),
             Worker(apps.app, via_proxy) as worker,
             Client(config, app=apps.app) as client,
         ):
@@ -307,7 +320,7 @@ def test_password_never_in_argv_logs_or_errors(
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "serving 3 nodes" in line:
+            if "serving app 'tests'" in line:
                 break
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         assert canary.encode() not in cmdline

@@ -44,8 +44,10 @@ def test_thousand_workflows_across_three_nodes(config: ClusterConfig) -> None:
             assert sum(apps.executions[(i, "add_one")] for i in ids) == 3 * count
 
             per_node = Counter(client.route(i)[1] for i in ids)
-            assert set(per_node) == {n.name for n in config.nodes}
-            assert min(per_node.values()) > count / len(config.nodes) * 0.7
+            nodes = client.placement.nodes
+            assert set(per_node) == {n.name for n in nodes}
+            # Plain placement is balanced to one partition; Citus balances shards by size.
+            assert min(per_node.values()) > count / len(nodes) * 0.4
 
         statuses = (await cluster_status(config)).nodes
         assert all(s.reachable for s in statuses)

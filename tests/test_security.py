@@ -19,6 +19,11 @@ from shardflow.storage.conninfo import make_conninfo, parse_conninfo
 from tests import apps
 from tests.helpers import run
 
+pytestmark = pytest.mark.plain_only(
+    "login roles reach the plain nodes over their Unix sockets; Citus workers are reached at "
+    "the TCP addresses in its metadata"
+)
+
 LOGINS = {"worker": "sf_test_worker", "client": "sf_test_client"}
 
 

@@ -21,6 +21,7 @@ import pytest
 from shardflow import App, Client, Worker, WorkflowContext
 from shardflow.cluster.admin import cluster_status
 from shardflow.config import ClusterConfig
+from shardflow.connectors import dsn_for
 from shardflow.errors import NodeUnavailable
 from shardflow.stalls import watch_running_loop
 from shardflow.storage import NodeConnector
@@ -92,7 +93,8 @@ def test_a_write_that_gets_no_answer_abandons_the_run_loudly(
             partition, owner = client.route(wf_id)
             await asyncio.wait_for(events["entered"].wait(), timeout=20)
             # Someone else holds the workflow's row: the run's final write cannot commit.
-            blocker = await psycopg.AsyncConnection.connect(fast.node(owner).dsn)
+            owner_dsn = dsn_for(fast, client.placement.node(owner))
+            blocker = await psycopg.AsyncConnection.connect(owner_dsn)
             async with blocker, blocker.transaction():
                 await blocker.execute(
                     "SELECT 1 FROM shardflow.workflows WHERE partition = %s "

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from shardflow.cli.base import CliState, cli, pass_state, run_async
 from shardflow.cluster.admin import cluster_status, init_cluster
+from shardflow.cluster.citus import CitusAdmin, shard_count
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import MoveResult, Rebalancer
 from shardflow.cluster.verify import CheckReport, check_cluster
 from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.errors import ConfigurationError
+from shardflow.routing import Placement
+from shardflow.storage.citus_store import RebalanceProgress, citus_node_name
 
 # -- cluster -------------------------------------------------------------------------------
 
@@ -37,29 +41,53 @@ def cluster() -> None:
 )
 @click.option("--partitions", default=256, show_default=True, help="Fixed partition count.")
 @click.option("--schema", default="shardflow", show_default=True)
-def cluster_up(nodes: int, directory: str, partitions: int, schema: str) -> None:
-    """Start a local cluster of N PostgreSQL nodes (reused if it exists)."""
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="A Citus cluster instead: a coordinator and --workers workers (needs the extension).",
+)
+@click.option("--workers", default=2, show_default=True, help="Citus workers (with --citus).")
+def cluster_up(
+    nodes: int, directory: str, partitions: int, schema: str, citus: bool, workers: int
+) -> None:
+    """Start a local cluster of N PostgreSQL nodes, or a local Citus cluster (reused if it
+    exists)."""
     local = LocalCluster(directory)
+    wanted = "citus" if citus else "plain"
+    size = workers + 1 if citus else nodes
     try:
         if local.exists():
             config = local.load_config()
-            if len(config.nodes) != nodes:
+            found = len(local.nodes())
+            if config.backend != wanted or found != size:
                 raise ConfigurationError(
-                    f"{directory} holds a {len(config.nodes)}-node cluster; use it as is, or "
-                    f"`shardflow cluster down --destroy --dir {directory}` first"
+                    f"{directory} holds a {found}-node {config.backend} cluster; use it as "
+                    f"is, or `shardflow cluster down --destroy --dir {directory}` first"
                 )
             local.start_all()
             action = "reused"
         else:
-            config = local.create(nodes=nodes, partition_count=partitions, schema=schema)
+            config = local.create(
+                nodes=nodes,
+                partition_count=partitions,
+                schema=schema,
+                citus_workers=workers if citus else None,
+            )
             action = "created"
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     placement = run_async(init_cluster(config))
-    click.echo(
-        f"{action} {len(config.nodes)}-node cluster, {placement.partition_count} "
-        f"partitions, placement v{placement.version}"
-    )
+    if citus:
+        click.echo(
+            f"{action} Citus cluster: a coordinator and {workers} workers, "
+            f"{placement.partition_count} partitions on {shard_count(placement.partition_count)} "
+            f"shards, placement v{placement.version}"
+        )
+    else:
+        click.echo(
+            f"{action} {len(config.nodes)}-node cluster, {placement.partition_count} "
+            f"partitions, placement v{placement.version}"
+        )
     click.echo(f"config: {local.config_path}")
 
 
@@ -91,8 +119,13 @@ def cluster_down(state: CliState, directory: str | None, destroy: bool) -> None:
     "--node",
     "dsns",
     multiple=True,
-    required=True,
     help="DSN of an existing node (no password in it); repeat per node.",
+)
+@click.option(
+    "--citus",
+    "coordinator",
+    metavar="COORDINATOR_DSN",
+    help="Install on a Citus cluster through its coordinator instead of plain nodes.",
 )
 @click.option("--name", "names", multiple=True, help="Node names, in --node order.")
 @click.option("--partitions", default=256, show_default=True)
@@ -102,31 +135,42 @@ def cluster_down(state: CliState, directory: str | None, destroy: bool) -> None:
 )
 def cluster_init(
     dsns: tuple[str, ...],
+    coordinator: str | None,
     names: tuple[str, ...],
     partitions: int,
     schema: str,
     write_config: str | None,
 ) -> None:
-    """Install the schema and placement on existing PostgreSQL servers.
+    """Install the schema and placement on existing PostgreSQL servers (--node, repeated),
+    or on a Citus cluster (--citus COORDINATOR_DSN: tables distributed by partition).
 
     Passwords come from PGPASSWORD, a password file (PGPASSFILE or passfile=) or a libpq
     service file, never from the command line.
     """
+    if bool(dsns) == bool(coordinator):
+        raise click.ClickException("give the nodes (--node DSN, repeated) or --citus DSN")
     if names and len(names) != len(dsns):
         raise click.ClickException("give one --name per --node, or none")
     try:
+        nodes: tuple[NodeConfig, ...]
+        if coordinator:
+            nodes = (NodeConfig(name="coordinator", dsn=coordinator),)
+        else:
+            nodes = tuple(
+                NodeConfig(name=names[i] if names else f"node{i + 1}", dsn=dsn)
+                for i, dsn in enumerate(dsns)
+            )
         config = ClusterConfig(
             schema=schema,
             partition_count=partitions,
-            nodes=tuple(
-                NodeConfig(name=names[i] if names else f"node{i + 1}", dsn=dsn)
-                for i, dsn in enumerate(dsns)
-            ),
+            nodes=nodes,
+            backend="citus" if coordinator else "plain",
         )
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
     placement = run_async(init_cluster(config))
-    click.echo(f"initialised {len(dsns)} nodes, placement v{placement.version}")
+    what = "the Citus cluster" if coordinator else f"{len(dsns)} nodes"
+    click.echo(f"initialised {what}, placement v{placement.version}")
     if write_config:
         Path(write_config).write_text(config.to_toml())
         click.echo(f"config: {write_config}")
@@ -148,8 +192,9 @@ def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | No
     if as_json:
         click.echo(json.dumps(status.to_json(), indent=2))
         return
+    width = max([10, *(len(s.name) for s in status.nodes)])
     click.echo(
-        f"{'node':<10} {'address':<26} {'up':<4} {'weight':>6} {'parts':>5} "
+        f"{'node':<{width}} {'address':<26} {'up':<4} {'weight':>6} {'parts':>5} "
         f"{'moving':>6}  workflows"
     )
     for s in status.nodes:
@@ -161,7 +206,7 @@ def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | No
             parts = f"{s.partitions_placed}?"
         weight = "-" if s.weight is None else str(s.weight)
         click.echo(
-            f"{s.name:<10} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
+            f"{s.name:<{width}} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
             f"{weight:>6} {parts:>5} {s.partitions_moving:>6}  {counts}"
         )
     click.echo(
@@ -171,7 +216,11 @@ def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | No
             if status.rebalance_in_progress
             else "no move in progress"
         )
-        + f"; {status.partitions_to_move} partitions to move for balance"
+        + (
+            f"; {status.partitions_to_move} shard moves due for balance"
+            if status.backend == "citus"
+            else f"; {status.partitions_to_move} partitions to move for balance"
+        )
     )
     workers: dict[str, int] = {}
     for s in status.nodes:
@@ -238,8 +287,14 @@ def _save_config(state: CliState, config: ClusterConfig) -> None:
 def cluster_add_node(
     state: CliState, dsn: str | None, local: bool, name: str | None, weight: int
 ) -> None:
-    """Join an empty PostgreSQL database to the cluster, then run `cluster rebalance`."""
+    """Join an empty PostgreSQL database to the cluster, then run `cluster rebalance`.
+
+    On Citus: a server with the citus extension in the same database joins as a worker.
+    """
     config = state.config()
+    if config.backend == "citus":
+        _citus_add_node(config, dsn, local)
+        return
     try:
         if local:
             if not config.local_dir:
@@ -276,6 +331,9 @@ def cluster_add_node(
 def cluster_rebalance(state: CliState, dry_run: bool, limit: int | None, force: bool) -> None:
     """Move partitions until every node holds its share; resumes interrupted moves."""
     config = state.config()
+    if config.backend == "citus":
+        _citus_rebalance(config, dry_run)
+        return
 
     async def go() -> None:
         async with ClusterAdmin(config, force=force) as admin:
@@ -317,6 +375,10 @@ def cluster_drain(state: CliState, node: str) -> None:
 
     async def go() -> None:
         async with ClusterAdmin(config) as admin:
+            if config.backend == "citus":
+                await CitusAdmin(admin).drain(node)
+                click.echo(f"drained {node}: Citus moved its shards away")
+                return
             await admin.set_weight(node, 0)
             report = await Rebalancer(admin).run()
             click.echo(
@@ -336,12 +398,86 @@ def cluster_remove_node(state: CliState, node: str) -> None:
 
     async def go() -> int:
         async with ClusterAdmin(config) as admin:
+            if config.backend == "citus":
+                return (await CitusAdmin(admin).remove(node)).version
             return (await admin.remove_node(node)).version
 
     version = run_async(go())
     remaining = tuple(n for n in config.nodes if n.name != node)
-    if config.local_dir:
+    if config.backend == "citus":
+        if config.local_dir:
+            _forget_local_citus_node(config.local_dir, node)
+    elif config.local_dir:
         LocalCluster(config.local_dir).forget_node(node)
     else:
         _save_config(state, config.replace(nodes=remaining))
     click.echo(f"removed {node} (placement v{version})")
+
+
+# -- Citus: the same commands, through Citus's own functions --------------------------------
+
+
+def _citus_add_node(config: ClusterConfig, dsn: str | None, local: bool) -> None:
+    try:
+        if local:
+            if not config.local_dir:
+                raise ConfigurationError("--local needs a cluster made by `shardflow cluster up`")
+            dsn = LocalCluster(config.local_dir).add_node().dsn
+        elif not dsn:
+            raise ConfigurationError("give the new worker's DSN, or --local")
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def go() -> Placement:
+        async with ClusterAdmin(config) as admin:
+            return await CitusAdmin(admin).add_node(dsn)
+
+    placement = run_async(go())
+    click.echo(
+        f"added a Citus worker ({len(placement.nodes)} nodes); move shards onto it with "
+        "`shardflow cluster rebalance`"
+    )
+
+
+def _citus_rebalance(config: ClusterConfig, dry_run: bool) -> None:
+    async def go() -> None:
+        async with ClusterAdmin(config) as admin:
+            citus = CitusAdmin(admin)
+            planned = await citus.plan()
+            if dry_run:
+                for line in planned:
+                    click.echo(line)
+                click.echo(f"{len(planned)} shards to move")
+                return
+            with click.progressbar(
+                length=len(planned), label="moving shards", show_pos=True
+            ) as bar:
+                shown = [0]
+
+                def progress(state: RebalanceProgress) -> None:
+                    if state.total:
+                        bar.length = state.total
+                    bar.update(state.done - shown[0])
+                    shown[0] = state.done
+
+                began = time.monotonic()
+                done = await citus.rebalance(progress=progress)
+            if done is None:
+                click.echo("balanced already: nothing to move")
+                return
+            placement = await admin.latest_placement()
+            click.echo(
+                f"Citus moved {done.total} shard groups in {time.monotonic() - began:.1f}s; "
+                f"placement v{placement.version}: "
+                + ", ".join(f"{n}={c}" for n, c in sorted(placement.counts().items()))
+            )
+
+    run_async(go())
+
+
+def _forget_local_citus_node(directory: str, node: str) -> None:
+    """Stop the local server of a Citus worker that left (named host_port in the placement)."""
+    local = LocalCluster(directory)
+    for candidate in local.nodes():
+        if citus_node_name("127.0.0.1", candidate.port) == node:
+            local.forget_node(candidate.name)

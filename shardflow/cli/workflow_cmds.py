@@ -81,7 +81,9 @@ def worker(state: CliState, app_spec: str, concurrency: int | None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
         await w.start()
-        click.echo(f"worker {w.owner} serving {len(config.nodes)} nodes", err=True)
+        click.echo(
+            f"worker {w.owner} serving app {app.name!r} on the {config.backend} cluster", err=True
+        )
         await w.stopped.wait()
 
     run_async(serve())

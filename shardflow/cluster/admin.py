@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from shardflow.cluster.citus import init_citus
+from shardflow.cluster.citus import CitusAdmin, init_citus
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import plan_moves
 from shardflow.config import ClusterConfig
@@ -155,8 +155,10 @@ class ClusterStatus:
 
     placement_version: int | None
     nodes: list[NodeStatus]
+    # Plain: partitions a rebalance would move; Citus: shard moves Citus's plan holds.
     partitions_to_move: int
     stalled_after_seconds: float
+    backend: str = "plain"
     stalled: list[StalledWorkflow] = field(default_factory=list)
     stalled_total: int = 0
     unserved: list[UnservedWork] = field(default_factory=list)
@@ -212,7 +214,8 @@ async def cluster_status(
         return ClusterStatus(
             placement_version=placement.version if placement else None,
             nodes=[node for node, _, _, _ in found],
-            partitions_to_move=len(plan_moves(placement)) if placement else 0,
+            partitions_to_move=await _moves_due(admin, placement),
+            backend=config.backend,
             stalled_after_seconds=quiet,
             stalled=sorted(
                 (s for _, stalled, _, _ in found for s in stalled),
@@ -221,6 +224,17 @@ async def cluster_status(
             stalled_total=sum(total for _, _, total, _ in found),
             unserved=[u for _, _, _, unserved in found for u in unserved],
         )
+
+
+async def _moves_due(admin: ClusterAdmin, placement: Placement | None) -> int:
+    if placement is None:
+        return 0
+    if admin.config.backend == "citus":
+        try:
+            return len(await CitusAdmin(admin).plan())
+        except ShardflowError:
+            return 0
+    return len(plan_moves(placement))
 
 
 def _status_nodes(

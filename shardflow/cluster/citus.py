@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
-from shardflow.errors import ConfigurationError, ShardflowError
+from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage import AdminStore
 from shardflow.storage.citus_store import CitusStore, RebalanceProgress, citus_node_name
@@ -113,8 +113,10 @@ class CitusAdmin:
     ) -> RebalanceProgress | None:
         """Run Citus's rebalancer (online shard moves) and wait for it; None when nothing
         needed to move. Raises when a move failed."""
-        await self.admin.audit("rebalance", "cluster", backend="citus")
-        job = await self.citus.rebalance_start()
+        job = await self.citus.rebalance_running()
+        if job is None:  # else: an earlier command started it; follow that one to its end
+            await self.admin.audit("rebalance", "cluster", backend="citus")
+            job = await self.citus.rebalance_start()
         if job is None:
             return None
         return await self._wait(job, progress)
@@ -162,23 +164,33 @@ class CitusCheck:
 
 
 async def check_citus(admin: ClusterAdmin) -> CitusCheck:
-    """What `cluster check` verifies on Citus: every partition has a placement on an active
-    node, every node reaches every other, and no rebalance is left half done."""
+    """What `cluster check` verifies on Citus: every node answers, every partition is placed
+    on an active node, nodes reach each other, and no rebalance is left half done."""
     placement = await admin.latest_placement()
-    citus = CitusStore(admin.connector(admin.config.nodes[0].name))
-    problems = [f"nodes cannot reach each other: {link}" for link in await citus.unhealthy_links()]
-    if await citus.rebalance_running():
-        problems.append("a rebalance is running (or stopped half way): wait, or run it again")
+    problems: list[str] = []
+    workflows = 0
+    unreachable = []
+    for node in placement.nodes:
+        partitions = placement.partitions_of(node.name)
+        try:
+            counts = await admin.admin(node.name).status_counts(partitions=partitions)
+        except NodeUnavailable as exc:
+            unreachable.append(node.name)
+            problems.append(
+                f"{node.name} is unreachable, its {len(partitions)} partitions could not be "
+                f"checked: {str(exc).split(';')[0]}"
+            )
+            continue
+        workflows += sum(counts.values())
     names = {n.name for n in placement.nodes}
-    orphans = [p for p, owner in enumerate(placement.owners) if owner not in names]
-    if orphans:
+    if orphans := [p for p, owner in enumerate(placement.owners) if owner not in names]:
         problems.append(f"partitions on inactive nodes: {orphans[:20]}")
-    counts = await AdminStore(admin.connector(admin.config.nodes[0].name)).status_counts(
-        partitions=list(range(placement.partition_count))
-    )
-    return CitusCheck(
-        problems=problems, placement_version=placement.version, workflows=sum(counts.values())
-    )
+    if not unreachable:  # Citus's own checks need every node
+        citus = CitusStore(admin.connector(admin.config.nodes[0].name))
+        problems += [f"nodes cannot reach each other: {x}" for x in await citus.unhealthy_links()]
+        if await citus.rebalance_running() is not None:
+            problems.append("a rebalance is running (or stopped half way): wait, or run it again")
+    return CitusCheck(problems=problems, placement_version=placement.version, workflows=workflows)
 
 
 def require_citus_config(config: ClusterConfig) -> None:

@@ -73,6 +73,17 @@ def find_pg_bin() -> Path:
     )
 
 
+def citus_installed() -> bool:
+    """Whether the local PostgreSQL has the Citus extension (its control file)."""
+    pg_config = find_pg_bin() / "pg_config"
+    if not pg_config.exists():
+        return False
+    sharedir = subprocess.run(
+        [str(pg_config), "--sharedir"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return bool(sharedir) and (Path(sharedir) / "extension" / "citus.control").exists()
+
+
 @dataclass(frozen=True)
 class LocalNode:
     name: str
@@ -199,7 +210,8 @@ class LocalCluster:
         )
 
     def _write_server_passfile(self, password: str) -> None:
-        self.server_passfile.write_text(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
+        # Any host: Citus's background jobs (shard moves) reach the local node as localhost.
+        self.server_passfile.write_text(f"*:*:*:{DB_USER}:{password}\n")
         self.server_passfile.chmod(0o600)
         if self._run_as is not None:
             os.chown(self.server_passfile, self._run_as.pw_uid, self._run_as.pw_gid)

@@ -118,8 +118,10 @@ class CitusStore:
             error=row["error"],
         )
 
-    async def rebalance_running(self) -> bool:
-        return bool((await self.db.run("citus_rebalance_running"))[0]["running"])
+    async def rebalance_running(self) -> int | None:
+        """The job id of a rebalance still under way, if any."""
+        rows = await self.db.run("citus_rebalance_running")
+        return int(rows[0]["job_id"]) if rows else None
 
     async def unhealthy_links(self) -> list[str]:
         """Node pairs that cannot reach each other (empty when healthy)."""

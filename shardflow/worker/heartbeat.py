@@ -92,9 +92,15 @@ class HeartbeatThread:
                             operation_timeout=settings.heartbeat_seconds,
                         )
                 held = self._held()
+                # On Citus every node is the same database: registering once is enough.
+                register = set(connectors)
+                if self.config.backend == "citus":
+                    register = set(sorted(connectors)[:1])
                 await asyncio.gather(
                     *(
-                        self._beat(WorkerStore(c), held.get(name, []), lease)
+                        self._beat(
+                            WorkerStore(c), held.get(name, []), lease, register=name in register
+                        )
                         for name, c in connectors.items()
                     )
                 )
@@ -107,12 +113,12 @@ class HeartbeatThread:
             await asyncio.gather(*(c.close() for c in connectors.values()), return_exceptions=True)
 
     async def _beat(
-        self, store: WorkerStore, held: list[tuple[int, str]], lease: timedelta
+        self, store: WorkerStore, held: list[tuple[int, str]], lease: timedelta, *, register: bool
     ) -> None:
         try:
             if held:
                 self.renewals += await store.renew_leases(owner=self.owner, held=held, lease=lease)
-            if self.app_name:
+            if self.app_name and register:
                 await store.register_worker(
                     owner=self.owner,
                     app_name=self.app_name,

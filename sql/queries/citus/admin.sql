@@ -42,15 +42,18 @@ SELECT citus_rebalance_start() AS job_id;
 SELECT j.state::text AS state,
        count(t.task_id) FILTER (WHERE t.status = 'done') AS done,
        count(t.task_id) AS total,
-       max(nullif(t.message, '')) FILTER (WHERE t.status IN ('error', 'failed')) AS error
+       max(nullif(t.message, '')) FILTER (WHERE t.status = 'error') AS error
 FROM pg_dist_background_job AS j
 LEFT JOIN pg_dist_background_task AS t ON t.job_id = j.job_id
 WHERE j.job_id = %(job_id)s
 GROUP BY j.state;
 
 -- name: citus_rebalance_running
-SELECT count(*) AS running FROM pg_dist_background_job
-WHERE state IN ('scheduled', 'running', 'cancelling', 'failing');
+-- The rebalance job still under way (an earlier command started it), if any.
+SELECT job_id FROM pg_dist_background_job
+WHERE state IN ('scheduled', 'running', 'cancelling', 'failing')
+ORDER BY job_id DESC
+LIMIT 1;
 
 -- name: citus_check_health
 -- Every node can reach every node (for `cluster check`).

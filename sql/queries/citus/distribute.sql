@@ -34,7 +34,9 @@ SELECT create_distributed_table('{schema}.steps', 'partition',
 SELECT create_distributed_table('{schema}.service_leases', 'service');
 
 -- name: citus_distribute_workers
-SELECT create_distributed_table('{schema}.workers', 'owner');
+-- A reference table: status joins it with workflows on (app, name), which a distributed
+-- table not co-located with workflows would refuse. Small, and written once per beat.
+SELECT create_reference_table('{schema}.workers');
 
 -- name: citus_distribute_audit_log
 SELECT create_distributed_table('{schema}.audit_log', 'audit_id');
