@@ -11,9 +11,10 @@ LOAD_USERS ?= 20
 LOAD_TIME ?= 30s
 BENCH_RUNS ?= 3
 SOAK_SECONDS ?= 1800
+CITUS_SRC ?= ../shared/citus/citus-13.2.2-src.tar.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-status demo-down load lint format test test-all chaos soak bench bench-rebalance bench-dbos clean
+.PHONY: help install citus demo demo-citus demo-status demo-down load lint format test test-all chaos soak bench bench-citus bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -26,6 +27,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
+
+citus: ## Build and install the Citus extension for the local PostgreSQL from CITUS_SRC (a source tarball); nothing if installed
+	bash deploy/citus/install-citus.sh $(CITUS_SRC)
 
 demo: install ## Start (or reuse) a local 3-node cluster and run the demo workflow on it
 	$(SF) cluster up --nodes 3 --dir $(CLUSTER_DIR)
@@ -78,6 +82,9 @@ bench-dbos: install ## W on shardflow and on DBOS (own virtualenv .venv-dbos) in
 	mkdir -p bench-results
 	$(BIN)/python benchmarks/compare_dbos.py --dbos-python .venv-dbos/bin/python \
 		--runs $(BENCH_RUNS) --json bench-results/dbos.json
+
+bench-citus: install ## W on Citus (direct and through the coordinator) next to plain nodes, same run; prints ratios
+	$(BIN)/python benchmarks/citus_vs_plain.py --runs $(BENCH_RUNS) --out bench-results
 
 bench-rebalance: install ## Benchmark moving partitions onto a new node under load
 	mkdir -p bench-results

@@ -74,6 +74,8 @@ class Client:
         # Recorded in the audit log for cancel and requeue.
         self.actor = actor or default_actor()
         self.topology = Topology(config, role="client")
+        # Citus: calls that went through the coordinator because a worker was unreachable.
+        self.coordinator_fallbacks = 0
         self._wake_ups: dict[str, WakeUp] = {}
         self._start_batchers: dict[str, WriteBatcher[dict[str, Any]]] = {}
 
@@ -122,6 +124,25 @@ class Client:
             partition, node = self.route(key)
             try:
                 return await op(ClientStore(self._connector_for(node)), partition)
+            except NodeUnavailable as lost:
+                entry = self.config.nodes[0].name
+                if self.config.backend != "citus" or lost.maybe_committed or node == entry:
+                    raise
+                # Citus: the worker cannot be reached directly (from here), but the
+                # coordinator routes any statement to the shard. Slower; counted.
+                self.coordinator_fallbacks += 1
+                log.warning(
+                    "node %s unreachable directly, going through the coordinator: %s",
+                    node,
+                    lost,
+                    extra={"action": "coordinator_fallback", "node": node},
+                )
+                try:
+                    return await op(ClientStore(self._connector_for(entry)), partition)
+                except NodeUnavailable as again:  # the worker is down, not just unreachable
+                    raise NodeUnavailable(
+                        str(lost), node=node, maybe_committed=again.maybe_committed
+                    ) from again
             except PartitionMoved as moved:
                 if time.monotonic() + delay > deadline:
                     raise

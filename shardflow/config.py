@@ -127,6 +127,9 @@ class ClusterConfig:
     # "plain": independent PostgreSQL nodes, shardflow places and moves partitions.
     # "citus": one Citus cluster; `nodes` names its coordinator, Citus places and moves shards.
     backend: str = "plain"
+    # Citus: "direct" sends each call to the worker holding the partition's shard (faster);
+    # "coordinator" sends everything through the coordinator (one entry point to open).
+    citus_routing: str = "direct"
     # The watchdog: `cluster status` reports a running workflow whose lease is being renewed
     # but that has recorded nothing for longer than this (seconds) as stalled.
     stall_seconds: float = 300.0
@@ -148,6 +151,10 @@ class ClusterConfig:
             raise ConfigurationError(f"node names must be unique, got {names}")
         if self.backend not in BACKENDS:
             raise ConfigurationError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.citus_routing not in ("direct", "coordinator"):
+            raise ConfigurationError(
+                f"citus_routing must be 'direct' or 'coordinator', got {self.citus_routing!r}"
+            )
         if self.profile not in PROFILES:
             raise ConfigurationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         if self.profile == "production":
@@ -193,6 +200,7 @@ class ClusterConfig:
             f"pool_max_size = {self.pool_max_size}",
             f"local_dir = {_toml_value(self.local_dir)}",
             f"backend = {_toml_value(self.backend)}",
+            f"citus_routing = {_toml_value(self.citus_routing)}",
             f"stall_seconds = {self.stall_seconds}",
         ]
         for section in ("worker", "limits"):

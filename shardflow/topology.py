@@ -167,6 +167,11 @@ class Topology:
                 return await CitusStore(self._connectors[name]).placement(
                     base_conninfo=self.config.nodes[0].dsn,
                     partition_count=self.config.partition_count,
+                    via=(
+                        self.config.nodes[0].name
+                        if self.config.citus_routing == "coordinator"
+                        else None
+                    ),
                 )
             except (NodeUnavailable, ClusterNotInitialized) as exc:
                 last = exc

@@ -5,7 +5,8 @@ and background workers carry over), in a fresh directory next to the repository'
 against a fresh local cluster (the README's /tmp/shardflow-demo is swapped for it). A ```python
 block whose first line is `# NAME.py` is written to that file first; other Python blocks are
 fragments and must at least compile. A block preceded by `<!-- readme-test: skip (why) -->`
-is left out (the two set-up commands, which CI runs itself).
+is left out (the two set-up commands, which CI runs itself); one preceded by
+`<!-- readme-test: citus ... -->` runs where the Citus extension is installed (always in CI).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from pathlib import Path
 
 import pytest
 
+from shardflow.cluster.local import citus_installed
 from tests.helpers import REPO
 
 README = REPO / "README.md"
 DEMO_DIR = "/tmp/shardflow-demo"
+CITUS_DIR = "/tmp/shardflow-citus"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 _SKIP = "<!-- readme-test: skip"
+_CITUS = "<!-- readme-test: citus"
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Block:
     text: str
     line: int
     skipped: bool
+    needs_citus: bool = False
 
 
 def readme_blocks() -> list[Block]:
@@ -51,6 +56,7 @@ def readme_blocks() -> list[Block]:
                 text=match.group(2),
                 line=text.count("\n", 0, match.start()) + 1,
                 skipped=bool(before) and before[-1].startswith(_SKIP),
+                needs_citus=bool(before) and before[-1].startswith(_CITUS),
             )
         )
     return blocks
@@ -79,9 +85,13 @@ def test_readme_blocks_run_as_written(readme_dir: Path) -> None:
     work.mkdir()
     (work / ".venv").symlink_to(REPO / ".venv")
     cluster_dir = tmp_path / "cluster"
+    citus_dir = tmp_path / "citus"
+    with_citus = citus_installed()
+    if not with_citus and os.environ.get("CI") == "true":
+        pytest.fail("CI must run the README's Citus section: the Citus extension is missing")
     script = ["set -euo pipefail"]
     for block in readme_blocks():
-        if block.skipped:
+        if block.skipped or (block.needs_citus and not with_citus):
             continue
         if block.language == "python":
             first = block.text.splitlines()[0]
@@ -91,7 +101,8 @@ def test_readme_blocks_run_as_written(readme_dir: Path) -> None:
                 compile(block.text, f"README.md:{block.line}", "exec")
         elif block.language == "sh":
             script.append(f"# README.md line {block.line}")
-            script.append(block.text.replace(DEMO_DIR, str(cluster_dir)))
+            text = block.text.replace(DEMO_DIR, str(cluster_dir))
+            script.append(text.replace(CITUS_DIR, str(citus_dir)))
     shardflow = str(REPO / ".venv" / "bin" / "shardflow")
     env = {**os.environ, "PYTHONPATH": "", "VIRTUAL_ENV": ""}
     env.pop("SHARDFLOW_CONFIG", None)
@@ -121,15 +132,19 @@ def test_readme_blocks_run_as_written(readme_dir: Path) -> None:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        subprocess.run(
-            [shardflow, "cluster", "down", "--destroy", "--dir", str(cluster_dir)],
-            capture_output=True,
-            env=env,
-            timeout=120,
-        )
+        for directory in (cluster_dir, citus_dir):
+            if directory.exists():
+                subprocess.run(
+                    [shardflow, "cluster", "down", "--destroy", "--dir", str(directory)],
+                    capture_output=True,
+                    env=env,
+                    timeout=120,
+                )
     sys.stdout.write(output)
     assert proc.returncode == 0, f"a README block failed:\n{output[-4000:]}"
     # What the tour promises, checked in what it printed.
     assert '"charge": {"charged": 500' in output  # order-1's result
     assert "cancelled" in output
     assert "'charged': 750" in output  # tour.py printed order-3's result
+    if with_citus:
+        assert '"charge": {"charged": 250' in output  # the Citus section's order

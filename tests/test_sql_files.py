@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow.storage.queries import QueryBook, migrations, raw_queries
+from shardflow.storage.queries import QueryBook, dialect_only_queries, migrations, raw_queries
 
 PACKAGE = Path(__file__).resolve().parent.parent / "shardflow"
 
@@ -26,7 +26,7 @@ def _string_constants() -> set[str]:
 
 
 def test_every_query_is_used_and_every_used_name_exists() -> None:
-    names = set(raw_queries())
+    names = set(raw_queries("plain")) | set(raw_queries("citus"))
     constants = _string_constants()
     assert names - constants == set(), "queries nobody runs: delete them"
     used = set()
@@ -96,3 +96,18 @@ def test_wheel_carries_the_sql(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for path in (root / "sql").rglob("*.sql"):
         assert f"shardflow/sql/{path.relative_to(root / 'sql')}" in names
+
+
+def test_citus_blocks_replace_plain_ones_or_are_used() -> None:
+    """A Citus block either stands in for the plain query of the same name (same parameters
+    plus, at most, the node's partitions) or is a Citus-only statement the code runs."""
+    plain = raw_queries("plain")
+    constants = _string_constants()
+    for name, text in dialect_only_queries("citus").items():
+        if name in plain:
+            extra = set(re.findall(r"%\((\w+)\)s", text)) - set(
+                re.findall(r"%\((\w+)\)s", plain[name])
+            )
+            assert extra <= {"partitions"}, f"citus {name} needs parameters {extra}"
+        else:
+            assert name in constants, f"citus-only query {name} is never run"

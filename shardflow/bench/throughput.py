@@ -52,6 +52,10 @@ class BenchSettings:
     # After the last start, how long the run waits for every workflow to end before it
     # reports the rest as unfinished (the soak's pass/fail line).
     drain_timeout: float = 600.0
+    # "plain" nodes, or "citus": a coordinator and ``nodes`` workers.
+    backend: str = "plain"
+    # Citus only: "direct" to the worker holding each shard, or "coordinator".
+    citus_routing: str = "direct"
 
     def check(self) -> None:
         if self.workload not in workloads.WORKLOADS:
@@ -64,6 +68,10 @@ class BenchSettings:
             raise ConfigurationError("--rate and --duration must be positive")
         if self.rate is None and (self.count is None or self.count < 1):
             raise ConfigurationError("give --count (closed loop) or --rate (open loop)")
+        if self.backend not in ("plain", "citus"):
+            raise ConfigurationError("--backend must be plain or citus")
+        if self.backend == "citus" and self.node_cpu:
+            raise ConfigurationError("--node-cpu is for the plain backend")
 
 
 @dataclass
@@ -243,8 +251,12 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
     workers: _Workers | None = None
     try:
         config = local.create(
-            nodes=settings.nodes, partition_count=settings.partitions, schema="shardflow"
-        )
+            nodes=settings.nodes,
+            partition_count=settings.partitions,
+            schema="shardflow",
+            citus_workers=settings.nodes if settings.backend == "citus" else None,
+        ).replace(citus_routing=settings.citus_routing)
+        local.config_path.write_text(config.to_toml())  # the workers read the routing too
         await init_cluster(config)
         postmasters = [postmaster_pid(node.data_dir) for node in local.nodes()]
         if caps:
@@ -258,8 +270,12 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             await _warm_up(client, f"warm{run_id}-")
             workers.rss_first = max(rss_mb(pid) for pid in workers.pids)
             meter = CpuMeter(workers=workers.pids, postmasters=postmasters)
+            # Progress: every plain node; on Citus one node sees the whole database.
             nodes = [admin.bench(node.name) for node in config.nodes]
-            commits_before = await _commits(nodes)
+            # Commits: every server (on Citus the workers commit too, not the coordinator).
+            await admin.latest_placement()
+            servers = [admin.bench(name) for name in admin.node_names]
+            commits_before = await _commits(servers)
             meter.start()
             sampler = asyncio.create_task(workers.sample_every(1.0))
             start_errors = 0
@@ -277,7 +293,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             )
             meter.stop()
             sampler.cancel()
-            commits = await _commits(nodes) - commits_before
+            commits = await _commits(servers) - commits_before
             rows, per_node = await _timings(nodes, prefix)
     finally:
         if workers is not None:

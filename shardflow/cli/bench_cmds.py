@@ -77,6 +77,21 @@ def bench_rebalance(
 @click.option("--rate", type=float, help="Open loop: start this many workflows per second...")
 @click.option("--duration", default=10.0, show_default=True, help="...for this many seconds.")
 @click.option(
+    "--backend",
+    type=click.Choice(["plain", "citus"]),
+    default="plain",
+    show_default=True,
+    help="plain: --nodes PostgreSQL nodes; citus: a coordinator and --nodes workers.",
+)
+@click.option(
+    "--routing",
+    "citus_routing",
+    type=click.Choice(["direct", "coordinator"]),
+    default="direct",
+    show_default=True,
+    help="Citus: calls straight to the worker holding each shard, or through the coordinator.",
+)
+@click.option(
     "--drain-timeout",
     default=600.0,
     show_default=True,
@@ -103,6 +118,8 @@ def bench_run(
     count: int | None,
     rate: float | None,
     duration: float,
+    backend: str,
+    citus_routing: str,
     drain_timeout: float,
     node_cpu: float | None,
     repeat: int,
@@ -125,6 +142,8 @@ def bench_run(
         duration=duration,
         node_cpu=node_cpu,
         drain_timeout=drain_timeout,
+        backend=backend,
+        citus_routing=citus_routing,
     )
     settings.check()
     results = []

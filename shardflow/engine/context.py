@@ -30,7 +30,7 @@ from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
 if TYPE_CHECKING:
     from shardflow.engine.app import StepDef
-    from shardflow.storage import WorkerStore
+    from shardflow.engine.ports import RunStore
 
 SLEEP_STEP = "shardflow.sleep"
 NOW_STEP = "shardflow.now"
@@ -128,7 +128,7 @@ class WorkflowContext:
         self,
         *,
         work: ClaimedWorkflow,
-        store: WorkerStore,
+        store: RunStore,
         checkpoints: list[StepRecord],
         max_payload_bytes: int,
         write_timeout: float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
@@ -17,8 +18,8 @@ from shardflow.engine.context import (
     bind_context,
     unbind_context,
 )
+from shardflow.engine.ports import RunStore
 from shardflow.errors import UnknownWorkflow, WorkflowTimeout
-from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
 
 log = logging.getLogger("shardflow.runner")
@@ -37,6 +38,14 @@ class Outcome(StrEnum):
     LOST = "lost"
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended, and for a suspended one, after how long it is due again."""
+
+    outcome: Outcome
+    due_in: timedelta | None = None
+
+
 class WorkflowRunner:
     """Replays a claimed workflow against its checkpoints and records how the run ended."""
 
@@ -46,7 +55,7 @@ class WorkflowRunner:
         # Bounds each of a run's writes: a run never waits forever on a write (issue 9).
         self.write_timeout = write_timeout
 
-    async def run(self, store: WorkerStore, work: ClaimedWorkflow) -> Outcome:
+    async def run(self, store: RunStore, work: ClaimedWorkflow) -> RunResult:
         try:
             definition = self.app.get_workflow(work.name)
         except UnknownWorkflow as exc:
@@ -63,7 +72,7 @@ class WorkflowRunner:
             released = await store.release(
                 work, delay=UNKNOWN_WORKFLOW_DELAY, error=error_text(encode_error(exc))
             )
-            return Outcome.SUSPENDED if released else Outcome.LOST
+            return _released(released, UNKNOWN_WORKFLOW_DELAY)
 
         ctx = WorkflowContext(
             work=work,
@@ -78,7 +87,7 @@ class WorkflowRunner:
         try:
             return await self._run(ctx, definition, work, store)
         except LeaseLost:
-            return Outcome.LOST
+            return RunResult(Outcome.LOST)
         except RunAbandoned as abandoned:
             raise abandoned.cause from None
 
@@ -87,8 +96,8 @@ class WorkflowRunner:
         ctx: WorkflowContext,
         definition: WorkflowDef,
         work: ClaimedWorkflow,
-        store: WorkerStore,
-    ) -> Outcome:
+        store: RunStore,
+    ) -> RunResult:
         remaining = None
         if work.deadline_at is not None:
             remaining = (work.deadline_at - ctx.database_now()).total_seconds()
@@ -110,14 +119,15 @@ class WorkflowRunner:
             if work.deadline_at is not None:
                 # Wake no later than the deadline, so a timeout is noticed on time.
                 delay = min(delay, work.deadline_at - ctx.database_now())
+            delay = max(delay, timedelta(0))
             ok = await store.release(
                 work,
-                delay=max(delay, timedelta(0)),
+                delay=delay,
                 retry_step_seq=release.retry_step_seq,
                 retry_attempts=release.retry_attempts,
                 error=error_text(release.error) if release.error else None,
             )
-            return Outcome.SUSPENDED if ok else Outcome.LOST
+            return _released(ok, delay)
         except (LeaseLost, RunAbandoned):
             raise
         except TimeoutError as exc:
@@ -130,12 +140,16 @@ class WorkflowRunner:
             unbind_context(token)
         # The last checkpoints and the terminal state share one commit.
         await ctx.settle(finish={"status": "succeeded", "output": output.text, "error": None})
-        return Outcome.SUCCEEDED
+        return RunResult(Outcome.SUCCEEDED)
 
-    async def _fail(self, ctx: WorkflowContext, exc: BaseException) -> Outcome:
+    async def _fail(self, ctx: WorkflowContext, exc: BaseException) -> RunResult:
         error = error_text(encode_error(exc))
         await ctx.settle(finish={"status": "failed", "output": None, "error": error})
-        return Outcome.FAILED
+        return RunResult(Outcome.FAILED)
+
+
+def _released(ok: bool, delay: timedelta) -> RunResult:
+    return RunResult(Outcome.SUSPENDED, due_in=delay) if ok else RunResult(Outcome.LOST)
 
 
 def _timeout_error(work: ClaimedWorkflow) -> WorkflowTimeout:

@@ -24,12 +24,16 @@ class CitusStore:
     def __init__(self, connector: NodeConnector):
         self.db = connector
 
-    async def placement(self, *, base_conninfo: str, partition_count: int) -> Placement:
+    async def placement(
+        self, *, base_conninfo: str, partition_count: int, via: str | None = None
+    ) -> Placement:
         """The placement in force: the node holding each partition's shard.
 
         Node connection parameters are ``base_conninfo``'s (user, database, TLS, password
         file) with the node's host and port. ``partition_count`` is used only before the
-        cluster records its own (during init).
+        cluster records its own (during init). ``via`` (a configured node's name): route
+        every partition through that node instead (the coordinator), Citus forwarding each
+        statement to the shard.
         """
         try:
             rows = await self.db.run("citus_shard_map", {"partition_count": partition_count})
@@ -47,6 +51,12 @@ class CitusStore:
                 "`shardflow cluster init --citus COORDINATOR_DSN`"
             )
         base = public_conninfo(base_conninfo)
+        if via is not None:
+            return Placement(
+                version=int(rows[0]["version"]),
+                nodes=(PlacementNode(name=via, conninfo=base, weight=1),),
+                owners=tuple(via for _ in rows),
+            )
         hosts = [(str(n["nodename"]), int(n["nodeport"])) for n in nodes]
         for row in rows:
             address = (str(row["nodename"]), int(row["nodeport"]))

@@ -7,9 +7,7 @@ exception: the worker then drops the workflow, whoever holds it now carries on.
 
 from __future__ import annotations
 
-import heapq
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -62,21 +60,6 @@ class WorkerStore:
         self._progress: WriteBatcher[Progress] = WriteBatcher(
             self._write_progress, keys=Progress.keys
         )
-        # When the timers this process set (releases until a time) fall due: monotonic seconds.
-        self._local_timers: list[float] = []
-
-    def next_local_timer(self, now: float) -> float | None:
-        """Seconds until the earliest timer this process set here (None: none pending).
-
-        Timers that fell due are forgotten once reported (0.0): one claim picks them up.
-        """
-        fell_due = False
-        while self._local_timers and self._local_timers[0] <= now:
-            heapq.heappop(self._local_timers)
-            fell_due = True
-        if fell_due:
-            return 0.0
-        return self._local_timers[0] - now if self._local_timers else None
 
     @property
     def node(self) -> str:
@@ -307,7 +290,6 @@ class WorkerStore:
         error: str | None = None,
     ) -> bool:
         """Give a held workflow back as pending until ``delay`` from the database's now."""
-        heapq.heappush(self._local_timers, time.monotonic() + delay.total_seconds())
         rows = await self.db.run(
             "workflow_release",
             {

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 
 from shardflow.errors import NodeUnavailable
-from shardflow.storage import WorkerStore
+from shardflow.worker.ports import ListenStore
 from shardflow.worker.service import Backoff, Service
 
 log = logging.getLogger("shardflow.worker")
@@ -21,7 +21,7 @@ class Listener(Service):
     def __init__(
         self,
         *,
-        store: WorkerStore,
+        store: ListenStore,
         wake: Callable[[], None],
         poll_seconds: float,
         **kwargs: object,

@@ -14,10 +14,11 @@ from datetime import timedelta
 
 from shardflow.config import WorkerSettings
 from shardflow.errors import NodeUnavailable
-from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
+from shardflow.worker.ports import NodeStore
 from shardflow.worker.service import Backoff, Service, jittered
 from shardflow.worker.slots import Slots
+from shardflow.worker.timers import LocalTimers
 
 log = logging.getLogger("shardflow.worker")
 
@@ -28,11 +29,11 @@ class ClaimLoop(Service):
     def __init__(
         self,
         *,
-        store: WorkerStore,
+        store: NodeStore,
         owner: str,
         slots: Slots,
         settings: WorkerSettings,
-        execute: Callable[[WorkerStore, ClaimedWorkflow, int], None],
+        execute: Callable[[NodeStore, ClaimedWorkflow, int], None],
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -50,6 +51,8 @@ class ClaimLoop(Service):
         self._suspects_checked_at = 0.0
         self._due_checked_at = 0.0
         self._backlog = False
+        # The releases (sleeps, retry backoffs) this worker made here, to wake on time.
+        self.timers = LocalTimers()
 
     def wake(self) -> None:
         """Look for work now (called on NOTIFY, or when the executor frees a slot)."""
@@ -165,7 +168,7 @@ class ClaimLoop(Service):
         """
         poll = jittered(self.settings.poll_seconds)
         now = time.monotonic()
-        due = self.store.next_local_timer(now)
+        due = self.timers.next_in(now)
         if now - self._due_checked_at >= self.settings.poll_seconds:
             self._due_checked_at = now
             node_due = await self.store.next_due_seconds()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from shardflow.errors import NodeUnavailable
-from shardflow.storage import WorkerStore
+from shardflow.worker.ports import ReaperStore
 from shardflow.worker.service import Service, jittered
 
 log = logging.getLogger("shardflow.worker")
@@ -38,7 +38,7 @@ class Reaper(Service):
     def __init__(
         self,
         *,
-        store: WorkerStore,
+        store: ReaperStore,
         holder: str,
         interval: float,
         wake: Callable[[], None],

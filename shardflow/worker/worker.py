@@ -28,6 +28,7 @@ from shardflow.topology import Topology
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
 from shardflow.worker.membership import MembershipWatcher
+from shardflow.worker.ports import NodeStore
 from shardflow.worker.producer import ClaimLoop
 from shardflow.worker.reaper import Reaper
 from shardflow.worker.service import Service
@@ -64,7 +65,7 @@ class Worker:
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
         self._membership: MembershipWatcher | None = None
-        self._tasks: dict[asyncio.Task[None], tuple[WorkerStore, ClaimedWorkflow]] = {}
+        self._tasks: dict[asyncio.Task[None], tuple[NodeStore, ClaimedWorkflow]] = {}
         self._slots = Slots(self.settings.concurrency)
         self._heartbeat = HeartbeatThread(
             config=config,
@@ -226,15 +227,18 @@ class Worker:
             held.setdefault(store.node, []).append((work.partition, work.lease_token))
         return held
 
-    def _execute(self, store: WorkerStore, work: ClaimedWorkflow, slots: int) -> None:
+    def _execute(self, store: NodeStore, work: ClaimedWorkflow, slots: int) -> None:
         """Run ``work`` in its own task; it gives back ``slots`` execution slots when done."""
         task = asyncio.create_task(self._run_one(store, work, slots), name=f"wf:{work.workflow_id}")
         self._tasks[task] = (store, work)
 
-    async def _run_one(self, store: WorkerStore, work: ClaimedWorkflow, slots: int) -> None:
+    async def _run_one(self, store: NodeStore, work: ClaimedWorkflow, slots: int) -> None:
         try:
-            outcome = await self._runner.run(store, work)
+            result = await self._runner.run(store, work)
+            outcome = result.outcome
             self.outcomes[outcome] += 1
+            if result.due_in is not None and store.node in self._loops:
+                self._loops[store.node].timers.add(result.due_in.total_seconds())
             if outcome is Outcome.LOST:
                 log.info(
                     "lost the lease of %s",

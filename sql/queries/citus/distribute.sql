@@ -31,7 +31,9 @@ SELECT create_distributed_table('{schema}.steps', 'partition',
                                 colocate_with => '{schema}.partition_ownership');
 
 -- name: citus_distribute_service_leases
-SELECT create_distributed_table('{schema}.service_leases', 'service');
+-- Reference tables too: small, written rarely (a reaper's lease every few seconds, an admin
+-- action), and they never move in a rebalance (a distributed copy would add shards to move).
+SELECT create_reference_table('{schema}.service_leases');
 
 -- name: citus_distribute_workers
 -- A reference table: status joins it with workflows on (app, name), which a distributed
@@ -39,4 +41,4 @@ SELECT create_distributed_table('{schema}.service_leases', 'service');
 SELECT create_reference_table('{schema}.workers');
 
 -- name: citus_distribute_audit_log
-SELECT create_distributed_table('{schema}.audit_log', 'audit_id');
+SELECT create_reference_table('{schema}.audit_log');

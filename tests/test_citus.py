@@ -1,0 +1,213 @@
+"""Citus only: scale-out through Citus's rebalancer under load, and the Citus rules shardflow's
+statements are written around (docs/design.md, "Citus rules").
+
+The scale-out test gets a Citus cluster of its own (a coordinator and two workers, 16
+partitions on 16 shards) because it adds a worker and moves shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shardflow import Client, ShardflowError, Worker
+from shardflow.cluster.admin import init_cluster
+from shardflow.cluster.citus import CitusAdmin
+from shardflow.cluster.local import LocalCluster, citus_installed
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.storage.conninfo import make_conninfo, parse_conninfo
+from tests import apps
+from tests.conftest import TEST_WORKER
+from tests.helpers import run, wait_until
+from tests.invariants import check_invariants, create_tx_effects_table
+
+
+@pytest.fixture(scope="module")
+def citus_config(backend: str, config: ClusterConfig) -> ClusterConfig:
+    """The shared Citus test cluster (these tests run in the citus half only)."""
+    if backend != "citus":
+        pytest.skip("Citus-only test")
+    return config
+
+
+@pytest.fixture(scope="module")
+def scale_cluster(backend: str) -> Iterator[LocalCluster]:
+    if backend != "citus":
+        pytest.skip("Citus-only test")
+    if not citus_installed():
+        pytest.skip("the Citus extension is not installed")
+    directory = Path(tempfile.mkdtemp(prefix="shardflow-citus-scale-", dir="/tmp"))
+    directory.chmod(0o755)
+    local = LocalCluster(directory / "cluster")
+    config = local.create(nodes=0, partition_count=16, schema="shardflow", citus_workers=2)
+    run(init_cluster(config), timeout=120)
+    try:
+        yield local
+    finally:
+        local.destroy()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Load:
+    """Starts transactional workflows back to back until stopped; counts acks and errors."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.acked: list[str] = []
+        self.errors: list[BaseException] = []
+        self._stop = asyncio.Event()
+        self._batch = uuid.uuid4().hex[:8]
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Load:
+        self._task = asyncio.create_task(self._run())
+        await wait_until(lambda: len(self.acked) >= 20, what="load to start")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            wf_id = f"citus-load-{self._batch}-{i}"
+            try:
+                await self.client.start(apps.transfer, 1, workflow_id=wf_id)
+                self.acked.append(wf_id)
+            except ShardflowError as exc:
+                self.errors.append(exc)
+            i += 1
+            await asyncio.sleep(0.01)  # pace the load (not synchronisation)
+
+
+@pytest.mark.timeout(600)
+def test_add_a_worker_under_load_and_let_citus_rebalance(scale_cluster: LocalCluster) -> None:
+    config = scale_cluster.load_config().replace(worker=TEST_WORKER, connect_timeout=2.0)
+
+    async def go() -> None:
+        await create_tx_effects_table(config)
+        async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
+            before = client.placement
+            async with Load(client) as load:
+                added = scale_cluster.add_node()
+                async with ClusterAdmin(config) as admin:
+                    citus = CitusAdmin(admin)
+                    await citus.add_node(added.dsn)
+                    done = await citus.rebalance()
+                    after = await admin.latest_placement()
+                await wait_until(
+                    lambda: len(load.acked) >= 200, timeout=60, what="more load after the moves"
+                )
+            assert done is not None and done.done == done.total > 0
+            new_nodes = {n.name for n in after.nodes} - {n.name for n in before.nodes}
+            assert len(new_nodes) == 1
+            (new_node,) = new_nodes
+            assert Counter(after.owners)[new_node] > 0, "shards moved onto the new worker"
+            await wait_until(
+                lambda: new_node in worker.nodes, what="the running worker to serve the new node"
+            )
+            report = await check_invariants(
+                config, client, load.acked, steps_per_workflow=2, tx_steps=frozenset({"debit"})
+            )
+            report.assert_ok()
+            assert load.errors == [], "client-visible errors during the rebalance"
+            print(
+                f"\ncitus add-node: {len(load.acked)} workflows acked, {done.total} shard moves, "
+                f"{report.tx_effects} transactional effects, 0 duplicates"
+            )
+
+    run(go(), timeout=580)
+
+
+def test_a_partition_lives_in_one_shard_group(citus_config: ClusterConfig) -> None:
+    """Everything about one partition is on one node: its transactions stay local."""
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(citus_config.nodes[0].dsn) as conn:
+            cur = await conn.execute(COLOCATION, (citus_config.partition_count,))
+            rows = await cur.fetchall()
+        assert len(rows) == citus_config.partition_count
+        assert all(nodes == 1 for _, nodes in rows)
+
+    run(go())
+
+
+def test_row_locks_across_shards_are_refused(citus_config: ClusterConfig) -> None:
+    """Why plain statements that lock rows of many partitions have per-partition Citus twins."""
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(citus_config.nodes[0].dsn) as conn:
+            with pytest.raises(psycopg.Error, match="FOR UPDATE/SHARE"):
+                await conn.execute(LOCK_TWO_PARTITIONS)
+
+    run(go())
+
+
+def test_an_unreachable_worker_is_reached_through_the_coordinator(
+    citus_config: ClusterConfig,
+) -> None:
+    """Direct routing falls back to the coordinator when a worker cannot be reached (from
+    this client); the fallback is counted."""
+
+    async def go() -> None:
+        async with Client(citus_config, app=apps.app) as probe:
+            victim = probe.placement.nodes[0]
+            wf_id = next(
+                i for i in (f"fallback-{uuid.uuid4().hex}" for _ in range(1000))
+                if probe.route(i)[1] == victim.name
+            )  # fmt: skip
+        # A configured address for that worker where nothing listens.
+        params = parse_conninfo(citus_config.nodes[0].dsn)
+        blocked = NodeConfig(
+            name=victim.name, dsn=make_conninfo({**params, "host": "127.0.0.1", "port": "9"})
+        )
+        config = citus_config.replace(nodes=(*citus_config.nodes, blocked))
+        async with Client(config, app=apps.app) as client:
+            handle = await client.start(apps.echo, 7, workflow_id=wf_id)
+            assert handle.created is True
+            assert (await client.get(wf_id)).status == "pending"
+            assert client.coordinator_fallbacks >= 2
+
+    run(go())
+
+
+def test_routing_through_the_coordinator_runs_workflows(citus_config: ClusterConfig) -> None:
+    """citus_routing = "coordinator": one entry point; Citus forwards every statement."""
+    config = citus_config.replace(citus_routing="coordinator")
+
+    async def go() -> None:
+        async with Client(config, app=apps.app) as client, Worker(apps.app, config) as worker:
+            assert [n.name for n in client.placement.nodes] == [config.nodes[0].name]
+            handles = await client.start_many(apps.three_steps, list(range(20)))
+            results = await asyncio.gather(*(h.result(timeout=30) for h in handles))
+            assert results == [n + 3 for n in range(20)]
+            assert worker.nodes == [config.nodes[0].name]
+
+    run(go(), timeout=60)
+
+
+# Test-only SQL against Citus's metadata.
+COLOCATION = """
+SELECT p, count(DISTINCT n.nodeid)
+FROM generate_series(0, %s - 1) AS p
+CROSS JOIN unnest(ARRAY['shardflow.workflows', 'shardflow.steps',
+                        'shardflow.partition_ownership']::regclass[]) AS t
+JOIN pg_dist_placement AS pl
+  ON pl.shardid = get_shard_id_for_distribution_column(t, p)
+JOIN pg_dist_node AS n ON n.groupid = pl.groupid
+GROUP BY p
+"""
+LOCK_TWO_PARTITIONS = (
+    "SELECT workflow_id FROM shardflow.workflows WHERE partition IN (1, 2) FOR UPDATE"
+)
