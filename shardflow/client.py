@@ -37,6 +37,7 @@ from shardflow.errors import (
 from shardflow.routing import Placement
 from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.batcher import WriteBatcher
+from shardflow.storage.connector import PoolExhausted
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 from shardflow.topology import Topology
 from shardflow.wakeup import WakeUp
@@ -126,7 +127,12 @@ class Client:
                 return await op(ClientStore(self._connector_for(node)), partition)
             except NodeUnavailable as lost:
                 entry = self.config.nodes[0].name
-                if self.config.backend != "citus" or lost.maybe_committed or node == entry:
+                if (
+                    self.config.backend != "citus"
+                    or lost.maybe_committed
+                    or node == entry
+                    or isinstance(lost, PoolExhausted)  # busy here, not unreachable
+                ):
                     raise
                 # Citus: the worker cannot be reached directly (from here), but the
                 # coordinator routes any statement to the shard. Slower; counted.

@@ -130,6 +130,11 @@ class Topology:
                 placement = await self._read_plain()
             for node in placement.nodes:
                 self.add_node(node.name, dsn_for(self.config, node))
+            current = self._placement
+            # Never go back: a read that missed the node with the newest version (it answered
+            # after the grace period) must not replace a newer cached placement.
+            if current is not None and placement.version < current.version:
+                return current
             self._placement = placement
             return placement
 

@@ -203,7 +203,10 @@ CREATE TABLE IF NOT EXISTS public.tx_effects (
     amount integer NOT NULL
 )
 """
+# On Citus: distributed by workflow id; no key still, so REPLICA IDENTITY FULL lets Citus move
+# its shards online (logical replication needs a key or a replica identity).
 TX_EFFECTS_DISTRIBUTE = """
+ALTER TABLE public.tx_effects REPLICA IDENTITY FULL;
 SELECT create_distributed_table('public.tx_effects', 'workflow_id')
 WHERE NOT EXISTS (
     SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'public.tx_effects'::regclass

@@ -147,3 +147,56 @@ async def _play(script: tuple[str, ...] | list[str], *, max_in_flight: int, max_
     assert sorted(flushed) == sorted(s.submitted)
     assert all(len(batch) <= max_batch for batch in s.flush.batches)
     assert len(s.flush.batches) == s.batcher.batches
+
+
+def test_a_write_whose_caller_gave_up_is_not_flushed_later() -> None:
+    """A run abandoned on its write timeout cancels its wait: the write must not commit
+    behind its back once the node answers again."""
+
+    async def go() -> None:
+        s = Scenario(max_in_flight=1)
+        s.caller(1)  # item 0 starts the only flush, which waits
+        await one_loop_turn()
+        await one_loop_turn()
+        waiting = asyncio.ensure_future(s.batcher.submit(100))  # queued behind it
+        await one_loop_turn()
+        waiting.cancel()  # its caller gave up
+        await s.settle()
+        assert sorted(item for batch in s.flush.batches for item in batch) == [0]
+
+    run(go(), timeout=10)
+
+
+def test_a_drain_cancelled_before_it_ran_does_not_block_later_writes() -> None:
+    async def go() -> None:
+        s = Scenario(max_in_flight=1)
+        s.caller(1)
+        for drain in list(s.batcher._drains):
+            drain.cancel()  # the process is stopping: cancelled before its first step
+        await one_loop_turn()
+        await one_loop_turn()
+        s.caller(1)
+        await s.settle()
+        assert s.answers.get(1) is True
+
+    run(go(), timeout=10)
+
+
+def test_a_failing_key_function_answers_every_caller_of_the_batch() -> None:
+    async def go() -> None:
+        flush = GatedFlush()
+        batcher: WriteBatcher[int] = WriteBatcher(flush, keys=lambda item: [1 // item])
+        calls = [asyncio.ensure_future(batcher.submit(n)) for n in (0, 1)]
+        for _ in range(5):
+            flush.open_oldest()
+            await one_loop_turn()
+        done, _ = await asyncio.wait(calls, timeout=5)
+        assert len(done) == 2
+        assert all(isinstance(c.exception(), ZeroDivisionError) for c in calls)
+        later = asyncio.ensure_future(batcher.submit(1))  # the batcher still works
+        for _ in range(5):
+            flush.open_oldest()
+            await one_loop_turn()
+        assert await asyncio.wait_for(later, timeout=5) is True
+
+    run(go(), timeout=10)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from shardflow.cluster.citus import CitusAdmin, init_citus
+from shardflow.cluster.citus import CitusAdmin, init_citus, migrate_citus
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import plan_moves
 from shardflow.config import ClusterConfig
@@ -44,9 +44,7 @@ async def migrate_all(config: ClusterConfig) -> dict[str, list[int]]:
     """
     if config.backend == "citus":
         async with ClusterAdmin(config) as admin:
-            before = await admin.admin(config.nodes[0].name).migrate()
-            await init_citus(admin)
-            return {config.nodes[0].name: before}
+            return {config.nodes[0].name: await migrate_citus(admin)}
     async with admin_stores(config) as stores:
         results = await asyncio.gather(*(s.migrate() for s in stores.values()))
         return dict(zip(stores, results, strict=True))

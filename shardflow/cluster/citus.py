@@ -21,6 +21,7 @@ from shardflow.errors import ConfigurationError, NodeUnavailable, ShardflowError
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage import AdminStore
 from shardflow.storage.citus_store import CitusStore, RebalanceProgress, citus_node_name
+from shardflow.storage.connector import StorageError
 from shardflow.storage.conninfo import parse_conninfo
 from shardflow.storage.records import NodeIdentity
 
@@ -44,12 +45,8 @@ async def init_citus(admin: ClusterAdmin) -> Placement:
     distributed by partition and co-located, and every partition gets its ownership row.
     """
     config = admin.config
-    coordinator = config.nodes[0].name
-    db = admin.connector(coordinator)
-    citus, store = CitusStore(db), AdminStore(db)
-    await citus.require_citus()
-    await store.migrate()
-    await citus.distribute(schema=config.schema, shard_count=shard_count(config.partition_count))
+    store = AdminStore(admin.connector(config.nodes[0].name))
+    await migrate_citus(admin)
     identity = await store.identity()
     if identity is not None and identity.partition_count != config.partition_count:
         raise ConfigurationError(
@@ -68,6 +65,18 @@ async def init_citus(admin: ClusterAdmin) -> Placement:
         owned=list(range(config.partition_count)),
     )
     return placement
+
+
+async def migrate_citus(admin: ClusterAdmin) -> list[int]:
+    """Apply missing migrations through the coordinator (Citus propagates the DDL), then
+    distribute the tables that are not distributed yet. Returns the versions applied."""
+    config = admin.config
+    db = admin.connector(config.nodes[0].name)
+    citus = CitusStore(db)
+    await citus.require_citus()
+    applied = await AdminStore(db).migrate()
+    await citus.distribute(schema=config.schema, shard_count=shard_count(config.partition_count))
+    return applied
 
 
 def _address(node: PlacementNode) -> tuple[str, int]:
@@ -116,7 +125,16 @@ class CitusAdmin:
         job = await self.citus.rebalance_running()
         if job is None:  # else: an earlier command started it; follow that one to its end
             await self.admin.audit("rebalance", "cluster", backend="citus")
-            job = await self.citus.rebalance_start()
+            try:
+                job = await self.citus.rebalance_start()
+            except StorageError as exc:
+                if "REPLICA IDENTITY" not in str(exc):
+                    raise
+                raise ConfigurationError(
+                    f"{exc}. Citus moves shards online only for tables with a primary key or a "
+                    "replica identity: give that table one (ALTER TABLE ... REPLICA IDENTITY "
+                    "FULL), then run the rebalance again"
+                ) from exc
         if job is None:
             return None
         return await self._wait(job, progress)
@@ -142,6 +160,8 @@ class CitusAdmin:
     async def _wait(
         self, job: int, progress: Callable[[RebalanceProgress], None] | None
     ) -> RebalanceProgress:
+        # No deadline: moving big shards takes as long as it takes; interrupting this
+        # command leaves the job running, and running `rebalance` again follows it.
         while True:
             state = await self.citus.rebalance_progress(job)
             if progress is not None:

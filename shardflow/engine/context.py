@@ -13,9 +13,10 @@ import asyncio
 import contextvars
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from shardflow.engine.codec import encode_error, encode_payload, error_text
 from shardflow.errors import (
@@ -31,6 +32,8 @@ from shardflow.storage.records import ClaimedWorkflow, StepRecord
 if TYPE_CHECKING:
     from shardflow.engine.app import StepDef
     from shardflow.engine.ports import RunStore
+
+T = TypeVar("T")
 
 SLEEP_STEP = "shardflow.sleep"
 NOW_STEP = "shardflow.now"
@@ -377,30 +380,22 @@ class WorkflowContext:
         The wait (group-commit queue and commit) is bounded: a write that never comes back
         abandons the run, so its lease expires and another worker resumes the workflow.
         """
+        what = [f"checkpoint {c['step_seq']} ({c['step_name']})" for c in batch]
+        if finish is not None:
+            what.append(f"its end ({finish['status']})")
         try:
-            async with asyncio.timeout(self._write_timeout):
-                ok = await self._store.write_progress(self._work, batch, finish)
-        except TimeoutError:
-            self._broken = RunAbandoned(self._stalled(batch, finish))
-            return
+            ok = await bounded_write(
+                self._store.write_progress(self._work, batch, finish),
+                timeout=self._write_timeout,
+                node=self._store.node,
+                workflow_id=self.workflow_id,
+                what=", ".join(what) or "nothing",
+            )
         except ShardflowError as exc:
             self._broken = RunAbandoned(exc)
             return
         if not ok:
             self._broken = LeaseLost()
-
-    def _stalled(self, batch: list[dict[str, Any]], finish: dict[str, Any] | None) -> WriteStalled:
-        what = [f"checkpoint {c['step_seq']} ({c['step_name']})" for c in batch]
-        if finish is not None:
-            what.append(f"its end ({finish['status']})")
-        node = self._store.node
-        return WriteStalled(
-            f"workflow {self.workflow_id!r} on node {node}: the write of "
-            f"{', '.join(what) or 'nothing'} got no answer within {self._write_timeout}s; "
-            "abandoning the run so its lease expires and another worker resumes it",
-            node=node,
-            workflow_id=self.workflow_id,
-        )
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:
@@ -423,6 +418,24 @@ class WorkflowContext:
             batch, self._unsent = self._unsent, []
             await self._send(batch, finish)
             self._raise_if_broken()
+
+
+async def bounded_write(
+    write: Awaitable[T], *, timeout: float, node: str, workflow_id: str, what: str
+) -> T:
+    """Wait for one of a run's writes (queue and commit) at most ``timeout`` seconds;
+    past it, WriteStalled: the run is abandoned, its lease left to expire."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await write
+    except TimeoutError:
+        raise WriteStalled(
+            f"workflow {workflow_id!r} on node {node}: the write of {what} got no answer "
+            f"within {timeout}s; abandoning the run so its lease expires and another worker "
+            "resumes it",
+            node=node,
+            workflow_id=workflow_id,
+        ) from None
 
 
 def bind_context(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:

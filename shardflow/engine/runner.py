@@ -16,6 +16,7 @@ from shardflow.engine.context import (
     RunAbandoned,
     WorkflowContext,
     bind_context,
+    bounded_write,
     unbind_context,
 )
 from shardflow.engine.ports import RunStore
@@ -69,8 +70,14 @@ class WorkflowRunner:
                     "workflow_id": work.workflow_id,
                 },
             )
-            released = await store.release(
-                work, delay=UNKNOWN_WORKFLOW_DELAY, error=error_text(encode_error(exc))
+            released = await bounded_write(
+                store.release(
+                    work, delay=UNKNOWN_WORKFLOW_DELAY, error=error_text(encode_error(exc))
+                ),
+                timeout=self.write_timeout,
+                node=store.node,
+                workflow_id=work.workflow_id,
+                what="its release (unknown workflow)",
             )
             return _released(released, UNKNOWN_WORKFLOW_DELAY)
 
@@ -120,12 +127,18 @@ class WorkflowRunner:
                 # Wake no later than the deadline, so a timeout is noticed on time.
                 delay = min(delay, work.deadline_at - ctx.database_now())
             delay = max(delay, timedelta(0))
-            ok = await store.release(
-                work,
-                delay=delay,
-                retry_step_seq=release.retry_step_seq,
-                retry_attempts=release.retry_attempts,
-                error=error_text(release.error) if release.error else None,
+            ok = await bounded_write(
+                store.release(
+                    work,
+                    delay=delay,
+                    retry_step_seq=release.retry_step_seq,
+                    retry_attempts=release.retry_attempts,
+                    error=error_text(release.error) if release.error else None,
+                ),
+                timeout=self.write_timeout,
+                node=store.node,
+                workflow_id=work.workflow_id,
+                what="its release (sleep or retry)",
             )
             return _released(ok, delay)
         except (LeaseLost, RunAbandoned):

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
+from shardflow.errors import ShardflowError
+
 Item = TypeVar("Item")
 
 # Two flushes in flight: PostgreSQL merges their WAL flushes, and a row never queues behind a
@@ -55,25 +57,38 @@ class WriteBatcher(Generic[Item]):
         self._pending.append((item, future))
         if self._draining < self._max_in_flight:
             self._draining += 1
-            drain = asyncio.create_task(self._drain())
+            started = asyncio.Event()
+            drain = asyncio.create_task(self._drain(started))
             self._drains.add(drain)
-            drain.add_done_callback(self._drains.discard)
+            drain.add_done_callback(lambda task: self._drain_ended(task, started))
         return await future
 
-    async def _drain(self) -> None:
+    def _drain_ended(self, task: asyncio.Task[None], started: asyncio.Event) -> None:
+        self._drains.discard(task)
+        if not started.is_set():
+            # Cancelled before its first step: its body (and its own decrement) never ran.
+            self._draining -= 1
+
+    async def _drain(self, started: asyncio.Event) -> None:
         """Flush batches until the queue is empty. Invariant: while an item waits in
         ``_pending``, at least one drain will still look at it."""
+        started.set()
         try:
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                batch = self._take_batch()
+                if not batch:
+                    continue
                 self.batches += 1
                 self.items += len(batch)
                 try:
                     written = await self._flush([item for item, _ in batch])
+                    answers = [all(k in written for k in self._keys(item)) for item, _ in batch]
                 except asyncio.CancelledError:
+                    # The loop is shutting down: nobody will flush these any more.
+                    stopped = StorageStopped("the write batcher stopped before this write")
                     for _, future in batch + self._pending:
-                        future.cancel()
+                        if not future.done():
+                            future.set_exception(stopped)
                     self._pending.clear()
                     raise
                 except Exception as exc:
@@ -81,8 +96,19 @@ class WriteBatcher(Generic[Item]):
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for item, future in batch:
+                for (_, future), answer in zip(batch, answers, strict=True):
                     if not future.done():
-                        future.set_result(all(k in written for k in self._keys(item)))
+                        future.set_result(answer)
         finally:
             self._draining -= 1
+
+    def _take_batch(self) -> list[tuple[Item, asyncio.Future[bool]]]:
+        """The next batch, without items whose caller gave up waiting (a run abandoned on
+        its write timeout must not commit later, behind its back)."""
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        return [(item, future) for item, future in batch if not future.cancelled()]
+
+
+class StorageStopped(ShardflowError):
+    """A write was not sent because its batcher stopped (the process is shutting down)."""

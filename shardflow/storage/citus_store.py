@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shardflow.errors import ClusterNotInitialized, ConfigurationError
+from shardflow.errors import ClusterNotInitialized, ConfigurationError, ShardflowError
 from shardflow.routing import Placement, PlacementNode
 from shardflow.storage.connector import NodeConnector
 from shardflow.storage.conninfo import public_conninfo
@@ -120,6 +120,11 @@ class CitusStore:
 
     async def rebalance_progress(self, job_id: int) -> RebalanceProgress:
         rows = await self.db.run("citus_rebalance_progress", {"job_id": job_id})
+        if not rows:
+            raise ShardflowError(
+                f"the Citus rebalance job {job_id} is gone from pg_dist_background_job; run "
+                "`shardflow cluster rebalance` again (it plans from the shards as they are)"
+            )
         row = rows[0]
         return RebalanceProgress(
             state=str(row["state"]),

@@ -186,6 +186,22 @@ class NodeConnector:
         self,
     ) -> tuple[psycopg_pool.AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
         """A connection from the pool; nothing has been sent to the node when this fails."""
+        waits = _PoolWaits()
+        try:
+            return await self._acquire_within_timeout(waits)
+        except TimeoutError:
+            if not waits.busy:
+                raise
+            raise PoolExhausted(
+                f"node {self.name}: all connections of this process's pool (at most "
+                f"{self._pool_max_size}) stayed busy for {self._operation_timeout}s; raise "
+                "pool_max_size or send fewer concurrent calls",
+                node=self.name,
+            ) from None
+
+    async def _acquire_within_timeout(
+        self, waits: _PoolWaits
+    ) -> tuple[psycopg_pool.AsyncConnectionPool, psycopg.AsyncConnection[Any]]:
         async with asyncio.timeout(self._operation_timeout):
             if self._down:
                 # Down at the last try: probe directly rather than wait on the pool's
@@ -195,13 +211,21 @@ class NodeConnector:
                 async with self._revive_lock:  # one probe, however many first callers
                     if not self._reached:
                         await self._probe()
-            pool = self._pool
-            try:
-                conn = await pool.getconn()
-            except psycopg_pool.PoolTimeout:
-                await self._revive(pool)  # raises the real reason if the node is down
+            while True:
                 pool = self._pool
-                conn = await pool.getconn()
+                try:
+                    conn = await pool.getconn()
+                    break
+                except psycopg_pool.PoolTimeout:
+                    if pool.get_stats().get("pool_size", 0) > 0:
+                        waits.busy = True
+                        # The pool holds connections, all busy: the node is up, and this
+                        # process asks more of it than its pool holds. Wait on (bounded by
+                        # the operation timeout); replacing the pool would only close the
+                        # connections the other callers are about to get (seen: thousands
+                        # of concurrent result() calls churning pools until they timed out).
+                        continue
+                    await self._revive(pool)  # raises the real reason if the node is down
             if OUTAGES.recovered(pool.name):
                 log.warning(
                     "node %s is reachable again",
@@ -275,6 +299,18 @@ class NodeConnector:
     async def execute_script(self, conn: psycopg.AsyncConnection[Any], script: bytes) -> None:
         """Run a multi-statement script (migrations): no parameters, simple protocol."""
         await conn.execute(script)
+
+
+class _PoolWaits:
+    """Whether a connection request waited on a pool whose connections were all busy."""
+
+    busy = False
+
+
+class PoolExhausted(NodeUnavailable):
+    """Every connection of this process's pool to the node stayed busy for the operation
+    timeout: the node is up, the process asks too much of it at once. Raise pool_max_size,
+    or lower the concurrency of the calls."""
 
 
 class _Translate:

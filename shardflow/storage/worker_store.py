@@ -31,9 +31,13 @@ class Progress:
     finish: dict[str, Any] | None
 
     def keys(self) -> list[Hashable]:
-        keys: list[Hashable] = [(c["workflow_id"], c["step_seq"]) for c in self.checkpoints]
+        """(partition, workflow_id, step_seq) per checkpoint, step_seq -1 for the end: a
+        workflow id may exist in two partitions (different routing keys)."""
+        keys: list[Hashable] = [
+            (c["partition"], c["workflow_id"], c["step_seq"]) for c in self.checkpoints
+        ]
         if self.finish is not None:
-            keys.append((self.finish["workflow_id"], -1))
+            keys.append((self.finish["partition"], self.finish["workflow_id"], -1))
         return keys
 
 
@@ -148,6 +152,7 @@ class WorkerStore:
             left -= take
             if left == 0:
                 break
+        wanted.sort()  # lock in partition order, like every multi-partition write
         common = {**self._runs, "owner": owner, "lease": lease, "lease_token": token}
         answers = await self.db.run_many(
             "claim",
@@ -218,7 +223,7 @@ class WorkerStore:
             **{f"fin_{k}": v for k, v in _columns(finishes, _FINISH_COLUMNS).items()},
         }
         rows = await self.db.run("progress_write_many", params)
-        return {(r["workflow_id"], r["step_seq"]) for r in rows}
+        return {(r["partition"], r["workflow_id"], r["step_seq"]) for r in rows}
 
     async def _write_progress_by_partition(
         self, checkpoints: list[dict[str, Any]], finishes: list[dict[str, Any]]
@@ -228,7 +233,7 @@ class WorkerStore:
         rows = [*checkpoints, *finishes]
         partitions = sorted({r["partition"] for r in rows})
         async with self.db.transaction() as conn:
-            held: set[tuple[str, str]] = set()
+            held: set[tuple[int, str, str]] = set()
             for answer in await self.db.fetch_many(
                 conn,
                 "progress_lock_partition",
@@ -242,19 +247,11 @@ class WorkerStore:
                     for p in partitions
                 ],
             ):
-                held |= {(r["workflow_id"], r["lease_token"]) for r in answer}
+                held |= {(r["partition"], r["workflow_id"], r["lease_token"]) for r in answer}
             writes: list[tuple[str, dict[str, Any]]] = []
             for p in partitions:
-                ours = [
-                    c
-                    for c in checkpoints
-                    if c["partition"] == p and (c["workflow_id"], c["lease_token"]) in held
-                ]
-                ended = [
-                    f
-                    for f in finishes
-                    if f["partition"] == p and (f["workflow_id"], f["lease_token"]) in held
-                ]
+                ours = [c for c in checkpoints if c["partition"] == p and (p, *_lease(c)) in held]
+                ended = [f for f in finishes if f["partition"] == p and (p, *_lease(f)) in held]
                 if ours:
                     writes.append(
                         (
@@ -271,7 +268,9 @@ class WorkerStore:
                         )
                     )
             answers = await self.db.fetch_each(conn, writes)
-            return {(r["workflow_id"], r["step_seq"]) for rows in answers for r in rows}
+            return {
+                (r["partition"], r["workflow_id"], r["step_seq"]) for rows in answers for r in rows
+            }
 
     def step_transaction(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A connection inside one transaction, for a transactional step and its checkpoint.
@@ -428,6 +427,10 @@ _FINISH_COLUMNS = ("partition", "workflow_id", "lease_token", "status", "output"
 
 def _columns(batch: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
     return {f"{name}_list": [row[name] for row in batch] for name in names}
+
+
+def _lease(row: dict[str, Any]) -> tuple[str, str]:
+    return row["workflow_id"], row["lease_token"]
 
 
 def _lease_key(work: ClaimedWorkflow) -> dict[str, Any]:

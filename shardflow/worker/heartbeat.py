@@ -92,10 +92,15 @@ class HeartbeatThread:
                             operation_timeout=settings.heartbeat_seconds,
                         )
                 held = self._held()
-                # On Citus every node is the same database: registering once is enough.
                 register = set(connectors)
-                if self.config.backend == "citus":
-                    register = set(sorted(connectors)[:1])
+                if self.config.backend == "citus" and connectors:
+                    # Every node is the same database: register once, and renew the leases
+                    # of runs claimed on a node that has left (drained) through another one,
+                    # or they would expire under a run that is still going.
+                    first = sorted(connectors)[0]
+                    register = {first}
+                    for name in set(held) - set(connectors):
+                        held.setdefault(first, []).extend(held.pop(name))
                 await asyncio.gather(
                     *(
                         self._beat(

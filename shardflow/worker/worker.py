@@ -7,6 +7,7 @@ slots, the executor (one task per claimed workflow), and the heartbeat thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -121,13 +122,14 @@ class Worker:
         self._membership.start()
         log.info("worker started", extra={"action": "worker_started", "owner": self.owner})
 
-    def _serve_node(self, name: str) -> None:
-        """Start this node's claim loop, listener and reaper."""
+    def _serve_node(self, name: str, *, partitions: list[int] | None = None) -> None:
+        """Start this node's claim loop, listener and reaper (on Citus, for ``partitions``)."""
         store = WorkerStore(
             self.topology.connector(name),
             app_name=self.app.name,
             workflow_names=list(self.app.workflows),
         )
+        store.partitions = partitions or []
         self._stores[name] = store
         loop = ClaimLoop(
             store=store,
@@ -166,7 +168,7 @@ class Worker:
         wanted = {node.name for node in placement.nodes}
         for name in sorted(wanted - set(self._stores)):
             log.info("serving new node %s", name, extra={"action": "node_added", "node": name})
-            self._serve_node(name)
+            self._serve_node(name, partitions=placement.partitions_of(name))
         for name in set(self._stores) - wanted:
             log.info(
                 "node %s left the cluster", name, extra={"action": "node_removed", "node": name}
@@ -237,8 +239,8 @@ class Worker:
             result = await self._runner.run(store, work)
             outcome = result.outcome
             self.outcomes[outcome] += 1
-            if result.due_in is not None and store.node in self._loops:
-                self._loops[store.node].timers.add(result.due_in.total_seconds())
+            if result.due_in is not None:
+                self._remember_timer(work.partition, store.node, result.due_in.total_seconds())
             if outcome is Outcome.LOST:
                 log.info(
                     "lost the lease of %s",
@@ -277,6 +279,16 @@ class Worker:
             # Wake every loop: one may be waiting for the worker to drain (a suspect).
             for loop in self._loops.values():
                 loop.wake()
+
+    def _remember_timer(self, partition: int, claimed_on: str, seconds: float) -> None:
+        """Wake the claim loop of the node that owns the partition now (on Citus, a shard
+        may have moved since the claim) when the released workflow falls due."""
+        node = claimed_on
+        with contextlib.suppress(ShardflowError):
+            node = self.topology.placement.owner(partition)
+        loop = self._loops.get(node) or self._loops.get(claimed_on)
+        if loop is not None:
+            loop.timers.add(seconds)
 
     def _service_failed(self, service: Service, exc: BaseException) -> None:
         log.critical("stopping worker: %s failed", service.name)

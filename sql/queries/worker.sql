@@ -257,7 +257,7 @@ RETURNING holder;
 -- running workflows, and the terminal states of those that finished (with their last
 -- checkpoints, so a workflow's end costs one commit). Each row is guarded like step_record:
 -- its lease unexpired, its partition owned (ownership rows FOR SHARE). Returns what was
--- written: (workflow_id, step_seq) per checkpoint and (workflow_id, -1) per terminal state;
+-- written: (partition, workflow_id, step_seq) per checkpoint and step_seq -1 per end;
 -- a row missing from the result lost its lease or its partition. Locks, in the global order:
 -- ownership rows by partition (FOR SHARE), then the workflow rows by (partition, workflow_id)
 -- (FOR NO KEY UPDATE, the lock the terminal-state UPDATE needs, so it upgrades nothing), then
@@ -290,6 +290,8 @@ WITH batch AS (
               UNION SELECT partition, workflow_id FROM finished
           )
       AND w.status = 'running' AND w.lease_expires_at > now()
+      -- Read from the fence: its ownership rows are locked first, whatever the plan.
+      AND w.partition IN (SELECT partition FROM fence)
     ORDER BY w.partition, w.workflow_id
     FOR NO KEY UPDATE
 ), written AS (
@@ -305,7 +307,7 @@ WITH batch AS (
     WHERE b.partition IN (SELECT partition FROM fence)
     ORDER BY b.partition, b.workflow_id, b.step_seq
     ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
-    RETURNING workflow_id, step_seq
+    RETURNING partition, workflow_id, step_seq
 ), ended AS (
     UPDATE {schema}.workflows AS w
     SET status = f.status, output = f.output::json, error = f.error::json,
@@ -317,11 +319,11 @@ WITH batch AS (
      AND l.lease_token = f.lease_token
     WHERE w.partition = f.partition AND w.workflow_id = f.workflow_id
       AND f.partition IN (SELECT partition FROM fence)
-    RETURNING w.workflow_id
+    RETURNING w.partition, w.workflow_id
 )
-SELECT workflow_id, step_seq FROM written
+SELECT partition, workflow_id, step_seq FROM written
 UNION ALL
-SELECT workflow_id, -1 FROM ended;
+SELECT partition, workflow_id, -1 FROM ended;
 
 -- name: worker_register
 -- The heartbeat says which app and workflow names this worker runs, on every beat. now() sits

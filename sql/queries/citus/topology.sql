@@ -2,11 +2,15 @@
 
 -- name: citus_shard_map
 -- Which Citus node holds the shard of each partition (the shards of workflows; every workflow
--- table is co-located with it), and the placement version: the newest placement id, which
--- grows with every shard move. Readable on the coordinator and on every worker (metadata is
+-- table is co-located with it), and the placement version: the newest placement id of those
+-- shards, which grows with every move of one (reference tables, whose placements come and go
+-- with nodes, do not count). Readable on the coordinator and on every worker (metadata is
 -- synced to workers).
 SELECT p AS partition, n.nodename, n.nodeport,
-       (SELECT coalesce(max(placementid), 0) FROM pg_dist_placement) AS version
+       (SELECT coalesce(max(pl2.placementid), 0)
+        FROM pg_dist_placement AS pl2
+        JOIN pg_dist_shard AS sh ON sh.shardid = pl2.shardid
+        WHERE sh.logicalrelid = '{schema}.workflows'::regclass) AS version
 FROM generate_series(
     0,
     coalesce((SELECT partition_count FROM {schema}.node_identity), %(partition_count)s) - 1

@@ -66,7 +66,8 @@ WITH fence AS MATERIALIZED (
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
-SELECT w.workflow_id, w.lease_token::text AS lease_token FROM {schema}.workflows AS w
+SELECT w.partition, w.workflow_id, w.lease_token::text AS lease_token
+FROM {schema}.workflows AS w
 WHERE w.partition = %(partition)s AND w.workflow_id = ANY(%(workflow_ids)s::text[])
   AND w.status = 'running' AND w.lease_expires_at > now()
   AND EXISTS (SELECT 1 FROM fence)
@@ -85,7 +86,7 @@ FROM unnest(
 ) AS b (workflow_id, lease_token, step_seq, step_name, status, output, error, attempts)
 ORDER BY b.workflow_id, b.step_seq
 ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
-RETURNING workflow_id, step_seq;
+RETURNING partition, workflow_id, step_seq;
 
 -- name: progress_finish_partition
 UPDATE {schema}.workflows AS w
@@ -98,4 +99,4 @@ FROM unnest(
 ) AS f (workflow_id, lease_token, status, output, error)
 WHERE w.partition = %(partition)s AND w.workflow_id = f.workflow_id
   AND w.lease_token = f.lease_token AND w.status = 'running'
-RETURNING w.workflow_id, -1 AS step_seq;
+RETURNING w.partition, w.workflow_id, -1 AS step_seq;
