@@ -33,8 +33,13 @@ ORDER BY 1, 2;
 -- What a healthy node looks like after any scenario.
 SELECT (SELECT count(*) FROM pg_prepared_xacts) AS prepared_xacts,
        (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory') AS advisory_locks,
+       -- Left idle in a transaction for seconds: a leak. A transaction of several statements
+       -- (Citus: a claim, a checkpoint batch) is idle between them for microseconds, and
+       -- Citus's own connections between nodes (citus_internal...) are not ours.
        (SELECT count(*) FROM pg_stat_activity
-        WHERE state = 'idle in transaction' AND pid <> pg_backend_pid()) AS idle_in_transaction,
+        WHERE state = 'idle in transaction' AND pid <> pg_backend_pid()
+          AND state_change < now() - interval '2 seconds'
+          AND application_name NOT LIKE 'citus%%') AS idle_in_transaction,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
            AS connections,
        current_setting('max_connections')::integer AS max_connections;
