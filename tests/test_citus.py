@@ -17,8 +17,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 
 from shardflow import Client, ShardflowError, Worker
+from shardflow.cli import cli
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.citus import CitusAdmin
 from shardflow.cluster.local import LocalCluster, citus_installed
@@ -211,3 +213,24 @@ GROUP BY p
 LOCK_TWO_PARTITIONS = (
     "SELECT workflow_id FROM shardflow.workflows WHERE partition IN (1, 2) FOR UPDATE"
 )
+
+
+def test_migrate_roles_and_audit_go_through_the_coordinator(
+    citus_config: ClusterConfig, tmp_path: Path
+) -> None:
+    """Every admin command works on Citus: migrate again (nothing to do, nothing distributed
+    twice), roles (created once, propagated to the workers), audit (one table, read once)."""
+    config_file = tmp_path / "citus.toml"
+    config_file.write_text(citus_config.to_toml())
+
+    def invoke(*args: str) -> str:
+        result = CliRunner().invoke(cli, ["--config", str(config_file), *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    for _ in range(2):
+        assert "up to date" in invoke("migrate")
+    assert invoke("roles", "create").count("shardflow_worker") == 1
+    marker = uuid.uuid4().hex
+    invoke("roles", "create", "--prefix", f"r{marker[:8]}")
+    assert invoke("audit", "--limit", "50").count(f"r{marker[:8]}") == 1

@@ -37,9 +37,15 @@ def roles_create(state: CliState, prefix: str) -> None:
     async def go() -> None:
         async with ClusterAdmin(state.config()) as admin:
             placement = await admin.latest_placement()
-            for node in placement.nodes:
-                made = await admin.admin(node.name).create_roles(prefix=prefix)
-                click.echo(f"{node.name}: {', '.join(made.values())}")
+            # On Citus, DDL and roles go through the coordinator, which propagates them.
+            names = (
+                [admin.config.nodes[0].name]
+                if admin.config.backend == "citus"
+                else [n.name for n in placement.nodes]
+            )
+            for name in names:
+                made = await admin.admin(name).create_roles(prefix=prefix)
+                click.echo(f"{name}: {', '.join(made.values())}")
             await admin.audit("roles-create", "cluster", prefix=prefix)
 
     run_async(go())

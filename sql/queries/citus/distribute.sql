@@ -6,7 +6,11 @@
 -- readable where the workers run). The migrations table stays on the coordinator.
 
 -- name: citus_distributed_tables
-SELECT logicalrelid::regclass::text AS table_name FROM pg_dist_partition;
+-- Schema-qualified whatever the search_path (regclass::text drops a schema on the path).
+SELECT n.nspname || '.' || c.relname AS table_name
+FROM pg_dist_partition AS d
+JOIN pg_class AS c ON c.oid = d.logicalrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace;
 
 -- name: citus_distribute_node_identity
 SELECT create_reference_table('{schema}.node_identity');
