@@ -11,30 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-SF = [sys.executable, "-m", "shardflow", "bench", "run", "w", "--nodes", "2"]
+from shardflow.bench.common import bench_runs, median_of
+
+W_ON_TWO = ("w", "--nodes", "2")
 SETUPS = {
     "plain": ["--backend", "plain"],
     "citus-direct": ["--backend", "citus", "--routing", "direct"],
     "citus-coordinator": ["--backend", "citus", "--routing", "coordinator"],
 }
-
-
-def bench(out: Path, name: str, *args: str) -> list[dict[str, Any]]:
-    path = out / f"{name}.json"
-    path.unlink(missing_ok=True)
-    subprocess.run([*SF, *args, "--json", str(path)], check=True)
-    runs: list[dict[str, Any]] = json.loads(path.read_text())
-    return runs
-
-
-def median(runs: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(r[key] for r in runs))
 
 
 def main() -> None:
@@ -53,22 +40,22 @@ def main() -> None:
     }
     for _ in range(args.runs):
         for name, extra in SETUPS.items():
-            runs[name]["closed"] += bench(
+            runs[name]["closed"] += bench_runs(
                 args.out, f"{name}-closed", *extra, "--count", str(args.count)
             )
-            runs[name]["open"] += bench(
-                args.out, f"{name}-open", *extra, "--rate", str(args.rate),
+            runs[name]["open"] += bench_runs(
+                args.out, f"{name}-open", *W_ON_TWO, *extra, "--rate", str(args.rate),
                 "--duration", str(args.duration),
             )  # fmt: skip
     for name in SETUPS:
         closed, opened = runs[name]["closed"], runs[name]["open"]
         summary[name] = {
-            "workflows_per_second": median(closed, "workflows_per_second"),
-            "cpu_ms_per_workflow": median(closed, "cpu_ms_per_workflow"),
-            "commits_per_workflow": median(closed, "commits_per_workflow"),
+            "workflows_per_second": median_of(closed, "workflows_per_second"),
+            "cpu_ms_per_workflow": median_of(closed, "cpu_ms_per_workflow"),
+            "commits_per_workflow": median_of(closed, "commits_per_workflow"),
             "open_rate": args.rate,
-            "latency_p50_ms": median(opened, "latency_p50_ms"),
-            "latency_p99_ms": median(opened, "latency_p99_ms"),
+            "latency_p50_ms": median_of(opened, "latency_p50_ms"),
+            "latency_p99_ms": median_of(opened, "latency_p99_ms"),
             "unfinished": sum(r["unfinished"] for r in opened),
         }
     plain = summary["plain"]["workflows_per_second"]

@@ -15,26 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from shardflow.bench.common import bench_runs, median_of
+
 SF = [sys.executable, "-m", "shardflow", "bench"]
-
-
-def bench(out: Path, name: str, *args: str) -> list[dict[str, Any]]:
-    """Run `shardflow bench run ARGS --json OUT/NAME.json`; returns this call's runs."""
-    path = out / f"{name}.json"
-    before = len(json.loads(path.read_text())) if path.exists() else 0
-    subprocess.run([*SF, "run", *args, "--json", str(path)], check=True)
-    runs: list[dict[str, Any]] = json.loads(path.read_text())[before:]
-    return runs
-
-
-def median(runs: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(r[key] for r in runs))
 
 
 def main() -> None:
@@ -51,29 +39,31 @@ def main() -> None:
     runs = str(args.runs)
     summary: dict[str, Any] = {}
 
-    w = bench(args.out, "w", "w", "--count", "20000", "--repeat", runs)
-    top = median(w, "workflows_per_second")
+    w = bench_runs(args.out, "w", "w", "--count", "20000", "--repeat", runs)
+    top = median_of(w, "workflows_per_second")
     summary["w_one_node_wps"] = top
-    summary["w_cpu_ms_per_workflow"] = median(w, "cpu_ms_per_workflow")
-    summary["w_commits_per_workflow"] = median(w, "commits_per_workflow")
+    summary["w_cpu_ms_per_workflow"] = median_of(w, "cpu_ms_per_workflow")
+    summary["w_commits_per_workflow"] = median_of(w, "commits_per_workflow")
     summary["w_worker_cpu_share"] = round(
-        median(w, "worker_cpu_seconds")
-        / (median(w, "worker_cpu_seconds") + median(w, "database_cpu_seconds")),
+        median_of(w, "worker_cpu_seconds")
+        / (median_of(w, "worker_cpu_seconds") + median_of(w, "database_cpu_seconds")),
         2,
     )
 
     for share in (0.25, 0.5, 0.75):
         rate = str(round(top * share))
-        lat = bench(args.out, "latency", "w", "--rate", rate, "--duration", "10", "--repeat", runs)
+        lat = bench_runs(
+            args.out, "latency", "w", "--rate", rate, "--duration", "10", "--repeat", runs
+        )
         summary[f"latency_at_{int(share * 100)}pct"] = {
             "rate": float(rate),
-            "p50_ms": median(lat, "latency_p50_ms"),
-            "p99_ms": median(lat, "latency_p99_ms"),
+            "p50_ms": median_of(lat, "latency_p50_ms"),
+            "p99_ms": median_of(lat, "latency_p99_ms"),
         }
 
-    idle = bench(args.out, "idle", "w", "--rate", "5", "--duration", "10", "--repeat", runs)
-    summary["idle_pickup_p50_ms"] = median(idle, "pickup_p50_ms")
-    summary["idle_latency_p50_ms"] = median(idle, "latency_p50_ms")
+    idle = bench_runs(args.out, "idle", "w", "--rate", "5", "--duration", "10", "--repeat", runs)
+    summary["idle_pickup_p50_ms"] = median_of(idle, "pickup_p50_ms")
+    summary["idle_latency_p50_ms"] = median_of(idle, "latency_p50_ms")
 
     many = []
     for _ in range(args.runs):
@@ -85,12 +75,12 @@ def main() -> None:
         )
         many.append(json.loads(done.stdout.strip().splitlines()[-1]))
     (args.out / "start_many.json").write_text(json.dumps(many, indent=2) + "\n")
-    summary["start_many_3_nodes_wps"] = median(many, "workflows_per_second")
+    summary["start_many_3_nodes_wps"] = median_of(many, "workflows_per_second")
 
     if os.geteuid() == 0 and Path("/sys/fs/cgroup/cpu/cgroup.procs").exists():
         capped = {}
         for nodes in (1, 2, 4):
-            scaled = bench(
+            scaled = bench_runs(
                 args.out,
                 "scaling",
                 "w",
@@ -103,7 +93,7 @@ def main() -> None:
                 "--repeat",
                 runs,
             )
-            capped[nodes] = median(scaled, "workflows_per_second")
+            capped[nodes] = median_of(scaled, "workflows_per_second")
         summary["scaling_node_cpu"] = args.node_cpu
         summary["scaling_wps"] = capped
         summary["scaling_ratio_2"] = round(capped[2] / (2 * capped[1]), 2)
@@ -112,11 +102,11 @@ def main() -> None:
         print("scaling run skipped: capping node CPU needs root and cgroup v1 (cpu controller)")
 
     for workload in ("fanout", "sleepy"):
-        other = bench(args.out, "workloads", workload, "--count", "5000")
-        summary[f"{workload}_wps"] = median(other, "workflows_per_second")
+        other = bench_runs(args.out, "workloads", workload, "--count", "5000")
+        summary[f"{workload}_wps"] = median_of(other, "workflows_per_second")
 
     if args.soak:
-        soak = bench(
+        soak = bench_runs(
             args.out, "soak", "w", "--rate", str(round(top * 0.3)), "--duration", str(args.soak)
         )
         summary["soak_worker_rss_mb"] = {

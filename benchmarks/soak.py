@@ -19,21 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-SF = [sys.executable, "-m", "shardflow", "bench", "run"]
+from shardflow.bench.common import bench_runs
+
 LEASE_SECONDS = 30.0
-
-
-def bench(out: Path, name: str, *args: str) -> list[dict[str, Any]]:
-    path = out / f"{name}.json"
-    path.unlink(missing_ok=True)
-    subprocess.run([*SF, *args, "--json", str(path)], check=True)
-    runs: list[dict[str, Any]] = json.loads(path.read_text())
-    return runs
 
 
 def main() -> None:
@@ -46,9 +37,11 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    closed = bench(args.out, "soak-closed", "w", "--count", str(args.max_count), "--repeat", "2")
+    closed = bench_runs(
+        args.out, "soak-closed", "w", "--count", str(args.max_count), "--repeat", "2"
+    )
     closed_top = statistics.median(r["workflows_per_second"] for r in closed)
-    (overload,) = bench(
+    (overload,) = bench_runs(
         args.out, "soak-max", "w", "--rate", str(closed_top), "--duration", "60",
         "--drain-timeout", "600",
     )  # fmt: skip
@@ -61,7 +54,7 @@ def main() -> None:
     phases = []
     for fraction in (float(f) for f in args.loads.split(",")):
         rate = round(top * fraction, 1)
-        (run,) = bench(
+        (run,) = bench_runs(
             args.out,
             f"soak-{int(fraction * 100)}",
             "w",

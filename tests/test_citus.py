@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from shardflow import Client, ShardflowError, Worker
+from shardflow import Client, Worker
 from shardflow.cli import cli
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.citus import CitusAdmin
@@ -31,6 +31,7 @@ from tests import apps
 from tests.conftest import TEST_WORKER
 from tests.helpers import run, wait_until
 from tests.invariants import check_invariants, create_tx_effects_table
+from tests.load import Load
 
 
 @pytest.fixture(scope="module")
@@ -59,40 +60,6 @@ def scale_cluster(backend: str) -> Iterator[LocalCluster]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-class Load:
-    """Starts transactional workflows back to back until stopped; counts acks and errors."""
-
-    def __init__(self, client: Client):
-        self.client = client
-        self.acked: list[str] = []
-        self.errors: list[BaseException] = []
-        self._stop = asyncio.Event()
-        self._batch = uuid.uuid4().hex[:8]
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Load:
-        self._task = asyncio.create_task(self._run())
-        await wait_until(lambda: len(self.acked) >= 20, what="load to start")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-
-    async def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            wf_id = f"citus-load-{self._batch}-{i}"
-            try:
-                await self.client.start(apps.transfer, 1, workflow_id=wf_id)
-                self.acked.append(wf_id)
-            except ShardflowError as exc:
-                self.errors.append(exc)
-            i += 1
-            await asyncio.sleep(0.01)  # pace the load (not synchronisation)
-
-
 @pytest.mark.timeout(600)
 def test_add_a_worker_under_load_and_let_citus_rebalance(scale_cluster: LocalCluster) -> None:
     config = scale_cluster.load_config().replace(worker=TEST_WORKER, connect_timeout=2.0)
@@ -101,7 +68,7 @@ def test_add_a_worker_under_load_and_let_citus_rebalance(scale_cluster: LocalClu
         await create_tx_effects_table(config)
         async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
             before = client.placement
-            async with Load(client) as load:
+            async with Load(client, apps.transfer, pace=0.01) as load:
                 added = scale_cluster.add_node()
                 async with ClusterAdmin(config) as admin:
                     citus = CitusAdmin(admin)
@@ -120,7 +87,7 @@ def test_add_a_worker_under_load_and_let_citus_rebalance(scale_cluster: LocalClu
                 lambda: new_node in worker.nodes, what="the running worker to serve the new node"
             )
             report = await check_invariants(
-                config, client, load.acked, steps_per_workflow=2, tx_steps=frozenset({"debit"})
+                config, client, load.ids, steps_per_workflow=2, tx_steps=frozenset({"debit"})
             )
             report.assert_ok()
             assert load.errors == [], "client-visible errors during the rebalance"

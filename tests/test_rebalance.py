@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow import Client, ShardflowError, Worker
+from shardflow import Client, Worker
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
@@ -33,6 +33,7 @@ from shardflow.storage import NodeConnector, WorkerStore
 from tests import apps
 from tests.conftest import TEST_WORKER
 from tests.helpers import REPO, run, wait_until
+from tests.load import Load
 
 pytestmark = pytest.mark.plain_only(
     "shardflow's own partition mover; on Citus, Citus moves shards (tests/test_citus.py)"
@@ -66,46 +67,11 @@ def config_file(config: ClusterConfig, cluster: LocalCluster) -> Path:
     return path
 
 
-class Load:
-    """Starts W workflows back to back until stopped; counts acknowledged starts and errors."""
-
-    def __init__(self, client: Client):
-        self.client = client
-        self.acked: list[tuple[str, int]] = []
-        self.errors: list[BaseException] = []
-        self._stop = asyncio.Event()
-        self._batch = uuid.uuid4().hex[:8]
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Load:
-        self._task = asyncio.create_task(self._run())
-        await wait_until(lambda: len(self.acked) >= 20, what="load to start")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-
-    async def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            wf_id = f"load-{self._batch}-{i}"
-            try:
-                await self.client.start(apps.three_steps, i, workflow_id=wf_id)
-                self.acked.append((wf_id, i))
-            except ShardflowError as exc:
-                self.errors.append(exc)
-            i += 1
-            await asyncio.sleep(0.005)  # pace the load (not synchronisation)
-
-    async def verify_all_completed(self) -> None:
-        results = await asyncio.gather(
-            *(self.client.result(wf_id, timeout=60) for wf_id, _ in self.acked)
-        )
-        assert results == [n + 3 for _, n in self.acked]
-        histories = await asyncio.gather(*(self.client.steps(wf_id) for wf_id, _ in self.acked))
-        assert all([s.step_seq for s in h] == [0, 1, 2] for h in histories)
+async def verify_all_completed(client: Client, load: Load) -> None:
+    results = await asyncio.gather(*(client.result(wf_id, timeout=60) for wf_id in load.ids))
+    assert results == [n + 3 for _, n in load.acked]
+    histories = await asyncio.gather(*(client.steps(wf_id) for wf_id in load.ids))
+    assert all([s.step_seq for s in h] == [0, 1, 2] for h in histories)
 
 
 async def assert_consistent(config: ClusterConfig) -> int:
@@ -119,7 +85,7 @@ async def assert_consistent(config: ClusterConfig) -> int:
 def test_add_a_fourth_node_under_load(cluster: LocalCluster, config: ClusterConfig) -> None:
     async def go() -> None:
         async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
-            async with Load(client) as load:
+            async with Load(client, apps.three_steps) as load:
                 new_node = cluster.add_node()
                 async with ClusterAdmin(config) as admin:
                     await admin.add_node(new_node)
@@ -129,7 +95,7 @@ def test_add_a_fourth_node_under_load(cluster: LocalCluster, config: ClusterConf
                     lambda: len(load.acked) >= len(report.moves) + 100,
                     what="more load after the moves",
                 )
-            await load.verify_all_completed()
+            await verify_all_completed(client, load)
             assert load.errors == [], "client-visible errors during the rebalance"
             assert new_node.name in worker.nodes, "the running worker picked up the new node"
         counts = Counter(placement.owners)
@@ -287,7 +253,7 @@ def test_drain_then_remove_a_node_under_load(cluster: LocalCluster, config: Clus
             assert (await admin.latest_placement()).partitions_of(victim.name)
         async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
             await wait_until(lambda: victim.name in worker.nodes, what="worker to serve it")
-            async with Load(client) as load:
+            async with Load(client, apps.three_steps) as load:
                 async with ClusterAdmin(config) as admin:
                     with pytest.raises(ConfigurationError, match="drain"):
                         await admin.remove_node(victim.name)
@@ -301,7 +267,7 @@ def test_drain_then_remove_a_node_under_load(cluster: LocalCluster, config: Clus
                     what="worker to stop serving the removed node",
                 )
                 await wait_until(lambda: len(load.acked) >= 100, what="load after removal")
-            await load.verify_all_completed()
+            await verify_all_completed(client, load)
             assert load.errors == []
         cluster.forget_node(victim.name)
         await assert_consistent(config)
