@@ -168,15 +168,17 @@ class Client:
             self._start_batchers[node] = batcher
         return batcher
 
-    def _wake(self, store: ClientStore) -> None:
+    def _wake(self, store: ClientStore, partitions: set[int]) -> None:
         """Wake the workers of the node that just got work (coalesced, not awaited)."""
         node = store.db.name
         wake_up = self._wake_ups.get(node)
         if wake_up is None:
             # The connector is looked up at send time: membership changes may replace it.
-            wake_up = WakeUp(node, lambda: ClientStore(self._connector_for(node)).notify_work())
+            wake_up = WakeUp(
+                node, lambda payload: ClientStore(self._connector_for(node)).notify_work(payload)
+            )
             self._wake_ups[node] = wake_up
-        wake_up.request()
+        wake_up.request(partitions)
 
     def _connector_for(self, node: str) -> NodeConnector:
         return self.topology.connector(node)
@@ -219,7 +221,7 @@ class Client:
             }
             # Concurrent starts to one node share a statement and a commit.
             if await self._start_batcher(store.db.name).submit(row):
-                self._wake(store)
+                self._wake(store, {partition})
                 return WorkflowHandle(self, wf_id, routing_key, created=True)
             # Not created: the id exists, or the partition is not this node's (moved).
             outcome = await store.insert_workflow(
@@ -232,7 +234,7 @@ class Client:
                 timeout=timeout,
             )
             if outcome.created:
-                self._wake(store)
+                self._wake(store, {partition})
                 return WorkflowHandle(self, wf_id, routing_key, created=True)
             existing = outcome.record
             assert existing is not None
@@ -312,7 +314,7 @@ class Client:
                     return set()  # each id is then resolved by start(), which looks it up
                 raise
             if created:
-                self._wake(store)
+                self._wake(store, {partition for partition, wf_id, _ in rows if wf_id in created})
             return created
 
         created = set().union(

@@ -96,6 +96,11 @@ class CitusStore:
                 distributed.append(table)
         return distributed
 
+    async def recover_prepared(self) -> int:
+        """Finish the two-phase commits this node started and left prepared; how many."""
+        rows = await self.db.run("citus_recover_prepared")
+        return int(rows[0]["recovered"])
+
     async def add_node(self, host: str, port: int) -> None:
         await self.db.run("citus_add_node", {"host": host, "port": port})
 

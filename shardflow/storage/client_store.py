@@ -74,9 +74,12 @@ class ClientStore:
         params = {f"{c}_list": [row[c] for row in rows] for c in columns}
         return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 
-    async def notify_work(self) -> None:
-        """Wake the node's claim loops; sent after the commit, as its own statement."""
-        await self.db.run("notify_work", {"channel": work_channel(self.db.schema), "payload": ""})
+    async def notify_work(self, payload: str = "") -> None:
+        """Wake the node's claim loops; sent after the commit, as its own statement.
+        ``payload`` names the partitions that got work ("" for any)."""
+        await self.db.run(
+            "notify_work", {"channel": work_channel(self.db.schema), "payload": payload}
+        )
 
     async def get_workflow(self, partition: int, workflow_id: str) -> WorkflowRecord | None:
         rows = await self.db.run(

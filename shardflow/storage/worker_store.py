@@ -115,14 +115,17 @@ class WorkerStore:
         self, *, limit: int, owner: str, lease: timedelta, backlog: bool = True
     ) -> list[ClaimedWorkflow]:
         """Lease up to ``limit`` runnable workflows of the partitions this node owns (no
-        suspects) in one statement.
+        suspects) in one statement. On Citus: the runnable partitions, then ``claim_from``
+        (the claim loop saves the first read by following notifications instead).
 
         ``backlog``: visit partitions from a random starting point, each oldest first (cheap
         when much is runnable); otherwise take the node's oldest (cheap when little is).
         """
-        token = str(uuid.uuid4())
         if self._citus:
-            return await self._claim_partitions(limit=limit, owner=owner, lease=lease, token=token)
+            candidates = await self.runnable_partitions(limit=limit)
+            claimed, _ = await self.claim_from(candidates, limit=limit, owner=owner, lease=lease)
+            return claimed
+        token = str(uuid.uuid4())
         rows = await self.db.run(
             "claim_ready" if backlog else "claim_oldest",
             {
@@ -136,33 +139,39 @@ class WorkerStore:
         )
         return [ClaimedWorkflow(lease_token=token, **row) for row in rows]
 
-    async def _claim_partitions(
-        self, *, limit: int, owner: str, lease: timedelta, token: str
-    ) -> list[ClaimedWorkflow]:
-        """Citus: find the node's partitions with runnable work (no locks), then claim from
-        each with a single-partition statement, all in one local transaction."""
+    @property
+    def claims_by_partition(self) -> bool:
+        """Citus: claims go one partition at a time (see ``claim_from``), not node-wide."""
+        return self._citus
+
+    async def runnable_partitions(self, *, limit: int) -> list[int]:
+        """Citus: which of this node's partitions have runnable work for this worker, oldest
+        first (no locks). A read across shards: the claim loop asks it once per poll
+        interval, and otherwise claims where notifications and earlier claims point."""
         if not self.partitions:
             return []
-        runnable = await self.db.run("runnable_partitions", {**self._scope, "limit": limit})
-        wanted: list[tuple[int, int]] = []
-        left = limit
-        for row in runnable:
-            take = min(left, int(row["runnable"]))
-            wanted.append((int(row["partition"]), take))
-            left -= take
-            if left == 0:
+        rows = await self.db.run("runnable_partitions", {**self._scope, "limit": limit})
+        return [int(r["partition"]) for r in rows]
+
+    async def claim_from(
+        self, partitions: list[int], *, limit: int, owner: str, lease: timedelta
+    ) -> tuple[list[ClaimedWorkflow], list[int]]:
+        """Citus: claim up to ``limit`` from ``partitions``, in order, one single-partition
+        statement at a time, until the limit is reached. Returns what was claimed, and the
+        partitions that may hold more (those that filled their share, and those not tried)."""
+        claimed: list[ClaimedWorkflow] = []
+        maybe_more: list[int] = []
+        ordered = sorted(set(partitions) & set(self.partitions))
+        for i, partition in enumerate(ordered):
+            left = limit - len(claimed)
+            if left <= 0:
+                maybe_more.extend(ordered[i:])
                 break
-        wanted.sort()  # lock in partition order, like every multi-partition write
-        common = {**self._runs, "owner": owner, "lease": lease, "lease_token": token}
-        answers = await self.db.run_many(
-            "claim",
-            [{**common, "partition": p, "limit": n, "suspect": False} for p, n in wanted],
-        )
-        return [
-            ClaimedWorkflow(partition=partition, lease_token=token, **row)
-            for (partition, _), rows in zip(wanted, answers, strict=True)
-            for row in rows
-        ]
+            got = await self.claim(partition=partition, limit=left, owner=owner, lease=lease)
+            claimed.extend(got)
+            if len(got) == left:
+                maybe_more.append(partition)
+        return claimed, maybe_more
 
     async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
         rows = await self.db.run(
@@ -248,25 +257,12 @@ class WorkerStore:
                 ],
             ):
                 held |= {(r["partition"], r["workflow_id"], r["lease_token"]) for r in answer}
-            writes: list[tuple[str, dict[str, Any]]] = []
-            for p in partitions:
-                ours = [c for c in checkpoints if c["partition"] == p and (p, *_lease(c)) in held]
-                ended = [f for f in finishes if f["partition"] == p and (p, *_lease(f)) in held]
-                if ours:
-                    writes.append(
-                        (
-                            "progress_steps_partition",
-                            {"partition": p, **_columns(ours, _CHECKPOINT_COLUMNS[1:])},
-                        )
-                    )
-                if ended:
-                    columns = _columns(ended, _FINISH_COLUMNS[1:])
-                    writes.append(
-                        (
-                            "progress_finish_partition",
-                            {"partition": p, **{f"fin_{k}": v for k, v in columns.items()}},
-                        )
-                    )
+            in_order = sorted(checkpoints, key=lambda c: (c["partition"], c["workflow_id"]))
+            writes: list[tuple[str, dict[str, Any]]] = [
+                ("progress_step_row", c) for c in in_order if (c["partition"], *_lease(c)) in held
+            ] + [
+                ("progress_finish_row", f) for f in finishes if (f["partition"], *_lease(f)) in held
+            ]
             answers = await self.db.fetch_each(conn, writes)
             return {
                 (r["partition"], r["workflow_id"], r["step_seq"]) for rows in answers for r in rows

@@ -22,7 +22,7 @@ class Listener(Service):
         self,
         *,
         store: ListenStore,
-        wake: Callable[[], None],
+        wake: Callable[[str | None], None],
         poll_seconds: float,
         **kwargs: object,
     ):
@@ -43,14 +43,14 @@ class Listener(Service):
                     backoff.reset()
                     if payload is not None:
                         self.notifications += 1
-                        self._wake()
+                        self._wake(payload)
             except NodeUnavailable as exc:
                 log.info(
                     "listener reconnecting: %s",
                     exc,
                     extra={"action": "listen_reconnect", "node": self.store.node},
                 )
-                # The claim loop cannot have been woken while we were away: poll once now.
-                self._wake()
+                # The claim loop cannot have been woken while we were away: look everywhere.
+                self._wake(None)
                 if await self.pause(backoff.next()):
                     return

@@ -32,16 +32,21 @@ class MembershipWatcher(Service):
         self.interval = interval
         self.current: Placement | None = None
 
+    async def follow_once(self) -> None:
+        """Read the placement and apply it if it is newer; a failed read is logged, and the
+        next round tries again."""
+        try:
+            placement = await self._topology.refresh(force=True)
+        except ShardflowError as exc:
+            log.warning("could not read the placement: %s", exc, extra={"action": "membership"})
+            return
+        if _newer(placement, self.current):
+            self.current = placement
+            await self._apply(placement)
+
     async def run(self) -> None:
         while not self.stopping.is_set():
-            try:
-                placement = await self._topology.refresh(force=True)
-            except ShardflowError as exc:
-                log.warning("could not read the placement: %s", exc, extra={"action": "membership"})
-            else:
-                if _newer(placement, self.current):
-                    self.current = placement
-                    await self._apply(placement)
+            await self.follow_once()
             if await self.pause(jittered(self.interval)):
                 return
 

@@ -34,6 +34,15 @@ class ClaimStore(NodeBound, Protocol):
         self, *, limit: int, owner: str, lease: timedelta, backlog: bool = True
     ) -> list[ClaimedWorkflow]: ...
 
+    @property
+    def claims_by_partition(self) -> bool: ...
+
+    async def runnable_partitions(self, *, limit: int) -> list[int]: ...
+
+    async def claim_from(
+        self, partitions: list[int], *, limit: int, owner: str, lease: timedelta
+    ) -> tuple[list[ClaimedWorkflow], list[int]]: ...
+
 
 class NodeStore(ClaimStore, RunStore, Protocol):
     """A node as the claim loop hands it to the executor: claims come from it, and the runs

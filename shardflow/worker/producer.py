@@ -15,6 +15,7 @@ from datetime import timedelta
 from shardflow.config import WorkerSettings
 from shardflow.errors import NodeUnavailable
 from shardflow.storage.records import ClaimedWorkflow
+from shardflow.wakeup import decode_partitions
 from shardflow.worker.ports import NodeStore
 from shardflow.worker.service import Backoff, Service, jittered
 from shardflow.worker.slots import Slots
@@ -53,9 +54,24 @@ class ClaimLoop(Service):
         self._backlog = False
         # The releases (sleeps, retry backoffs) this worker made here, to wake on time.
         self.timers = LocalTimers()
+        # Citus: partitions worth a claim (named by notifications, timers, or a claim that
+        # came back full), and when the node-wide look for runnable partitions is due.
+        self._hints: set[int] = set()
+        self._scan_due = True
+        self._scanned_at = 0.0
 
     def wake(self) -> None:
         """Look for work now (called on NOTIFY, or when the executor frees a slot)."""
+        self._woken.set()
+
+    def notified(self, payload: str | None) -> None:
+        """A NOTIFY (``payload`` names partitions that got work) or a lost listener (None:
+        look everywhere)."""
+        partitions = decode_partitions(payload) if payload is not None else None
+        if partitions is None:
+            self._scan_due = True
+        else:
+            self._hints |= partitions
         self._woken.set()
 
     def wake_for_suspects(self) -> None:
@@ -120,9 +136,12 @@ class ClaimLoop(Service):
             return 0, False
         batch: list[ClaimedWorkflow] = []
         try:
-            batch = await self.store.claim_ready(
-                limit=reserved, owner=self.owner, lease=lease, backlog=self._backlog
-            )
+            if self.store.claims_by_partition:
+                batch = await self._claim_where_hinted(reserved, lease)
+            else:
+                batch = await self.store.claim_ready(
+                    limit=reserved, owner=self.owner, lease=lease, backlog=self._backlog
+                )
         finally:
             await self.slots.give_back(reserved - len(batch), node=self.store.node)
         for work in batch:
@@ -133,6 +152,24 @@ class ClaimLoop(Service):
         self._backlog = len(batch) == reserved
         # Fewer than asked for: nothing else is runnable now; wait for a wake-up.
         return len(batch), len(batch) < reserved
+
+    async def _claim_where_hinted(self, limit: int, lease: timedelta) -> list[ClaimedWorkflow]:
+        """Citus: a statement spanning shards costs tens of milliseconds, one naming a
+        partition a fraction of one. Claim partition by partition where work was announced
+        (notifications, this worker's timers, claims that came back full); look node-wide
+        for runnable partitions only once per poll interval, or when told to look everywhere.
+        """
+        now = time.monotonic()
+        if self._scan_due or now - self._scanned_at >= self.settings.poll_seconds:
+            self._scan_due = False
+            self._scanned_at = now
+            self._hints |= set(await self.store.runnable_partitions(limit=limit))
+        self._hints |= self.timers.take_due_partitions()
+        batch, maybe_more = await self.store.claim_from(
+            sorted(self._hints), limit=limit, owner=self.owner, lease=lease
+        )
+        self._hints = set(maybe_more)
+        return batch
 
     async def _claim_suspect(self, lease: timedelta) -> int:
         """Run one suspect alone: wait until the worker is idle, then claim it with every slot.

@@ -119,6 +119,10 @@ class Worker:
             interval=self.settings.membership_seconds,
             on_failure=self._service_failed,
         )
+        if self.topology.backend == "citus":
+            # The placement names the nodes to serve: read it once before start() returns,
+            # so a started worker already claims (if the read fails, the watcher retries).
+            await self._membership.follow_once()
         self._membership.start()
         log.info("worker started", extra={"action": "worker_started", "owner": self.owner})
 
@@ -145,7 +149,7 @@ class Worker:
             loop,
             Listener(
                 store=store,
-                wake=loop.wake,
+                wake=loop.notified,
                 poll_seconds=self.settings.poll_seconds,
                 on_failure=self._service_failed,
             ),
@@ -288,7 +292,7 @@ class Worker:
             node = self.topology.placement.owner(partition)
         loop = self._loops.get(node) or self._loops.get(claimed_on)
         if loop is not None:
-            loop.timers.add(seconds)
+            loop.timers.add(seconds, partition)
 
     def _service_failed(self, service: Service, exc: BaseException) -> None:
         log.critical("stopping worker: %s failed", service.name)

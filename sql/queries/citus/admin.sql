@@ -60,3 +60,10 @@ LIMIT 1;
 SELECT from_nodename, from_nodeport, to_nodename, to_nodeport, result
 FROM citus_check_cluster_node_health()
 WHERE result IS DISTINCT FROM true;
+
+-- name: citus_recover_prepared
+-- Resolves the two-phase commits this node started whose commit or abort did not reach a
+-- participant (a connection cut between PREPARE and COMMIT PREPARED). Citus's maintenance
+-- daemon does the same every citus.recover_2pc_interval; run on every node, since each
+-- recovers only the transactions it started.
+SELECT recover_prepared_transactions() AS recovered;
