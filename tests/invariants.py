@@ -6,8 +6,8 @@
    constraint): none twice, none missing, none without its checkpoint;
 4. external effects at least once, with the duplicate rate reported;
 5. step order: checkpoints recorded in position order;
-6. hygiene on every node: no prepared transactions (on Citus: after its 2PC recovery), no advisory locks held, no session idle
-   in a transaction, connections below max_connections;
+6. hygiene on every node: no prepared transactions (on Citus: after its 2PC recovery), no
+   advisory locks held, no session idle in a transaction, connections below max_connections;
 plus the cluster's own check (one owner per partition, no orphan rows).
 """
 
