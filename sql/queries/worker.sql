@@ -63,8 +63,10 @@ RETURNING w.partition, w.workflow_id, w.name, w.input, w.deadline_at, w.claim_co
 -- name: claim_ready
 -- The backlog claim (the previous claim came back full): up to n runnable workflows (never
 -- suspects: they go one at a time through claim) from the partitions this node owns, in one
--- statement. Partitions are visited from a random
--- starting point (fair on average) and each is read oldest first through the (partition,
+-- statement. Partitions are visited from a random starting partition, wrapping around (fair
+-- on average: with the offset taken modulo 65536 instead of the partition count, nearly every
+-- walk began at partition 0 and under a backlog the high partitions starved, p99 pick-up
+-- 100 s in the soak), and each is read oldest first through the (partition,
 -- run_at) index: a plan that stays cheap with any table statistics (a node-wide ORDER BY
 -- run_at was seen sorting a whole fresh backlog when the statistics still said "empty").
 -- The nested loop stops once n rows are locked. The fence locks the ownership rows of the
@@ -75,7 +77,8 @@ WITH candidates AS MATERIALIZED (
     FROM (
         SELECT partition FROM {schema}.partition_ownership
         WHERE state = 'owned'
-        ORDER BY mod(partition + %(offset)s, 65536)
+        ORDER BY mod(partition + %(offset)s,
+                     (SELECT partition_count FROM {schema}.node_identity))
     ) AS p
     CROSS JOIN LATERAL (
         SELECT partition, workflow_id FROM {schema}.workflows
