@@ -22,6 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from shardflow.bench import tail
 from shardflow.bench.common import bench_runs
 
 LEASE_SECONDS = 30.0
@@ -72,7 +73,8 @@ def main() -> None:
             f"{run['start_errors']} start errors; latency p50 {run['latency_p50_ms']:.1f} ms, "
             f"p99 {run['latency_p99_ms']:.1f} ms, max {run['latency_max_ms'] / 1000:.2f} s; "
             f"last workflow ended {run['drain_seconds']:.2f} s after the last start; "
-            f"worker RSS {run['worker_rss_mb_start']:.0f} -> {run['worker_rss_mb_end']:.0f} MB",
+            f"worker RSS {run['worker_rss_mb_start']:.0f} -> {run['worker_rss_mb_end']:.0f} MB; "
+            f"{tail.describe(run['pickup_tail'])}",
             flush=True,
         )
     (args.out / "soak.json").write_text(

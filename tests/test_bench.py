@@ -6,7 +6,9 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +37,7 @@ def test_bench_run_reports_a_closed_loop_run(tmp_path: Path) -> None:
     assert 0 < result["commits_per_workflow"] < 10
     assert result["worker_rss_mb_max"] > 0
     assert sum(result["per_node"].values()) == 60
+    assert result["pickup_tail"]["workflows"] == 1  # the slowest 1% of 60
     assert "median of 1 run(s)" in done.stdout
     if importlib.util.find_spec("matplotlib") is not None:
         png = tmp_path / "plot.png"
@@ -57,3 +60,24 @@ def test_bench_refuses_bad_settings() -> None:
     assert done.returncode != 0 and "nonsense" in done.stderr
     done = bench("run", "w", "--rate", "-5")
     assert done.returncode != 0 and "--rate" in done.stderr
+
+
+def test_pickup_tail_tells_a_starved_partition_from_a_stall() -> None:
+    from shardflow.bench.tail import pickup_tail
+    from shardflow.storage.bench_store import RunTiming
+
+    def run(slow: Callable[[int, int], bool]) -> dict[str, Any]:
+        rows = []
+        for second in range(600):
+            for partition in range(10):
+                pickup = 5.0 if slow(second, partition) else 0.01
+                rows.append(RunTiming(partition, second, second + pickup, second + pickup))
+        return pickup_tail(rows)
+
+    starved = run(lambda second, partition: partition == 7 and second % 10 == 0)
+    assert starved["partitions"] == 1 and starved["top_partition_share"] == 1.0
+    assert starved["windows"] == starved["windows_in_run"] == 60
+
+    stalled = run(lambda second, partition: 100 <= second < 106)
+    assert stalled["partitions"] == 10 and stalled["windows"] == 1
+    assert stalled["top_window_share"] == 1.0

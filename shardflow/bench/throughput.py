@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardflow.bench import workloads
+from shardflow.bench import tail, workloads
 from shardflow.bench.common import percentile
 from shardflow.bench.system import CpuCaps, CpuMeter, postmaster_pid, rss_mb
 from shardflow.client import Client
@@ -86,6 +86,8 @@ class BenchResult:
     latency_max_ms: float
     pickup_p50_ms: float
     pickup_p99_ms: float
+    # Where the slowest 1% of pick-ups were (partitions, 10-s windows): see bench/tail.py.
+    pickup_tail: dict[str, Any]
     worker_cpu_seconds: float
     database_cpu_seconds: float
     cpu_ms_per_workflow: float
@@ -319,6 +321,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
         latency_max_ms=round(max(latencies), 2),
         pickup_p50_ms=round(statistics.median(pickups), 2),
         pickup_p99_ms=round(percentile(pickups, 0.99), 2),
+        pickup_tail=tail.pickup_tail(rows),
         worker_cpu_seconds=round(meter.worker_seconds, 2),
         database_cpu_seconds=round(meter.database_seconds, 2),
         cpu_ms_per_workflow=round(cpu * 1000 / max(1, len(rows)), 3),

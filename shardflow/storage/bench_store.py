@@ -12,6 +12,7 @@ from shardflow.storage.connector import NodeConnector
 class RunTiming:
     """One finished workflow, in epoch seconds of the node's clock."""
 
+    partition: int
     created: float
     claimed: float
     completed: float

@@ -30,8 +30,10 @@ FROM {schema}.workflows
 WHERE workflow_id LIKE %(prefix)s;
 
 -- name: bench_timings
--- Per workflow of one run, from the database clock: start, first pick-up and completion.
-SELECT extract(epoch FROM created_at)::float8 AS created,
+-- Per workflow of one run, from the database clock: start, first pick-up and completion, and
+-- the partition (where the slowest pick-ups were: one starved partition or all of them).
+SELECT partition,
+       extract(epoch FROM created_at)::float8 AS created,
        extract(epoch FROM claimed_at)::float8 AS claimed,
        extract(epoch FROM completed_at)::float8 AS completed
 FROM {schema}.workflows
