@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
+
+from shardflow.storage.bench_store import RunTiming
 
 WINDOW_SECONDS = 10.0
 
 
-class Timed(Protocol):
-    partition: int
-    created: float
-    claimed: float
-
-
-def pickup_tail(rows: list[Timed], fraction: float = 0.01) -> dict[str, Any]:
+def pickup_tail(rows: Sequence[RunTiming], fraction: float = 0.01) -> dict[str, Any]:
     if not rows:
         return {}
     by_pickup = sorted(rows, key=lambda r: r.claimed - r.created, reverse=True)
