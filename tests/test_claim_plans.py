@@ -105,7 +105,7 @@ def test_backlog_claims_walk_the_per_partition_index(
         "owner": "plans",
         "lease": "30 seconds",
         "lease_token": str(uuid.uuid4()),
-        "offset": 7,
+        "start": 7,
         "partition": 5,
         "suspect": False,
     }

@@ -7,7 +7,6 @@ exception: the worker then drops the workflow, whoever holds it now carries on.
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import AsyncIterator, Hashable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -60,6 +59,9 @@ class WorkerStore:
         # Citus: the partitions whose shards this node holds (from the placement). Claims,
         # the reaper and timers look only there; plain nodes use their ownership rows.
         self.partitions: list[int] = []
+        # Where the next backlog walk begins: just after the partition the previous one ended
+        # in, so claims visit partitions in strict rotation (see claim_ready in worker.sql).
+        self._walk_from = 0
         # Group commit of what every workflow writes: checkpoints and its terminal state.
         self._progress: WriteBatcher[Progress] = WriteBatcher(
             self._write_progress, keys=Progress.keys
@@ -118,14 +120,15 @@ class WorkerStore:
         suspects) in one statement. On Citus: the runnable partitions, then ``claim_from``
         (the claim loop saves the first read by following notifications instead).
 
-        ``backlog``: visit partitions from a random starting point, each oldest first (cheap
-        when much is runnable); otherwise take the node's oldest (cheap when little is).
+        ``backlog``: visit partitions in rotation, each oldest first (cheap when much is
+        runnable); otherwise take the node's oldest (cheap when little is).
         """
         if self._citus:
             candidates = await self.runnable_partitions(limit=limit)
             claimed, _ = await self.claim_from(candidates, limit=limit, owner=owner, lease=lease)
             return claimed
         token = str(uuid.uuid4())
+        start = self._walk_from
         rows = await self.db.run(
             "claim_ready" if backlog else "claim_oldest",
             {
@@ -134,10 +137,21 @@ class WorkerStore:
                 "owner": owner,
                 "lease": lease,
                 "lease_token": token,
-                "offset": random.randrange(65536),
+                "start": start,
             },
         )
-        return [ClaimedWorkflow(lease_token=token, **row) for row in rows]
+        claimed = [ClaimedWorkflow(lease_token=token, **row) for row in rows]
+        if backlog:
+            self._walk_on(start, [work.partition for work in claimed])
+        return claimed
+
+    def _walk_on(self, start: int, visited: list[int]) -> None:
+        """Begin the next walk after the last of ``visited`` in the order a walk from
+        ``start`` took them (upwards from ``start``, then from the lowest partition)."""
+        if not visited:
+            return
+        from_start = [p for p in visited if p >= start]
+        self._walk_from = max(from_start or visited) + 1
 
     @property
     def claims_by_partition(self) -> bool:
@@ -156,12 +170,13 @@ class WorkerStore:
     async def claim_from(
         self, partitions: list[int], *, limit: int, owner: str, lease: timedelta
     ) -> tuple[list[ClaimedWorkflow], list[int]]:
-        """Citus: claim up to ``limit`` from ``partitions``, in order, one single-partition
-        statement at a time, until the limit is reached. Returns what was claimed, and the
+        """Citus: claim up to ``limit`` from ``partitions`` in rotation (as claim_ready's walk),
+        one single-partition statement at a time, until the limit is reached. Returns what was claimed, and the
         partitions that may hold more (those that filled their share, and those not tried)."""
         claimed: list[ClaimedWorkflow] = []
         maybe_more: list[int] = []
-        ordered = sorted(set(partitions) & set(self.partitions))
+        start = self._walk_from
+        ordered = sorted(set(partitions) & set(self.partitions), key=lambda p: (p < start, p))
         for i, partition in enumerate(ordered):
             left = limit - len(claimed)
             if left <= 0:
@@ -171,6 +186,7 @@ class WorkerStore:
             claimed.extend(got)
             if len(got) == left:
                 maybe_more.append(partition)
+        self._walk_on(start, [work.partition for work in claimed])
         return claimed, maybe_more
 
     async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
