@@ -170,9 +170,10 @@ class WorkerStore:
     async def claim_from(
         self, partitions: list[int], *, limit: int, owner: str, lease: timedelta
     ) -> tuple[list[ClaimedWorkflow], list[int]]:
-        """Citus: claim up to ``limit`` from ``partitions`` in rotation (as claim_ready's walk),
-        one single-partition statement at a time, until the limit is reached. Returns what was claimed, and the
-        partitions that may hold more (those that filled their share, and those not tried)."""
+        """Citus: claim up to ``limit`` from ``partitions`` in rotation (as claim_ready's
+        walk), one single-partition statement at a time, until the limit is reached. Returns
+        what was claimed, and the partitions that may hold more (those that filled their
+        share, and those not tried)."""
         claimed: list[ClaimedWorkflow] = []
         maybe_more: list[int] = []
         start = self._walk_from
