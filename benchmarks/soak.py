@@ -1,6 +1,7 @@
 """The soak behind `make soak` (issue 9): open-loop load at 50% and at 90% of the measured
 maximum, each for --seconds (30 minutes by default), 2 worker processes, one node, then every
-workflow must end within --drain seconds after the load stops.
+workflow must end within --drain seconds after the load stops. ``--maximum`` skips the
+measurement and offers fractions of a given rate (to compare runs at the same offered load).
 
 The maximum is measured first, in the same run, with the soak's own driver: W's closed-loop
 throughput (`shardflow bench run --count`, bulk starts) is offered open loop, one `start()` at
@@ -34,24 +35,34 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=120.0, help="allowed time after the load")
     parser.add_argument("--loads", default="0.5,0.9", help="fractions of the measured maximum")
     parser.add_argument("--max-count", type=int, default=20000, help="closed-loop size")
+    parser.add_argument(
+        "--maximum",
+        type=float,
+        help="use this maximum (workflows/s, e.g. an earlier run's) instead of measuring it: "
+        "phases of two runs are then offered the same rates",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    closed = bench_runs(
-        args.out, "soak-closed", "w", "--count", str(args.max_count), "--repeat", "2"
-    )
-    closed_top = statistics.median(r["workflows_per_second"] for r in closed)
-    (overload,) = bench_runs(
-        args.out, "soak-max", "w", "--rate", str(closed_top), "--duration", "60",
-        "--drain-timeout", "600",
-    )  # fmt: skip
-    top = overload["workflows_per_second"]
-    print(
-        f"SOAK maximum: {top:.0f} workflows/s completed open loop when offered the closed-loop "
-        f"maximum ({closed_top:.0f}/s, median of 2)",
-        flush=True,
-    )
+    if args.maximum is not None:
+        closed_top, top = 0.0, args.maximum
+        print(f"SOAK maximum: {top:.0f} workflows/s (given, not measured)", flush=True)
+    else:
+        closed = bench_runs(
+            args.out, "soak-closed", "w", "--count", str(args.max_count), "--repeat", "2"
+        )
+        closed_top = statistics.median(r["workflows_per_second"] for r in closed)
+        (overload,) = bench_runs(
+            args.out, "soak-max", "w", "--rate", str(closed_top), "--duration", "60",
+            "--drain-timeout", "600",
+        )  # fmt: skip
+        top = overload["workflows_per_second"]
+        print(
+            f"SOAK maximum: {top:.0f} workflows/s completed open loop when offered the "
+            f"closed-loop maximum ({closed_top:.0f}/s, median of 2)",
+            flush=True,
+        )
     phases = []
     for fraction in (float(f) for f in args.loads.split(",")):
         rate = round(top * fraction, 1)
@@ -69,7 +80,8 @@ def main() -> None:
         phases.append({"fraction": fraction, "rate": rate, **run})
         print(
             f"SOAK {fraction:.0%} = {rate:.0f}/s for {args.seconds:.0f}s: "
-            f"{run['workflows']} completed, {run['unfinished']} unfinished, "
+            f"{run['workflows']} completed ({run['workflows_per_second']:.0f}/s achieved), "
+            f"{run['unfinished']} unfinished, "
             f"{run['start_errors']} start errors; latency p50 {run['latency_p50_ms']:.1f} ms, "
             f"p99 {run['latency_p99_ms']:.1f} ms, max {run['latency_max_ms'] / 1000:.2f} s; "
             f"last workflow ended {run['drain_seconds']:.2f} s after the last start; "
