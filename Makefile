@@ -14,7 +14,7 @@ SOAK_SECONDS ?= 1800
 CITUS_SRC ?= ../shared/citus/citus-13.2.2-src.tar.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help install citus demo demo-citus demo-status demo-down load lint format test test-all chaos soak bench bench-citus bench-rebalance bench-dbos clean
+.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak bench bench-interaction bench-citus bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -35,6 +35,13 @@ demo: install ## Start (or reuse) a local 3-node cluster and run the demo workfl
 	$(SF) cluster up --nodes 3 --dir $(CLUSTER_DIR)
 	$(SF) --config $(CLUSTER_DIR)/shardflow.toml demo --count $(DEMO_COUNT) --workers $(DEMO_WORKERS)
 
+examples: install ## Run examples/ (approval, fan-out payouts, booking saga) on the demo cluster
+	$(SF) cluster up --nodes 3 --dir $(CLUSTER_DIR)
+	export SHARDFLOW_CONFIG=$(CLUSTER_DIR)/shardflow.toml; \
+	for example in approval payouts booking; do \
+		echo "== examples/$$example.py"; $(BIN)/python examples/$$example.py || exit 1; \
+	done
+
 demo-status: install ## Show the demo cluster: nodes, partitions, workflows by status
 	$(SF) --config $(CLUSTER_DIR)/shardflow.toml cluster status
 
@@ -53,13 +60,13 @@ load: install ## Headless Locust run (LOAD_USERS users, LOAD_TIME) on the demo c
 	$(SF) bench drain $$SHARDFLOW_LOAD_PREFIX --wait 60
 
 lint: install ## ruff (lint + format check) and mypy --strict on the package
-	$(BIN)/ruff check shardflow tests locustfiles benchmarks
-	$(BIN)/ruff format --check shardflow tests locustfiles benchmarks
+	$(BIN)/ruff check shardflow tests locustfiles benchmarks examples
+	$(BIN)/ruff format --check shardflow tests locustfiles benchmarks examples
 	$(BIN)/mypy
 
 format: install ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix shardflow tests locustfiles benchmarks
-	$(BIN)/ruff format shardflow tests locustfiles benchmarks
+	$(BIN)/ruff check --fix shardflow tests locustfiles benchmarks examples
+	$(BIN)/ruff format shardflow tests locustfiles benchmarks examples
 
 test: lint ## Lint, then the test suite against a fresh local 3-node cluster
 	$(BIN)/pytest
@@ -76,6 +83,9 @@ soak: install ## Open-loop load at 50% and 90% of the measured maximum, SOAK_SEC
 bench: install ## Throughput, latency, start_many and scaling benchmarks; JSON + PNG in bench-results/
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/run_all.py --runs $(BENCH_RUNS) --out bench-results
+
+bench-interaction: install ## Signal -> resume latency (idle and under load) and relay children/s; JSON in bench-results/
+	$(BIN)/python benchmarks/interaction.py --runs $(BENCH_RUNS) --out bench-results
 
 bench-dbos: install ## W on shardflow and on DBOS (own virtualenv .venv-dbos) in one run; prints the ratio
 	test -x .venv-dbos/bin/python || ($(PYTHON) -m venv .venv-dbos && .venv-dbos/bin/pip install -q dbos)

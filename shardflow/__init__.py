@@ -10,8 +10,10 @@ from shardflow.client import Client, WorkflowHandle, WorkflowPage
 from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.engine import App, StepInfo, WorkflowContext, current_step
 from shardflow.errors import (
+    ChildWorkflowFailed,
     ClusterNotInitialized,
     ConfigurationError,
+    EventTimeout,
     InvalidInput,
     InvalidWorkflowId,
     NodeUnavailable,
@@ -21,6 +23,8 @@ from shardflow.errors import (
     PayloadTooLarge,
     ResultTimeout,
     ShardflowError,
+    SignalRefused,
+    SignalTimeout,
     StepFailedError,
     UnknownWorkflow,
     WorkflowCancelled,
@@ -37,10 +41,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "ChildWorkflowFailed",
     "Client",
     "ClusterConfig",
     "ClusterNotInitialized",
     "ConfigurationError",
+    "EventTimeout",
     "InvalidInput",
     "InvalidWorkflowId",
     "NodeConfig",
@@ -51,6 +57,8 @@ __all__ = [
     "PayloadTooLarge",
     "ResultTimeout",
     "ShardflowError",
+    "SignalRefused",
+    "SignalTimeout",
     "StepFailedError",
     "StepInfo",
     "StepRecord",

@@ -1,4 +1,5 @@
-"""The client: start, inspect, wait for and cancel workflows, routed to the owning node.
+"""The client: start, inspect, wait for, signal and cancel workflows, routed to the owning
+node.
 
 Routing uses the cached placement; a node that no longer owns a partition answers with
 PartitionMoved, and the client refreshes the placement (highest version any node reports)
@@ -22,12 +23,15 @@ from typing import Any, TypeVar
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig
 from shardflow.engine.app import App, WorkflowDef
-from shardflow.engine.codec import check_identifier, encode_payload
+from shardflow.engine.codec import check_identifier, check_name, encode_payload
+from shardflow.engine.context import CHILD_SIGNAL
 from shardflow.errors import (
+    EventTimeout,
     InvalidInput,
     NodeUnavailable,
     PartitionMoved,
     ResultTimeout,
+    SignalRefused,
     UnknownWorkflow,
     WorkflowCancelled,
     WorkflowConflict,
@@ -37,6 +41,7 @@ from shardflow.errors import (
 from shardflow.routing import Placement
 from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.batcher import WriteBatcher
+from shardflow.storage.client_store import EventRecord
 from shardflow.storage.connector import PoolExhausted
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 from shardflow.topology import Topology
@@ -437,14 +442,168 @@ class Client:
     async def cancel(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
         """Cancel a pending or running workflow. False if it had already ended.
 
-        A running step is not interrupted; its worker's next write is refused.
+        A running step is not interrupted; its worker's next write is refused. A workflow
+        that registered compensations runs them first (it stays pending until then), and
+        cancellation cascades to the children it started, on every node.
         """
         await self.get(workflow_id, routing_key=routing_key)
+
+        async def cancel(store: ClientStore, partition: int) -> bool:
+            done = await store.cancel_workflow(partition, workflow_id, actor=self.actor)
+            if done:
+                self._wake(store, {partition})  # a saga's worker undoes it now
+            return done
+
+        return await self._routed(self._key(workflow_id, routing_key), cancel)
+
+    # -- signals and events ---------------------------------------------------------
+
+    async def signal(
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        signal_id: str | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        """Send signal ``name`` with ``payload`` (JSON) to a pending or running workflow.
+
+        Stored on the workflow's node, so a signal sent before the workflow waits for it is
+        kept; a workflow waiting for ``name`` is woken at once. With ``signal_id``, a resend
+        of the same id stores nothing and returns False. SignalRefused if the workflow has
+        ended, WorkflowNotFound if there is none.
+        """
+        check_name(name, what="signal name")
+        max_length = self.config.limits.max_id_length
+        if signal_id is None:
+            signal_id = str(uuid.uuid4())
+        check_identifier(signal_id, what="signal_id", max_length=max_length, error=InvalidInput)
+        encoded = encode_payload(
+            payload,
+            max_bytes=self.config.limits.max_payload_bytes,
+            what=f"payload of signal {name!r}",
+        )
+
+        return await self._send_signal(
+            workflow_id, name, encoded.text, signal_id=signal_id, routing_key=routing_key
+        )
+
+    async def _send_signal(
+        self,
+        workflow_id: str,
+        name: str,
+        payload: str | None,
+        *,
+        signal_id: str,
+        routing_key: str | None,
+    ) -> bool:
+        """Store a signal whose name and JSON payload text were checked (or are shardflow's
+        own: a child's end told to its parent)."""
+
+        async def send(store: ClientStore, partition: int) -> bool:
+            sent = await store.send_signal(
+                partition, workflow_id, name=name, signal_id=signal_id, payload=payload
+            )
+            if sent is None:
+                record = await store.get_workflow(partition, workflow_id)
+                if record is None:
+                    raise WorkflowNotFound(
+                        f"no workflow {workflow_id!r}"
+                        + (f" with routing key {routing_key!r}" if routing_key else "")
+                        + "; check the id (and routing key): nothing was sent"
+                    )
+                raise SignalRefused(
+                    f"workflow {workflow_id!r} is {record.status}: signals go only to pending "
+                    "or running workflows, so nothing was stored; start a new workflow instead"
+                )
+            if sent.woken:
+                self._wake(store, {partition})
+            return sent.stored
+
+        return await self._routed(routing_key or workflow_id, send)
+
+    # -- the relay's deliveries (shardflow/worker/relay.py) -------------------------------
+
+    async def deliver_child_start(self, start: dict[str, Any]) -> bool:
+        """Start a child written to an outbox (idempotent by id: a repeated delivery finds
+        it started). True when this call created it."""
+        timeout = start["timeout"]
+
+        async def insert(store: ClientStore, partition: int) -> bool:
+            outcome = await store.insert_workflow(
+                partition=partition,
+                workflow_id=start["workflow_id"],
+                name=start["name"],
+                app=start["app"],
+                routing_key=start["routing_key"],
+                input=json.dumps(start["input"], ensure_ascii=False),
+                timeout=None if timeout is None else timedelta(seconds=timeout),
+                parent_id=start["parent_id"],
+                parent_key=start["parent_key"],
+            )
+            if outcome.created:
+                self._wake(store, {partition})
+            return outcome.created
+
+        return await self._routed(start["routing_key"], insert)
+
+    async def tell_parent(self, *, parent_id: str, parent_key: str, child: dict[str, Any]) -> bool:
+        """Deliver a child's end to its parent as signal ``shardflow.child`` (id
+        ``shardflow.child:<child id>``: a repeated delivery stores nothing). False if the
+        parent has ended or is gone (nobody waits for it any more)."""
+        try:
+            await self._send_signal(
+                parent_id,
+                CHILD_SIGNAL,
+                json.dumps(child, ensure_ascii=False),
+                signal_id=f"{CHILD_SIGNAL}:{child['workflow_id']}",
+                routing_key=parent_key,
+            )
+        except (SignalRefused, WorkflowNotFound):
+            return False
+        return True
+
+    async def get_event(
+        self,
+        workflow_id: str,
+        key: str,
+        *,
+        timeout: float = 0,
+        routing_key: str | None = None,
+    ) -> Any:
+        """The value the workflow published under ``key`` (``ctx.set_event``), waiting up to
+        ``timeout`` seconds for it to appear; EventTimeout if it did not."""
+        check_name(key, what="event key")
+        if not timeout >= 0:
+            raise InvalidInput(f"timeout must be >= 0 seconds, got {timeout!r}")
+        await self.get(workflow_id, routing_key=routing_key)  # WorkflowNotFound first
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            found = await self._events(workflow_id, routing_key, key)
+            if found:
+                return found[0].value
+            if time.monotonic() + delay > deadline:
+                raise EventTimeout(
+                    f"workflow {workflow_id!r} has not set event {key!r} within {timeout}s; it "
+                    f"may still: ask again, or list what it set with `shardflow events "
+                    f"{workflow_id}`"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+    async def events(self, workflow_id: str, *, routing_key: str | None = None) -> dict[str, Any]:
+        """Every event the workflow published, by key (in the order they were last set)."""
+        await self.get(workflow_id, routing_key=routing_key)
+        return {e.key: e.value for e in await self._events(workflow_id, routing_key, None)}
+
+    async def _events(
+        self, workflow_id: str, routing_key: str | None, key: str | None
+    ) -> list[EventRecord]:
         return await self._routed(
             self._key(workflow_id, routing_key),
-            lambda store, partition: store.cancel_workflow(
-                partition, workflow_id, actor=self.actor
-            ),
+            lambda store, partition: store.events(partition, workflow_id, key),
         )
 
     async def requeue(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
@@ -540,7 +699,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class WorkflowHandle:
-    """A started workflow: wait for its result, read its status, cancel it.
+    """A started workflow: wait for its result, read its status and events, signal or cancel
+    it.
 
     ``created`` is True when this call created the workflow, False when the id already
     existed, and None when the answer was lost (connection dropped after the commit) and the
@@ -571,3 +731,13 @@ class WorkflowHandle:
 
     async def cancel(self) -> bool:
         return await self.client.cancel(self.workflow_id, routing_key=self.routing_key)
+
+    async def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> bool:
+        return await self.client.signal(
+            self.workflow_id, name, payload, signal_id=signal_id, routing_key=self.routing_key
+        )
+
+    async def get_event(self, key: str, *, timeout: float = 0) -> Any:
+        return await self.client.get_event(
+            self.workflow_id, key, timeout=timeout, routing_key=self.routing_key
+        )

@@ -133,3 +133,36 @@ class WorkflowCancelled(ShardflowError):
 
 class ResultTimeout(ShardflowError, TimeoutError):
     """``result(timeout=...)`` gave up waiting; the workflow keeps running. Wait again later."""
+
+
+class SignalTimeout(ShardflowError, TimeoutError):
+    """Raised inside a workflow by ``ctx.wait_for_signal(name, timeout=...)``: no signal of
+    that name arrived in time. Catch it to take another path (remind, escalate, give up)."""
+
+    def __init__(self, name: str, timeout: float):
+        super().__init__(f"no signal {name!r} arrived within {timeout}s")
+        self.name = name
+        self.timeout = timeout
+
+
+class SignalRefused(ShardflowError):
+    """``signal()`` to a workflow that has already ended: nothing was stored. Only pending and
+    running workflows take signals; check the id, or start a new workflow."""
+
+
+class EventTimeout(ShardflowError, TimeoutError):
+    """``get_event(..., timeout=...)``: the workflow did not set that key in time. It may
+    still; ask again later (or check the key's spelling with ``shardflow events ID``)."""
+
+
+class ChildWorkflowFailed(ShardflowError):
+    """Raised inside a parent by ``await child.result()``: the child ended ``failed``,
+    ``cancelled`` or dead-lettered. ``status`` and ``error`` say how; catch it to carry on
+    (or let it fail the parent, which then runs its compensations)."""
+
+    def __init__(self, workflow_id: str, status: str, error: dict[str, object] | None):
+        detail = f": {(error or {}).get('type')}: {(error or {}).get('message')}" if error else ""
+        super().__init__(f"child workflow {workflow_id!r} ended {status}{detail}")
+        self.workflow_id = workflow_id
+        self.status = status
+        self.error = error or {}

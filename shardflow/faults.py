@@ -20,6 +20,10 @@ WORKER_FAULT_ENV = "SHARDFLOW_WORKER_FAULT"
 # Inside a transactional step's transaction after its checkpoint was written (the commit is
 # never sent), and after the commit before the worker acts on it.
 WORKER_FAULT_POINTS = ("tx_before_commit", "tx_after_commit")
+# In the relay (same variable): after an outbox message or a child's end was read and before
+# it is delivered, and after the delivery before the message is deleted (or the parent
+# marked told).
+RELAY_FAULT_POINTS = ("relay_before_deliver", "relay_before_ack")
 
 
 def fault_point(env: str, name: str) -> None:

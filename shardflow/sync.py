@@ -93,6 +93,31 @@ class SyncClient:
     def cancel(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
         return self._call(self._client.cancel(workflow_id, routing_key=routing_key))
 
+    def signal(
+        self,
+        workflow_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        signal_id: str | None = None,
+        routing_key: str | None = None,
+    ) -> bool:
+        return self._call(
+            self._client.signal(
+                workflow_id, name, payload, signal_id=signal_id, routing_key=routing_key
+            )
+        )
+
+    def get_event(
+        self, workflow_id: str, key: str, *, timeout: float = 0, routing_key: str | None = None
+    ) -> Any:
+        return self._call(
+            self._client.get_event(workflow_id, key, timeout=timeout, routing_key=routing_key)
+        )
+
+    def events(self, workflow_id: str, *, routing_key: str | None = None) -> dict[str, Any]:
+        return self._call(self._client.events(workflow_id, routing_key=routing_key))
+
     def list(
         self,
         *,
@@ -127,3 +152,13 @@ class SyncWorkflowHandle:
 
     def cancel(self) -> bool:
         return self.client.cancel(self.workflow_id, routing_key=self.routing_key)
+
+    def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> bool:
+        return self.client.signal(
+            self.workflow_id, name, payload, signal_id=signal_id, routing_key=self.routing_key
+        )
+
+    def get_event(self, key: str, *, timeout: float = 0) -> Any:
+        return self.client.get_event(
+            self.workflow_id, key, timeout=timeout, routing_key=self.routing_key
+        )

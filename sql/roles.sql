@@ -26,6 +26,15 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {admin}, {client};
 
 GRANT SELECT, UPDATE ON {schema}.workflows TO {worker};
 GRANT SELECT, INSERT ON {schema}.steps TO {worker};
+GRANT SELECT ON {schema}.signals TO {worker};
+GRANT UPDATE (received_at_step) ON {schema}.signals TO {worker};
+GRANT SELECT, INSERT, UPDATE ON {schema}.events TO {worker};
+-- Children: a child on the parent's partition is inserted by the parent's worker; the relay
+-- delivers the outbox, starts children elsewhere and tells parents (client privileges).
+GRANT INSERT ON {schema}.workflows TO {worker};
+GRANT SELECT, INSERT, DELETE ON {schema}.outbox TO {worker};
+GRANT INSERT ON {schema}.signals TO {worker};
+GRANT INSERT ON {schema}.audit_log TO {worker};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.service_leases TO {worker};
 GRANT SELECT ON {schema}.placements, {schema}.node_identity, {schema}.partition_ownership
     TO {worker};
@@ -33,7 +42,12 @@ GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
 
 GRANT SELECT, INSERT ON {schema}.workflows TO {client};
 GRANT UPDATE (status, run_at, error, updated_at, completed_at, lease_token, lease_owner,
-              lease_expires_at, lease_expiries) ON {schema}.workflows TO {client};
+              lease_expires_at, lease_expiries, signal_seq, parent_told, cancel_requested,
+              waiting_for)
+    ON {schema}.workflows TO {client};
+GRANT SELECT, INSERT, DELETE ON {schema}.outbox TO {client};
+GRANT SELECT, INSERT ON {schema}.signals TO {client};
+GRANT SELECT ON {schema}.events TO {client};
 GRANT SELECT ON {schema}.steps, {schema}.placements, {schema}.node_identity,
     {schema}.partition_ownership TO {client};
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {client};

@@ -60,6 +60,17 @@ CREATE TABLE {schema}.workflows (
     completed_at timestamptz,
     -- Leases that expired in a row (worker died): past worker.max_lease_expiries, dead-lettered.
     lease_expiries integer NOT NULL DEFAULT 0,
+    -- Signals ever sent to it (their arrival order), and the signal name it waits for while
+    -- released (a send of that name makes it runnable at once). Migration 0006.
+    signal_seq bigint NOT NULL DEFAULT 0,
+    waiting_for text,
+    -- A child's parent (id and routing key), and whether its end reached the parent
+    -- (migration 0007).
+    parent_id text,
+    parent_key text,
+    parent_told boolean NOT NULL DEFAULT false,
+    -- Cancelled with compensations registered: a worker runs them, then it ends cancelled.
+    cancel_requested boolean NOT NULL DEFAULT false,
     PRIMARY KEY (partition, workflow_id)
 );
 
@@ -94,6 +105,12 @@ CREATE INDEX workflows_lease_expiry_idx
 CREATE INDEX workflows_created_idx
     ON {schema}.workflows (created_at DESC, workflow_id DESC);
 
+-- The relay's scan: ended children whose parent has not been told.
+CREATE INDEX workflows_untold_parents_idx
+    ON {schema}.workflows (partition)
+    WHERE parent_id IS NOT NULL AND NOT parent_told
+      AND status IN ('succeeded', 'failed', 'cancelled', 'dead');
+
 -- One checkpoint per (workflow, step sequence): the replay log.
 CREATE TABLE {schema}.steps (
     partition integer NOT NULL,
@@ -109,6 +126,53 @@ CREATE TABLE {schema}.steps (
     PRIMARY KEY (partition, workflow_id, step_seq),
     FOREIGN KEY (partition, workflow_id)
         REFERENCES {schema}.workflows (partition, workflow_id) ON DELETE CASCADE
+);
+
+-- Signals sent to a workflow. signal_id makes a resend a no-op; received_at_step is the
+-- position of the wait that received it (NULL while unread), written in the same
+-- transaction as that wait's checkpoint, so each signal is received exactly once.
+CREATE TABLE {schema}.signals (
+    partition integer NOT NULL,
+    workflow_id text NOT NULL,
+    signal_id text NOT NULL,
+    name text NOT NULL,
+    seq bigint NOT NULL,
+    payload json,
+    sent_at timestamptz NOT NULL DEFAULT now(),
+    received_at_step integer,
+    PRIMARY KEY (partition, workflow_id, signal_id),
+    FOREIGN KEY (partition, workflow_id)
+        REFERENCES {schema}.workflows (partition, workflow_id) ON DELETE CASCADE
+);
+CREATE INDEX signals_unread_idx
+    ON {schema}.signals (partition, workflow_id, name, seq) WHERE received_at_step IS NULL;
+
+-- Events a workflow published (ctx.set_event): the latest value per key, written in the same
+-- transaction as the checkpoint of the set_event call, so a replay does not write it again.
+CREATE TABLE {schema}.events (
+    partition integer NOT NULL,
+    workflow_id text NOT NULL,
+    key text NOT NULL,
+    value json,
+    step_seq integer NOT NULL,
+    set_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (partition, workflow_id, key),
+    FOREIGN KEY (partition, workflow_id)
+        REFERENCES {schema}.workflows (partition, workflow_id) ON DELETE CASCADE
+);
+
+-- Messages from a workflow to another partition (a child's start, a cancellation for a
+-- child), written in the transaction of the sender's checkpoint or cancellation, delivered by
+-- the relay of the sender's node, then deleted. A delivery that is repeated (the relay died
+-- between delivering and deleting) changes nothing: starts are idempotent by workflow id and
+-- cancelling an ended workflow is a no-op.
+CREATE TABLE {schema}.outbox (
+    partition integer NOT NULL,
+    message_id text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('start_child', 'cancel_child')),
+    body json NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (partition, message_id)
 );
 
 -- Singleton services on a node (the reaper) hold a lease row, not an advisory lock: advisory

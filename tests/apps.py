@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from shardflow import App, WorkflowContext, current_step
+from shardflow import App, ChildWorkflowFailed, SignalTimeout, WorkflowContext, current_step
 from tests.helpers import wait_until
 
 app = App("tests")
@@ -291,3 +291,136 @@ async def too_slow() -> str:
 @app.workflow
 async def times_out(ctx: WorkflowContext) -> str:
     return str(await too_slow())
+
+
+# -- signals and events (issue 11) ---------------------------------------------------------
+
+
+@app.workflow
+async def approval(ctx: WorkflowContext, timeout: float | None) -> dict[str, Any]:
+    """Human in the loop: publish the stage, wait for "approve" (or time out)."""
+    await ctx.set_event("stage", "waiting for approval")
+    try:
+        decision = await ctx.wait_for_signal("approve", timeout=timeout)
+    except SignalTimeout:
+        await ctx.set_event("stage", "timed out")
+        return {"approved": False, "by": None}
+    await ctx.set_event("stage", "approved")
+    return {"approved": True, "by": decision["by"]}
+
+
+@app.workflow
+async def collect(ctx: WorkflowContext, count: int) -> list[Any]:
+    """Receives ``count`` signals named "item", one per wait, in the order they were sent,
+    publishing how many it has so far (event "received")."""
+    items = []
+    for _ in range(count):
+        items.append(await ctx.wait_for_signal("item"))
+        await ctx.set_event("received", len(items))
+    return items
+
+
+# -- sagas (issue 11) ------------------------------------------------------------------------
+
+
+def _log(path: str, line: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+
+
+@app.step
+def reserve(log_path: str, thing: str) -> str:
+    _log(log_path, f"reserve-{thing}")
+    return thing
+
+
+@app.step
+async def unreserve(paths: dict[str, str], thing: str) -> str:
+    """The undo step. At ``paths["gate_at"]`` it announces itself (marker file) and waits
+    for the gate file before acting: a test kills its worker there."""
+    if paths.get("gate_at") == thing:
+        Path(paths["marker"]).touch()
+        gate = Path(paths["gate"])
+        await wait_until(gate.exists, timeout=GATE_TIMEOUT, what=f"gate {gate}")
+    _log(paths["log"], f"unreserve-{thing}")
+    return f"released {thing}"
+
+
+@app.step(retries=1, backoff=0.01)
+def charge_declined(amount: int) -> None:
+    raise RuntimeError(f"card declined for {amount}")
+
+
+@app.workflow
+async def trip(ctx: WorkflowContext, paths: dict[str, str]) -> str:
+    """A booking saga: two reservations with their undo steps, then a charge that fails."""
+    for thing in ("flight", "hotel"):
+        await reserve(paths["log"], thing)
+        ctx.compensate(unreserve, paths, thing)
+    await charge_declined(100)
+    return "booked"
+
+
+@app.workflow
+async def bad_compensation(ctx: WorkflowContext, kind: str) -> str:
+    if kind == "not a step":
+        ctx.compensate(len, "x")  # type: ignore[arg-type]
+    else:
+        ctx.compensate(unreserve, {"not json": {1, 2}}, "x")  # type: ignore[dict-item]
+    return "registered"
+
+
+# -- child workflows (issue 11) --------------------------------------------------------------
+
+
+@app.workflow
+async def leaf(ctx: WorkflowContext, n: int) -> int:
+    return await add_one(n)
+
+
+@app.workflow
+async def fan_out(ctx: WorkflowContext, spec: dict[str, Any]) -> int:
+    """Starts ``count`` leaf children (each with its own routing key when ``spread``: they
+    land all over the cluster) and sums their results."""
+    children = [
+        await ctx.start_child(
+            leaf, i, routing_key=f"{ctx.workflow_id}-key-{i}" if spec["spread"] else None
+        )
+        for i in range(spec["count"])
+    ]
+    return sum(await asyncio.gather(*(child.result() for child in children)))
+
+
+@app.workflow
+async def always_fails(ctx: WorkflowContext) -> None:
+    raise ValueError("the child gives up")
+
+
+@app.workflow
+async def parent_of_failure(ctx: WorkflowContext) -> str:
+    child = await ctx.start_child(always_fails, routing_key=f"{ctx.workflow_id}-elsewhere")
+    try:
+        await child.result()
+    except ChildWorkflowFailed as failed:
+        return f"child {failed.status}: {failed.error['type']}"
+    return "child succeeded"
+
+
+@app.workflow
+async def waiting_parent(ctx: WorkflowContext, count: int) -> list[Any]:
+    """Children that wait for a signal that never comes, spread over the cluster."""
+    children = [
+        await ctx.start_child(collect, 1, routing_key=f"{ctx.workflow_id}-key-{i}")
+        for i in range(count)
+    ]
+    return list(await asyncio.gather(*(child.result() for child in children)))
+
+
+@app.workflow
+async def trip_waiting_for_payment(ctx: WorkflowContext, paths: dict[str, str]) -> str:
+    """Reserves with undo steps, then waits for a payment signal: a test cancels it there."""
+    for thing in ("flight", "hotel"):
+        await reserve(paths["log"], thing)
+        ctx.compensate(unreserve, paths, thing)
+    await ctx.wait_for_signal("paid")
+    return "booked"

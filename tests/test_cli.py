@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from shardflow import Client
+from shardflow import Client, Worker
 from shardflow.cli import cli
 from shardflow.cluster.local import LocalCluster
 from shardflow.config import ClusterConfig, NodeConfig, load_config
@@ -212,3 +212,37 @@ def test_start_input_from_a_file_or_stdin_and_app_by_path(
     assert code != 0 and "--app path/to/file.py:app" in out
     code, out = invoke(config_file, "list", "--status", "sleeping")
     assert code != 0 and "pending" in out  # the choices are listed
+
+
+def test_signal_and_events_from_the_command_line(config: ClusterConfig, config_file: Path) -> None:
+    """`signal` stores a signal (a resend with the same --signal-id is a no-op), `list` shows
+    what a workflow waits for, `events` prints what it published; bad input is refused with
+    the fix named, and nothing is stored."""
+    wf_id = f"cli-signal-{uuid.uuid4().hex}"
+    code, out = invoke(
+        config_file, "start", "collect", "--app", "tests.apps:app", "--id", wf_id, "--input", "1"
+    )
+    assert code == 0, out
+    code, out = invoke(config_file, "signal", wf_id, "item", "--payload", "{not json")
+    assert code != 0 and "--payload is not valid JSON" in out
+    code, out = invoke(config_file, "signal", wf_id, "shardflow.child", "--payload", "1")
+    assert code != 0 and "reserves" in out
+    code, out = invoke(config_file, "events", wf_id, "--key", "received", "--timeout", "0.1")
+    assert code != 0 and "EventTimeout" in out and f"shardflow events {wf_id}" in out
+    for expected in ("sent", "already sent"):
+        code, out = invoke(
+            config_file, "signal", wf_id, "item", "--payload", '{"n": 1}', "--signal-id", "s-1"
+        )
+        assert code == 0 and out.startswith(expected), out
+
+    async def go() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            assert await client.result(wf_id, timeout=30) == [{"n": 1}]
+
+    run(go())
+    code, out = invoke(config_file, "events", wf_id)
+    assert code == 0 and json.loads(out) == {"received": 1}
+    code, out = invoke(config_file, "events", wf_id, "--key", "received")
+    assert code == 0 and json.loads(out) == 1
+    code, out = invoke(config_file, "signal", wf_id, "item")
+    assert code != 0 and "SignalRefused" in out and "succeeded" in out

@@ -58,7 +58,7 @@ def test_fenced_partition_rejects_claims_and_writes(config: ClusterConfig) -> No
                     assert not await worker.write_progress(
                         work, [], {"status": "succeeded", "output": "1", "error": None}
                     )
-                    assert not await worker.release(work, delay=timedelta(0))
+                    assert await worker.release(work, delay=timedelta(0)) is None
                     assert (
                         await worker.claim(
                             partition=partition,

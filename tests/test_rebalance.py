@@ -330,3 +330,51 @@ def test_cli_check_dry_run_and_bench(config_file: Path, tmp_path: Path) -> None:
     assert data["rows_copied"] >= 2 * 20 * 4
     assert data["client_errors"] == 0 and data["consistency_problems"] == 0
     assert data["load_completed"] == data["load_started"]
+
+
+@pytest.mark.timeout(150)
+def test_signals_and_events_move_with_their_partition(
+    cluster: LocalCluster, config: ClusterConfig
+) -> None:
+    """Workflows waiting for signals, with events published and signals stored unread, while
+    a node is added and partitions move to it: every signal is received once, in order, the
+    events are where the workflows are, and signals sent with the old placement reach the
+    new owner."""
+    count = 64
+
+    async def go() -> None:
+        ids = [f"moving-signals-{uuid.uuid4().hex}" for _ in range(count)]
+        async with Client(config, app=apps.app) as client:
+            async with Worker(apps.app, config):
+                await client.start_many(apps.collect, [2] * count, workflow_ids=ids)
+                for wf_id in ids:
+                    await client.signal(wf_id, "item", f"{wf_id}:a", signal_id=f"{wf_id}:a")
+
+                async def all_got_the_first() -> bool:
+                    events = await asyncio.gather(*(client.events(i) for i in ids))
+                    return all(e == {"received": 1} for e in events)
+
+                await wait_until(all_got_the_first, timeout=60, what="every first signal")
+            # No worker: half of the second signals wait unread through the move.
+            for wf_id in ids[: count // 2]:
+                await client.signal(wf_id, "item", f"{wf_id}:b", signal_id=f"{wf_id}:b")
+            new_node = cluster.add_node()
+            async with ClusterAdmin(config) as admin:
+                await admin.add_node(new_node)
+                report = await Rebalancer(admin).run()
+            assert report.moves
+            moved = {m.partition for m in report.moves}
+            assert any(client.route(i)[0] in moved for i in ids), "nothing moved: add ids"
+            # The other half goes through the client's placement from before the move (moved
+            # partitions answer PartitionMoved and it follows); a resend is still a no-op.
+            for wf_id in ids[count // 2 :]:
+                assert await client.signal(wf_id, "item", f"{wf_id}:b", signal_id=f"{wf_id}:b")
+            assert not await client.signal(ids[0], "item", "again", signal_id=f"{ids[0]}:b")
+            async with Worker(apps.app, config):
+                results = await asyncio.gather(*(client.result(i, timeout=60) for i in ids))
+            assert results == [[f"{i}:a", f"{i}:b"] for i in ids]
+            events = await asyncio.gather(*(client.events(i) for i in ids))
+            assert all(e == {"received": 2} for e in events)
+        await assert_consistent(config)
+
+    run(go(), timeout=140)

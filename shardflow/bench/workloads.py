@@ -3,7 +3,10 @@
 
 - **w**: three sequential steps, each returning its input + 1 (ISSUE 5's standard workload);
 - **fanout**: ten steps started at once with ``asyncio.gather``, then one that sums them;
-- **sleepy**: a step, a durable sleep of ``SLEEP_SECONDS``, a step (timers, release, re-claim).
+- **sleepy**: a step, a durable sleep of ``SLEEP_SECONDS``, a step (timers, release, re-claim);
+- **waiter**: waits for the signal ``go`` and returns its payload (``benchmarks/interaction.py``);
+- **parent**: starts ``n`` **leaf** children, each with its own routing key (all over the
+  cluster, through the outbox and the relay), and sums their results.
 """
 
 from __future__ import annotations
@@ -46,6 +49,24 @@ async def sleepy(ctx: WorkflowContext, n: int) -> int:
     n = await plus_one(n)
     await ctx.sleep(SLEEP_SECONDS)
     return int(await plus_one(n))
+
+
+@app.workflow
+async def waiter(ctx: WorkflowContext) -> int:
+    return int(await ctx.wait_for_signal("go"))
+
+
+@app.workflow
+async def leaf(ctx: WorkflowContext, n: int) -> int:
+    return int(await plus_one(n))
+
+
+@app.workflow
+async def parent(ctx: WorkflowContext, n: int) -> int:
+    children = [
+        await ctx.start_child(leaf, i, routing_key=f"{ctx.workflow_id}-{i}") for i in range(n)
+    ]
+    return sum(await asyncio.gather(*(child.result() for child in children)))
 
 
 WORKLOADS = {"w": w, "fanout": fanout, "sleepy": sleepy}

@@ -1,5 +1,5 @@
-"""``shardflow worker``, the workflow commands (start, get, result, list, cancel, requeue)
-and ``shardflow demo``."""
+"""``shardflow worker``, the workflow commands (start, get, result, list, signal, events,
+cancel, requeue) and ``shardflow demo``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import click
 from shardflow.cli.base import CliState, cli, pass_state, run_async
 from shardflow.client import Client
 from shardflow.engine.app import App
+from shardflow.engine.context import CHILD_SIGNAL
 from shardflow.errors import WorkflowFailed
 from shardflow.storage.records import STATUSES
 from shardflow.worker import Worker
@@ -113,15 +114,7 @@ def start(
     wait: float | None,
 ) -> None:
     """Start workflow NAME (idempotent for a given --id)."""
-    if input_json is not None and input_file is not None:
-        raise click.ClickException("give the input once: --input JSON or --input-file PATH")
-    source, text = "--input", input_json
-    if input_file is not None:
-        source, text = "--input-file", input_file.read()
-    try:
-        payload = None if text is None else json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{source} is not valid JSON: {exc}") from None
+    payload = _json_option("--input", input_json, "--input-file", input_file)
     app = load_app(app_spec)
 
     async def go() -> None:
@@ -134,6 +127,19 @@ def start(
                 click.echo(json.dumps(await handle.result(timeout=wait)))
 
     run_async(go())
+
+
+def _json_option(text_flag: str, text: str | None, file_flag: str, file: TextIO | None) -> Any:
+    """A JSON value given inline (``text_flag``) or in a file (``file_flag``), or None."""
+    if text is not None and file is not None:
+        raise click.ClickException(f"give the input once: {text_flag} JSON or {file_flag} PATH")
+    source = text_flag
+    if file is not None:
+        source, text = file_flag, file.read()
+    try:
+        return None if text is None else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{source} is not valid JSON: {exc}") from None
 
 
 def _record_json(record: Any) -> str:
@@ -198,13 +204,76 @@ def list_cmd(
             page = await client.list(status=status, name=name, limit=limit, cursor=cursor)
             for r in page.items:
                 line = f"{r.workflow_id}\t{r.name}\t{r.app}\t{r.status}\t{r.created_at}"
-                if r.status == "pending" and r.run_at and r.run_at > datetime.now(UTC):
+                if r.waiting_for == CHILD_SIGNAL:
+                    line += "\twaiting for a child workflow"
+                elif r.waiting_for:
+                    line += f"\twaiting for signal {r.waiting_for!r}"
+                elif r.status == "pending" and r.run_at and r.run_at > datetime.now(UTC):
                     line += f"\tsleeping until {r.run_at}"  # a durable sleep or a retry backoff
                 click.echo(line)
             if page.unavailable_nodes:
                 click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})", err=True)
             if page.next_cursor:
                 click.echo(f"next: --cursor {page.next_cursor}", err=True)
+
+    run_async(go())
+
+
+@cli.command("signal")
+@click.argument("workflow_id")
+@click.argument("name")
+@click.option("--payload", "payload_json", help="The signal's payload as JSON text.")
+@click.option(
+    "--payload-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read the JSON payload from this file ('-' for stdin).",
+)
+@click.option("--signal-id", help="Makes a resend with the same id a no-op.")
+@click.option("--routing-key")
+@pass_state
+def signal_cmd(
+    state: CliState,
+    workflow_id: str,
+    name: str,
+    payload_json: str | None,
+    payload_file: TextIO | None,
+    signal_id: str | None,
+    routing_key: str | None,
+) -> None:
+    """Send signal NAME to a pending or running workflow (it is kept until a wait takes it)."""
+    payload = _json_option("--payload", payload_json, "--payload-file", payload_file)
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            stored = await client.signal(
+                workflow_id, name, payload, signal_id=signal_id, routing_key=routing_key
+            )
+            click.echo("sent" if stored else "already sent (same --signal-id): nothing changed")
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@click.option("--key", help="Only this event's value, waiting up to --timeout for it.")
+@click.option("--timeout", type=float, default=0.0, show_default=True)
+@pass_state
+def events(
+    state: CliState, workflow_id: str, routing_key: str | None, key: str | None, timeout: float
+) -> None:
+    """Print the events a workflow published (ctx.set_event) as JSON, by key."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            if key is not None:
+                value = await client.get_event(
+                    workflow_id, key, timeout=timeout, routing_key=routing_key
+                )
+                click.echo(json.dumps(value))
+            else:
+                found = await client.events(workflow_id, routing_key=routing_key)
+                click.echo(json.dumps(found, indent=2))
 
     run_async(go())
 

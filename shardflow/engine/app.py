@@ -123,6 +123,17 @@ class App:
                 f"(known: {known}); check the name or the --app module"
             ) from None
 
+    def get_step(self, name: str) -> StepDef:
+        """The step registered as ``name`` (a recorded compensation names its step)."""
+        try:
+            return self._steps[name]
+        except KeyError:
+            known = ", ".join(sorted(self._steps)) or "none"
+            raise UnknownWorkflow(
+                f"no step named {name!r} is registered in app {self.name!r} (known: {known}); "
+                "a workflow recorded it as a compensation: deploy code that still has it"
+            ) from None
+
     @overload
     def workflow(self, fn: WorkflowFn, /) -> WorkflowDef: ...
 

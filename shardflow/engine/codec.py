@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shardflow.errors import (
+    InvalidInput,
     InvalidWorkflowId,
     PayloadNotSerializable,
     PayloadTooLarge,
@@ -90,24 +91,43 @@ def _check_text(text: str, what: str) -> None:
         ) from None
 
 
-def check_identifier(value: Any, *, what: str, max_length: int) -> str:
+def check_identifier(
+    value: Any, *, what: str, max_length: int, error: type[InvalidInput] = InvalidWorkflowId
+) -> str:
     """Validate a workflow id, routing key or workflow name; return it unchanged."""
     if not isinstance(value, str):
-        raise InvalidWorkflowId(f"{what} must be a string, got {type(value).__name__}")
+        raise error(f"{what} must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise InvalidWorkflowId(f"{what} is empty; pass a non-blank string")
+        raise error(f"{what} is empty; pass a non-blank string")
     if len(value) > max_length:
-        raise InvalidWorkflowId(
+        raise error(
             f"{what} is {len(value)} characters, above the limit of {max_length}; use a shorter "
-            "id (a hash of a long natural key works)"
+            "one (a hash of a long natural key works)"
         )
     if "\x00" in value:
-        raise InvalidWorkflowId(f"{what} contains a NUL character; remove it")
+        raise error(f"{what} contains a NUL character; remove it")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidWorkflowId(f"{what} is not valid Unicode (a lone surrogate)") from None
+        raise error(f"{what} is not valid Unicode (a lone surrogate)") from None
     return value
+
+
+# Signal names and event keys starting with this are shardflow's own.
+RESERVED_PREFIX = "shardflow."
+MAX_NAME_LENGTH = 200
+
+
+def check_name(value: Any, *, what: str) -> str:
+    """Validate a signal name or event key: a short non-blank string outside shardflow's
+    reserved ``shardflow.`` prefix; return it unchanged."""
+    check_identifier(value, what=what, max_length=MAX_NAME_LENGTH, error=InvalidInput)
+    if value.startswith(RESERVED_PREFIX):
+        raise InvalidInput(
+            f"{what} {value!r} starts with {RESERVED_PREFIX!r}, which shardflow reserves for "
+            "its own; choose another name"
+        )
+    return str(value)
 
 
 _MAX_ERROR_TEXT = 8192

@@ -1,4 +1,5 @@
-"""The workflow context: replay from checkpoints, step execution, durable sleep and time.
+"""The workflow context: replay from checkpoints, step execution, durable sleep and time,
+signals and events.
 
 Running a workflow means calling its function from the top. Each step call takes the next
 sequence number: a recorded checkpoint at that number is returned (or its error raised)
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import time
 import uuid
 from collections.abc import Awaitable
@@ -18,19 +20,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from shardflow.engine.codec import encode_error, encode_payload, error_text
+from shardflow.engine.codec import (
+    check_identifier,
+    check_name,
+    encode_error,
+    encode_payload,
+    error_text,
+)
 from shardflow.errors import (
+    ChildWorkflowFailed,
     InvalidInput,
     NonDeterminismError,
     ShardflowError,
+    SignalTimeout,
     StepFailedError,
+    WorkflowConflict,
     WriteStalled,
 )
 from shardflow.faults import WORKER_FAULT_ENV, fault_point
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
 if TYPE_CHECKING:
-    from shardflow.engine.app import StepDef
+    from collections.abc import Callable
+
+    from shardflow.engine.app import App, StepDef, WorkflowDef
     from shardflow.engine.ports import RunStore
 
 T = TypeVar("T")
@@ -38,6 +51,20 @@ T = TypeVar("T")
 SLEEP_STEP = "shardflow.sleep"
 NOW_STEP = "shardflow.now"
 UUID_STEP = "shardflow.uuid"
+# A wait for a signal takes two positions: its deadline (recorded when first reached, so a
+# replay waits for the same instant), then what it received (the signal, or a timeout).
+WAIT_DEADLINE_STEP = "shardflow.wait_deadline"
+SIGNAL_STEP_PREFIX = "shardflow.signal:"
+EVENT_STEP_PREFIX = "shardflow.event:"
+# ctx.compensate records each registration (step and JSON arguments) at its position.
+COMPENSATE_STEP_PREFIX = "shardflow.compensate:"
+# A child's start (its id and routing key), and the parent's receipt of its end, which the
+# relay delivers as a signal of this name (signal id CHILD_SIGNAL + ":" + child id).
+# Where a cancelled saga's undo begins (the compensations follow it).
+CANCELLED_STEP = "shardflow.cancelled"
+START_CHILD_STEP_PREFIX = "shardflow.start_child:"
+CHILD_RESULT_STEP_PREFIX = "shardflow.child_result:"
+CHILD_SIGNAL = "shardflow.child"
 
 # A buffered checkpoint that no step start, end or release has sent yet goes out after this.
 WRITE_LINGER_SECONDS = 0.005
@@ -79,24 +106,31 @@ class StepInfo:
 
 
 class Release(BaseException):
-    """Suspend the workflow and give it back until ``delay`` from now.
+    """Suspend the workflow and give it back until ``delay`` from now (``None``: until a
+    signal wakes it).
 
     A BaseException so that ``except Exception`` in workflow code cannot swallow it.
+    ``waiting_for``: the signal name that wakes it earlier; ``seen_signal_seq``: how many
+    signals the run had seen, so one sent while it lets go wakes it at once.
     """
 
     def __init__(
         self,
-        delay: timedelta,
+        delay: timedelta | None,
         *,
         retry_step_seq: int | None = None,
         retry_attempts: int = 0,
         error: dict[str, Any] | None = None,
+        waiting_for: str | None = None,
+        seen_signal_seq: int | None = None,
     ):
         super().__init__(delay)
         self.delay = delay
         self.retry_step_seq = retry_step_seq
         self.retry_attempts = retry_attempts
         self.error = error
+        self.waiting_for = waiting_for
+        self.seen_signal_seq = seen_signal_seq
 
 
 class LeaseLost(BaseException):
@@ -135,9 +169,14 @@ class WorkflowContext:
         checkpoints: list[StepRecord],
         max_payload_bytes: int,
         write_timeout: float,
+        route: Callable[[str], Awaitable[int]] | None = None,
+        max_id_length: int = 200,
     ):
         self._work = work
         self._store = store
+        # The partition of a routing key (where a child will live).
+        self._route = route
+        self._max_id_length = max_id_length
         self._write_timeout = write_timeout
         self._recorded = {cp.step_seq: cp for cp in checkpoints}
         self._max_payload_bytes = max_payload_bytes
@@ -151,6 +190,8 @@ class WorkflowContext:
         self._writer: asyncio.Task[None] | None = None
         self._settle_lock = asyncio.Lock()
         self._broken: LeaseLost | RunAbandoned | None = None
+        # Saga: the undo steps registered so far (step, args, kwargs), oldest first.
+        self._compensations: list[tuple[StepDef, tuple[Any, ...], dict[str, Any]]] = []
 
     @property
     def workflow_id(self) -> str:
@@ -193,6 +234,278 @@ class WorkflowContext:
         remaining = datetime.fromisoformat(wake_at_text) - self.database_now()
         if remaining > timedelta(0):
             raise Release(remaining)
+
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        """Wait durably for the next signal ``name`` sent to this workflow; return its payload.
+
+        Signals sent before the wait are kept: each call receives the oldest unread one of
+        that name (in the order they were sent), exactly once. While it waits the workflow is
+        released and holds no worker slot; a send wakes it at once (the node's notification).
+        With ``timeout`` (seconds, measured from the first time this wait is reached) it
+        raises SignalTimeout when none arrived in time; catch it to take another path.
+        """
+        check_name(name, what="signal name")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
+            raise InvalidInput(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        deadline_text = await self._deterministic(
+            WAIT_DEADLINE_STEP,
+            lambda: (
+                ""
+                if timeout is None
+                else (self.database_now() + timedelta(seconds=timeout)).isoformat()
+            ),
+        )
+        seq = self._take_seq()
+        step_name = SIGNAL_STEP_PREFIX + name
+        recorded = self._replayed(seq, step_name)
+        if recorded is not None:
+            return _received(recorded.output, name, timeout)
+        await self.settle()  # earlier positions are durable before the signal is taken
+        seen, output = await self._take_signal(name, None, seq, step_name)
+        if output is not None:
+            return _received(output, name, timeout)
+        deadline = datetime.fromisoformat(deadline_text) if deadline_text else None
+        if deadline is not None and deadline <= self.database_now():
+            await self._record(seq, step_name, "succeeded", output=json.dumps({"timed_out": True}))
+            raise SignalTimeout(name, timeout or 0.0)
+        raise Release(
+            None if deadline is None else deadline - self.database_now(),
+            waiting_for=name,
+            seen_signal_seq=seen,
+        )
+
+    async def _take_signal(
+        self, name: str, signal_id: str | None, seq: int, step_name: str
+    ) -> tuple[int, dict[str, Any] | None]:
+        """Receive the oldest unread signal ``name`` into position ``seq``: the checkpoint
+        and the signal's "read" mark commit together. Returns the signal count the node had,
+        and the recorded output (None: no unread signal of that name). ``signal_id``: that
+        signal only (a child's end). Locks in the global order, like a send: ownership row,
+        workflow row (both by the checkpoint), signal."""
+        try:
+            async with self._store.step_transaction() as conn:
+                found = await self._store.unread_signal(
+                    conn, self._work, name=name, signal_id=signal_id
+                )
+                if found is None:
+                    raise LeaseLost()  # the partition moved away
+                seen, signal_id, payload = found
+                if signal_id is None:
+                    return seen, None
+                output = {"signal_id": signal_id, "payload": payload}
+                recorded = await self._store.record_step_in(
+                    conn,
+                    self._work,
+                    step_seq=seq,
+                    step_name=step_name,
+                    output=json.dumps(output, ensure_ascii=False),
+                    attempts=1,
+                )
+                received = recorded and await self._store.mark_signal_received(
+                    conn, self._work, signal_id=signal_id, step_seq=seq
+                )
+                if not received:
+                    raise LeaseLost()  # rolls back: the signal stays unread
+        except ShardflowError as exc:
+            raise RunAbandoned(exc) from exc
+        return seen, output
+
+    async def start_child(
+        self,
+        workflow: WorkflowDef,
+        input: Any = None,
+        *,
+        workflow_id: str | None = None,
+        routing_key: str | None = None,
+    ) -> ChildHandle:
+        """Start ``workflow`` as a child of this one; ``await handle.result()`` waits for it.
+
+        The child's id is deterministic (default ``<parent id>:<position>``), so a replay
+        starts it once. By default it gets this workflow's routing key: it lives on the
+        same partition and its start commits in this workflow's own transaction. With
+        another ``routing_key`` it may live on another node: the start is written to the
+        outbox in the same transaction and the relay delivers it.
+        """
+        from shardflow.engine.app import WorkflowDef
+
+        if not isinstance(workflow, WorkflowDef):
+            raise InvalidInput(
+                "start_child() takes a workflow registered with @app.workflow, got "
+                f"{type(workflow).__name__}"
+            )
+        workflow.check_input(input is not None)
+        seq = self._take_seq()
+        step_name = START_CHILD_STEP_PREFIX + workflow.name
+        recorded = self._replayed(seq, step_name)
+        if recorded is not None:
+            out = recorded.output
+            return ChildHandle(self, out["workflow_id"], out["routing_key"])
+        child_id = workflow_id if workflow_id is not None else f"{self.workflow_id}:{seq}"
+        check_identifier(child_id, what="child workflow_id", max_length=self._max_id_length)
+        key = routing_key if routing_key is not None else self._work.key
+        check_identifier(key, what="child routing_key", max_length=self._max_id_length)
+        encoded = encode_payload(
+            input,
+            max_bytes=self._max_payload_bytes,
+            what=f"input of child workflow {workflow.name!r}",
+        )
+        if self._route is None:
+            raise RuntimeError("this context cannot route children (no route function)")
+        partition = await self._route(key)
+        start = {
+            "workflow_id": child_id,
+            "routing_key": key,
+            "partition": partition,
+            "name": workflow.name,
+            "app": workflow.app,
+            "input": encoded.value,
+            "timeout": workflow.timeout,
+            "parent_id": self.workflow_id,
+            "parent_key": self._work.key,
+        }
+        output = {"workflow_id": child_id, "routing_key": key}
+        await self.settle()
+        try:
+            async with self._store.step_transaction() as conn:
+                recorded_now = await self._store.record_step_in(
+                    conn,
+                    self._work,
+                    step_seq=seq,
+                    step_name=step_name,
+                    output=json.dumps(output, ensure_ascii=False),
+                    attempts=1,
+                )
+                if not recorded_now:
+                    raise LeaseLost()
+                if partition == self.partition:
+                    await self._store.insert_child_in(conn, self._work, start)
+                else:
+                    await self._store.send_in(
+                        conn,
+                        self._work,
+                        message_id=f"start:{child_id}",
+                        kind="start_child",
+                        body=start,
+                    )
+        except WorkflowConflict:
+            raise  # the id is another workflow's: the parent's own error
+        except ShardflowError as exc:
+            raise RunAbandoned(exc) from exc
+        await self._store.announce(partition, local=partition == self.partition)
+        return ChildHandle(self, child_id, key)
+
+    async def child_result(self, child_id: str) -> Any:
+        """Wait durably for child ``child_id`` to end (holding no slot); its output, or
+        ChildWorkflowFailed. Used by ``ChildHandle.result()``."""
+        seq = self._take_seq()
+        step_name = CHILD_RESULT_STEP_PREFIX + child_id
+        recorded = self._replayed(seq, step_name)
+        if recorded is None:
+            await self.settle()
+            seen, recorded_output = await self._take_signal(
+                CHILD_SIGNAL, f"{CHILD_SIGNAL}:{child_id}", seq, step_name
+            )
+            if recorded_output is None:
+                raise Release(None, waiting_for=CHILD_SIGNAL, seen_signal_seq=seen)
+            ended = recorded_output["payload"]
+        else:
+            ended = recorded.output["payload"]
+        if ended["status"] == "succeeded":
+            return ended["output"]
+        raise ChildWorkflowFailed(child_id, ended["status"], ended.get("error"))
+
+    async def set_event(self, key: str, value: Any) -> None:
+        """Publish ``value`` under ``key`` for clients (``client.get_event``): durable and
+        visible when this returns; the latest value of a key wins. Recorded with the
+        workflow's history, so a replay does not publish it again."""
+        check_name(key, what="event key")
+        seq = self._take_seq()
+        step_name = EVENT_STEP_PREFIX + key
+        if self._replayed(seq, step_name) is not None:
+            return
+        encoded = encode_payload(value, max_bytes=self._max_payload_bytes, what=f"event {key!r}")
+        await self.settle()
+        try:
+            async with self._store.step_transaction() as conn:
+                recorded = await self._store.record_step_in(
+                    conn,
+                    self._work,
+                    step_seq=seq,
+                    step_name=step_name,
+                    output=encoded.text,
+                    attempts=1,
+                )
+                if not recorded:
+                    raise LeaseLost()
+                await self._store.set_event_in(
+                    conn, self._work, key=key, value=encoded.text, step_seq=seq
+                )
+        except ShardflowError as exc:
+            raise RunAbandoned(exc) from exc
+
+    def compensate(self, step: StepDef, *args: Any, **kwargs: Any) -> None:
+        """Register ``step(*args, **kwargs)`` as the undo of what the workflow did so far.
+
+        If the workflow then fails (a step used all its attempts, or its own exception), the
+        registered compensations run newest first, each as a durable step (a crash resumes
+        them where they stopped; a compensation that fails does not stop the others), and
+        the workflow ends ``failed`` with their names in its error. The arguments must be
+        JSON: they are recorded with the workflow.
+        """
+        from shardflow.engine.app import StepDef
+
+        if not isinstance(step, StepDef):
+            raise InvalidInput(
+                "compensate() takes a step registered with @app.step or @app.transaction, got "
+                f"{type(step).__name__}; register the undo function as a step"
+            )
+        encoded = encode_payload(
+            {"args": list(args), "kwargs": kwargs},
+            max_bytes=self._max_payload_bytes,
+            what=f"arguments of compensation {step.name!r}",
+        )
+        seq = self._take_seq()
+        name = COMPENSATE_STEP_PREFIX + step.name
+        if self._replayed(seq, name) is None:
+            self._buffer(seq, name, "succeeded", output=encoded.text)
+        # The encoded value, on the first run and on replay alike (tuples become lists).
+        self._compensations.append((step, tuple(encoded.value["args"]), encoded.value["kwargs"]))
+
+    @property
+    def has_compensations(self) -> bool:
+        return bool(self._compensations)
+
+    async def run_compensations(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """Run the registered compensations newest first, each as a durable step at the
+        next position. Returns the names run (in order) and the failures (step, error)."""
+        ran: list[str] = []
+        failures: list[dict[str, Any]] = []
+        while self._compensations:
+            step, args, kwargs = self._compensations.pop()
+            ran.append(step.name)
+            try:
+                await self.run_step(step, args, kwargs)
+            except StepFailedError as failed:
+                failures.append({"step": step.name, "error": failed.error})
+        return ran, failures
+
+    async def undo_for_cancel(self, app: App) -> tuple[list[str], list[dict[str, Any]]]:
+        """A cancelled saga: run the compensations recorded by its registrations, newest
+        first, without running the workflow's code. They follow a marker position after
+        everything the workflow recorded, so a crash in the middle resumes them."""
+        marker = next(
+            (seq for seq, cp in sorted(self._recorded.items()) if cp.step_name == CANCELLED_STEP),
+            None,
+        )
+        if marker is None:
+            marker = max(self._recorded, default=-1) + 1
+            self._buffer(marker, CANCELLED_STEP, "succeeded", output="null")
+        for seq, cp in sorted(self._recorded.items()):
+            if seq < marker and cp.step_name.startswith(COMPENSATE_STEP_PREFIX):
+                step = app.get_step(cp.step_name[len(COMPENSATE_STEP_PREFIX) :])
+                self._compensations.append((step, tuple(cp.output["args"]), cp.output["kwargs"]))
+        self._next_seq = marker + 1
+        return await self.run_compensations()
 
     async def _deterministic(self, name: str, make: Any) -> str:
         seq = self._take_seq()
@@ -348,6 +661,19 @@ class WorkflowContext:
         that commit), or after ``WRITE_LINGER_SECONDS`` in the background, whichever comes
         first. Crash semantics are those of writing each checkpoint at once.
         """
+        self._buffer(seq, name, status, output=output, error=error, attempts=attempts)
+
+    def _buffer(
+        self,
+        seq: int,
+        name: str,
+        status: str,
+        *,
+        output: str | None = None,
+        error: dict[str, Any] | None = None,
+        attempts: int = 1,
+    ) -> None:
+        """Queue a checkpoint for the next write (see ``_record``)."""
         self._raise_if_broken()
         self._unsent.append(
             {
@@ -436,6 +762,30 @@ async def bounded_write(
             node=node,
             workflow_id=workflow_id,
         ) from None
+
+
+class ChildHandle:
+    """A child workflow started by ``ctx.start_child``: ``await handle.result()`` inside the
+    parent waits for it durably (the parent is released until the child ends)."""
+
+    def __init__(self, ctx: WorkflowContext, workflow_id: str, routing_key: str):
+        self._ctx = ctx
+        self.workflow_id = workflow_id
+        self.routing_key = routing_key
+
+    def __repr__(self) -> str:
+        return f"ChildHandle({self.workflow_id!r}, routing_key={self.routing_key!r})"
+
+    async def result(self) -> Any:
+        """The child's output; ChildWorkflowFailed if it failed, was cancelled or dead."""
+        return await self._ctx.child_result(self.workflow_id)
+
+
+def _received(output: Any, name: str, timeout: float | None) -> Any:
+    """What a wait recorded: the signal's payload, or SignalTimeout."""
+    if isinstance(output, dict) and output.get("timed_out"):
+        raise SignalTimeout(name, timeout or 0.0)
+    return output["payload"]
 
 
 def bind_context(ctx: WorkflowContext) -> contextvars.Token[WorkflowContext | None]:

@@ -38,12 +38,16 @@ class RunStore(Protocol):
         self,
         work: ClaimedWorkflow,
         *,
-        delay: timedelta,
+        delay: timedelta | None,
         retry_step_seq: int | None = None,
         retry_attempts: int = 0,
         error: str | None = None,
-    ) -> bool:
-        """Give the workflow back, due again after ``delay``; False if no longer held."""
+        waiting_for: str | None = None,
+        seen_signal_seq: int | None = None,
+    ) -> bool | None:
+        """Give the workflow back, due again after ``delay`` (None: only when a signal
+        ``waiting_for`` arrives); None if no longer held, True if due at once (a signal came
+        in since the run saw ``seen_signal_seq`` signals), else False."""
         ...
 
     def step_transaction(self) -> AbstractAsyncContextManager[Any]:
@@ -61,4 +65,40 @@ class RunStore(Protocol):
         attempts: int,
     ) -> bool:
         """A transactional step's checkpoint inside its transaction; False if lost."""
+        ...
+
+    async def unread_signal(
+        self, conn: Any, work: ClaimedWorkflow, *, name: str, signal_id: str | None = None
+    ) -> tuple[int, str | None, Any] | None:
+        """In one snapshot: (signals ever sent to the workflow, the oldest unread signal
+        ``name``'s id or None, its payload), ``signal_id``'s only if given; None when the
+        workflow left this node."""
+        ...
+
+    async def insert_child_in(
+        self, conn: Any, work: ClaimedWorkflow, start: dict[str, Any]
+    ) -> None:
+        """Inside the parent's checkpoint transaction: insert a child on its partition."""
+        ...
+
+    async def send_in(
+        self, conn: Any, work: ClaimedWorkflow, *, message_id: str, kind: str, body: dict[str, Any]
+    ) -> None:
+        """Inside the sender's transaction: queue a message to another partition."""
+        ...
+
+    async def announce(self, partition: int, *, local: bool) -> None:
+        """After the commit: wake whoever runs the new work (claim loops or the relay)."""
+        ...
+
+    async def mark_signal_received(
+        self, conn: Any, work: ClaimedWorkflow, *, signal_id: str, step_seq: int
+    ) -> bool:
+        """Mark a signal read by the wait at ``step_seq``; False if it was read already."""
+        ...
+
+    async def set_event_in(
+        self, conn: Any, work: ClaimedWorkflow, *, key: str, value: str | None, step_seq: int
+    ) -> None:
+        """Inside a transaction: publish event ``key`` (``value`` is JSON text)."""
         ...

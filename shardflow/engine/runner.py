@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import Any
 
 from shardflow.engine.app import App, WorkflowDef
 from shardflow.engine.codec import encode_error, encode_payload, error_text
@@ -36,6 +38,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SUSPENDED = "suspended"
+    CANCELLED = "cancelled"
     LOST = "lost"
 
 
@@ -50,9 +53,20 @@ class RunResult:
 class WorkflowRunner:
     """Replays a claimed workflow against its checkpoints and records how the run ended."""
 
-    def __init__(self, app: App, *, max_payload_bytes: int, write_timeout: float):
+    def __init__(
+        self,
+        app: App,
+        *,
+        max_payload_bytes: int,
+        write_timeout: float,
+        route: Callable[[str], Awaitable[int]] | None = None,
+        max_id_length: int = 200,
+    ):
         self.app = app
         self.max_payload_bytes = max_payload_bytes
+        # The partition of a routing key: where a child workflow will live.
+        self.route = route
+        self.max_id_length = max_id_length
         # Bounds each of a run's writes: a run never waits forever on a write (issue 9).
         self.write_timeout = write_timeout
 
@@ -90,6 +104,8 @@ class WorkflowRunner:
             ),
             max_payload_bytes=self.max_payload_bytes,
             write_timeout=self.write_timeout,
+            route=self.route,
+            max_id_length=self.max_id_length,
         )
         try:
             return await self._run(ctx, definition, work, store)
@@ -105,6 +121,8 @@ class WorkflowRunner:
         work: ClaimedWorkflow,
         store: RunStore,
     ) -> RunResult:
+        if work.cancel_requested:
+            return await self._undo_and_cancel(ctx, work, store)
         remaining = None
         if work.deadline_at is not None:
             remaining = (work.deadline_at - ctx.database_now()).total_seconds()
@@ -121,39 +139,90 @@ class WorkflowRunner:
                 result, max_bytes=self.max_payload_bytes, what=f"result of workflow {work.name!r}"
             )
         except Release as release:
-            await ctx.settle()  # the checkpoints of this run are durable before it lets go
-            delay = release.delay
-            if work.deadline_at is not None:
-                # Wake no later than the deadline, so a timeout is noticed on time.
-                delay = min(delay, work.deadline_at - ctx.database_now())
-            delay = max(delay, timedelta(0))
-            ok = await bounded_write(
-                store.release(
-                    work,
-                    delay=delay,
-                    retry_step_seq=release.retry_step_seq,
-                    retry_attempts=release.retry_attempts,
-                    error=error_text(release.error) if release.error else None,
-                ),
-                timeout=self.write_timeout,
-                node=store.node,
-                workflow_id=work.workflow_id,
-                what="its release (sleep or retry)",
-            )
-            return _released(ok, delay)
+            return await self._release(ctx, work, store, release)
         except (LeaseLost, RunAbandoned):
             raise
         except TimeoutError as exc:
             if deadline.expired():
                 return await self._fail(ctx, _timeout_error(work))
-            return await self._fail(ctx, exc)
+            return await self._undo_and_fail(ctx, work, store, exc)  # its own (a wait's)
         except Exception as exc:
-            return await self._fail(ctx, exc)
+            return await self._undo_and_fail(ctx, work, store, exc)
         finally:
             unbind_context(token)
         # The last checkpoints and the terminal state share one commit.
         await ctx.settle(finish={"status": "succeeded", "output": output.text, "error": None})
         return RunResult(Outcome.SUCCEEDED)
+
+    async def _release(
+        self, ctx: WorkflowContext, work: ClaimedWorkflow, store: RunStore, release: Release
+    ) -> RunResult:
+        await ctx.settle()  # the checkpoints of this run are durable before it lets go
+        delay = release.delay
+        if work.deadline_at is not None:
+            # Wake no later than the deadline, so a timeout is noticed on time.
+            until_deadline = work.deadline_at - ctx.database_now()
+            delay = until_deadline if delay is None else min(delay, until_deadline)
+        if delay is not None:
+            delay = max(delay, timedelta(0))
+        due_now = await bounded_write(
+            store.release(
+                work,
+                delay=delay,
+                retry_step_seq=release.retry_step_seq,
+                retry_attempts=release.retry_attempts,
+                error=error_text(release.error) if release.error else None,
+                waiting_for=release.waiting_for,
+                seen_signal_seq=release.seen_signal_seq,
+            ),
+            timeout=self.write_timeout,
+            node=store.node,
+            workflow_id=work.workflow_id,
+            what=(
+                f"its release (waiting for signal {release.waiting_for!r})"
+                if release.waiting_for
+                else "its release (sleep or retry)"
+            ),
+        )
+        return _released(due_now, timedelta(0) if due_now else delay)
+
+    async def _undo_and_fail(
+        self, ctx: WorkflowContext, work: ClaimedWorkflow, store: RunStore, exc: Exception
+    ) -> RunResult:
+        """A saga's failure: run its compensations (durable steps, newest first), then end
+        ``failed`` with the original error and what was undone. A compensation's retry
+        releases the workflow like any step's; the next run replays to here and goes on."""
+        if not ctx.has_compensations:
+            return await self._fail(ctx, exc)
+        try:
+            ran, failures = await ctx.run_compensations()
+        except Release as release:
+            return await self._release(ctx, work, store, release)
+        error = encode_error(exc)
+        error["compensations"] = ran
+        if failures:
+            error["compensation_failures"] = failures
+        await ctx.settle(finish={"status": "failed", "output": None, "error": error_text(error)})
+        return RunResult(Outcome.FAILED)
+
+    async def _undo_and_cancel(
+        self, ctx: WorkflowContext, work: ClaimedWorkflow, store: RunStore
+    ) -> RunResult:
+        """A cancelled saga: run its recorded compensations, then end ``cancelled``."""
+        try:
+            ran, failures = await ctx.undo_for_cancel(self.app)
+        except Release as release:
+            return await self._release(ctx, work, store, release)
+        error: dict[str, Any] = {
+            "type": "Cancelled",
+            "module": "shardflow",
+            "message": "the workflow was cancelled; its compensations ran",
+            "compensations": ran,
+        }
+        if failures:
+            error["compensation_failures"] = failures
+        await ctx.settle(finish={"status": "cancelled", "output": None, "error": error_text(error)})
+        return RunResult(Outcome.CANCELLED)
 
     async def _fail(self, ctx: WorkflowContext, exc: BaseException) -> RunResult:
         error = error_text(encode_error(exc))
@@ -161,8 +230,12 @@ class WorkflowRunner:
         return RunResult(Outcome.FAILED)
 
 
-def _released(ok: bool, delay: timedelta) -> RunResult:
-    return RunResult(Outcome.SUSPENDED, due_in=delay) if ok else RunResult(Outcome.LOST)
+def _released(due_now: bool | None, delay: timedelta | None) -> RunResult:
+    """A release's result: LOST if the workflow was no longer held (``due_now`` None);
+    otherwise due after ``delay`` (None: when a signal wakes it)."""
+    if due_now is None:
+        return RunResult(Outcome.LOST)
+    return RunResult(Outcome.SUSPENDED, due_in=delay)
 
 
 def _timeout_error(work: ClaimedWorkflow) -> WorkflowTimeout:

@@ -47,6 +47,20 @@ class BenchStore:
         rows = await self.db.run("bench_timings", {"prefix": prefix + "%"})
         return [RunTiming(**r) for r in rows]
 
+    async def signal_resume_seconds(self, prefix: str) -> list[float]:
+        """Per received signal of a run: arrival on the node to the wait's checkpoint."""
+        rows = await self.db.run("bench_signal_resume", {"prefix": prefix + "%"})
+        return [float(r["seconds"]) for r in rows]
+
+    async def waiting(self, prefix: str) -> int:
+        """How many of a run's workflows are released, waiting for a signal."""
+        return int((await self.db.run("bench_waiting", {"prefix": prefix + "%"}))[0]["waiting"])
+
+    async def children(self, parent_id: str) -> dict[str, float]:
+        """A parent's children here: count, first and last start, last end (epoch seconds)."""
+        row = (await self.db.run("bench_children", {"parent_id": parent_id}))[0]
+        return {k: float(v or 0.0) for k, v in row.items()}
+
     async def write_transactions(self) -> int:
         """Write transactions started on this node so far (the transaction id counter)."""
         return int((await self.db.run("bench_commits"))[0]["commits"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,29 @@ class InsertOutcome:
     record: WorkflowRecord | None
 
 
+@dataclass(frozen=True)
+class SignalSent:
+    """A send's outcome: ``stored`` False when that signal_id was stored before (nothing
+    changed); ``woken`` when the workflow was waiting for it and is runnable now."""
+
+    stored: bool
+    woken: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventRecord:
+    """One event a workflow published: the latest value of ``key``."""
+
+    key: str
+    value: Any
+    step_seq: int
+    set_at: datetime
+
+
+class _AlreadySent(Exception):
+    """Rolls a resend's transaction back (its count bump included)."""
+
+
 class ClientStore:
     """Starts, reads, lists and cancels workflows on one node."""
 
@@ -37,6 +61,8 @@ class ClientStore:
         routing_key: str | None,
         input: str | None,
         timeout: timedelta | None,
+        parent_id: str | None = None,
+        parent_key: str | None = None,
     ) -> InsertOutcome:
         """Insert a pending workflow; an existing id returns the existing row instead.
 
@@ -50,6 +76,8 @@ class ClientStore:
             "routing_key": routing_key,
             "input": input,
             "timeout": timeout,
+            "parent_id": parent_id,
+            "parent_key": parent_key,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         # The common case is one round trip: a single autocommit statement.
@@ -113,10 +141,14 @@ class ClientStore:
     async def cancel_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
         """Cancel a pending or running workflow; False when it was already terminal or absent.
 
-        The audit row is written in the same transaction as the change.
+        One that registered compensations (a saga) is made runnable with cancel_requested
+        instead: a worker runs its compensations, then it ends cancelled. The audit row is
+        written in the same transaction as the change, and so is the cascade: a
+        cancellation message in the outbox for every child the workflow started, and its
+        children's starts not yet delivered are dropped.
         """
         return await self._audited_change(
-            "workflow_cancel", "cancel", partition, workflow_id, actor
+            "workflow_cancel", "cancel", partition, workflow_id, actor, cascade=True
         )
 
     async def requeue_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
@@ -126,11 +158,25 @@ class ClientStore:
         )
 
     async def _audited_change(
-        self, query: str, action: str, partition: int, workflow_id: str, actor: str
+        self,
+        query: str,
+        action: str,
+        partition: int,
+        workflow_id: str,
+        actor: str,
+        *,
+        cascade: bool = False,
     ) -> bool:
         key = {"partition": partition, "workflow_id": workflow_id}
         async with self.db.transaction() as conn:
+            if cascade:
+                # A saga is not ended by its cancellation: a worker first undoes it.
+                counted = await self.db.fetch(conn, "compensations_registered", key)
+                if counted[0]["registered"]:
+                    query = "workflow_cancel_to_undo"
             if await self.db.fetch(conn, query, key):
+                if cascade:
+                    await self._cancel_children(conn, partition, workflow_id)
                 await self.db.fetch(
                     conn,
                     "audit_insert",
@@ -147,6 +193,73 @@ class ClientStore:
                 return False
             await self._raise_moved(conn, partition)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send_signal(
+        self,
+        partition: int,
+        workflow_id: str,
+        *,
+        name: str,
+        signal_id: str,
+        payload: str | None,
+    ) -> SignalSent | None:
+        """Store a signal for a pending or running workflow (``payload`` is JSON text,
+        validated by the caller), and make the workflow runnable if it waits for ``name``.
+        None when the workflow is absent or has ended; PartitionMoved when this node does not
+        own the partition."""
+        key = {"partition": partition, "workflow_id": workflow_id}
+        try:
+            async with self.db.transaction() as conn:
+                woken, counted = await self.db.fetch_each(
+                    conn, [("signal_wake", {**key, "name": name}), ("signal_count", key)]
+                )
+                if not counted:
+                    rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
+                    if not rows or rows[0]["state"] != "owned":
+                        await self._raise_moved(conn, partition)
+                    return None
+                stored = await self.db.fetch(
+                    conn,
+                    "signal_insert",
+                    {
+                        **key,
+                        "name": name,
+                        "signal_id": signal_id,
+                        "seq": counted[0]["signal_seq"],
+                        "payload": payload,
+                    },
+                )
+                if not stored:
+                    raise _AlreadySent()
+                return SignalSent(stored=True, woken=bool(woken))
+        except _AlreadySent:
+            return SignalSent(stored=False, woken=False)
+
+    async def events(
+        self, partition: int, workflow_id: str, key: str | None = None
+    ) -> list[EventRecord]:
+        """The workflow's events (only ``key``'s, if given), oldest first."""
+        params = {"partition": partition, "workflow_id": workflow_id, "key": key}
+        rows = await self.db.run("event_get" if key is not None else "event_list", params)
+        return [EventRecord(**r) for r in rows]
+
+    async def _cancel_children(self, conn: Any, partition: int, workflow_id: str) -> None:
+        key = {"partition": partition, "workflow_id": workflow_id}
+        await self.db.fetch(conn, "outbox_drop_child_starts", key)
+        children = await self.db.fetch(conn, "child_starts", key)
+        await self.db.fetch_many(
+            conn,
+            "outbox_put",
+            [
+                {
+                    "partition": partition,
+                    "message_id": f"cancel:{child['workflow_id']}",
+                    "kind": "cancel_child",
+                    "body": json.dumps(child),
+                }
+                for child in children
+            ],
+        )
 
     async def steps(self, partition: int, workflow_id: str) -> list[StepRecord]:
         rows = await self.db.run(

@@ -27,6 +27,9 @@ MOVED_TABLES = (
         "workflows", "copy_out_workflows", "copy_in_workflows", "delete_partition_workflows"
     ),
     _MovedTable("steps", "copy_out_steps", "copy_in_steps", "delete_partition_steps"),
+    _MovedTable("signals", "copy_out_signals", "copy_in_signals", "delete_partition_signals"),
+    _MovedTable("events", "copy_out_events", "copy_in_events", "delete_partition_events"),
+    _MovedTable("outbox", "copy_out_outbox", "copy_in_outbox", "delete_partition_outbox"),
 )
 
 

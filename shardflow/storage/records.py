@@ -45,6 +45,10 @@ class WorkflowRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None
+    # The signal name it waits for while released (ctx.wait_for_signal), if any.
+    waiting_for: str | None = None
+    # A child workflow's parent.
+    parent_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -82,6 +86,17 @@ class ClaimedWorkflow:
     retry_step_seq: int | None
     retry_attempts: int
     claimed_at: datetime
+    # Given at start when it differs from the id (a child gets its parent's by default).
+    routing_key: str | None = None
+    # A child's parent: when the child ends, the relay tells the parent.
+    parent_id: str | None = None
+    # Cancelled with compensations registered: this run undoes instead of going on.
+    cancel_requested: bool = False
+
+    @property
+    def key(self) -> str:
+        """What routes to this workflow: its routing key, or its id."""
+        return self.routing_key or self.workflow_id
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,8 +7,9 @@ exception: the worker then drops the workflow, whoever holds it now carries on.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,9 +17,10 @@ from typing import Any
 
 import psycopg
 
-from shardflow.errors import NodeUnavailable
+from shardflow.errors import NodeUnavailable, WorkflowConflict
 from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.connector import NodeConnector
+from shardflow.storage.queries import work_channel
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
 
 
@@ -40,6 +42,11 @@ class Progress:
         return keys
 
 
+# The delay of a wait for a signal without a timeout: due only when the signal wakes it
+# (a finite time: PostgreSQL 15 cannot subtract an infinite timestamp).
+UNTIL_SIGNALLED = timedelta(days=36500)
+
+
 class WorkerStore:
     """The claim loop's, runner's, heartbeat's and reaper's queries for one node.
 
@@ -59,6 +66,8 @@ class WorkerStore:
         # Citus: the partitions whose shards this node holds (from the placement). Claims,
         # the reaper and timers look only there; plain nodes use their ownership rows.
         self.partitions: list[int] = []
+        # Called after a run wrote to this node's outbox: wakes the worker's relay.
+        self.on_outbox: Callable[[], None] | None = None
         # Where the next backlog walk begins: just after the partition the previous one ended
         # in, so claims visit partitions in strict rotation (see claim_ready in worker.sql).
         self._walk_from = 0
@@ -296,23 +305,166 @@ class WorkerStore:
         self,
         work: ClaimedWorkflow,
         *,
-        delay: timedelta,
+        delay: timedelta | None,
         retry_step_seq: int | None = None,
         retry_attempts: int = 0,
         error: str | None = None,
-    ) -> bool:
-        """Give a held workflow back as pending until ``delay`` from the database's now."""
+        waiting_for: str | None = None,
+        seen_signal_seq: int | None = None,
+    ) -> bool | None:
+        """Give a held workflow back as pending until ``delay`` from the database's now
+        (``None``: until a signal ``waiting_for`` arrives). None if it was no longer held;
+        True if it is due at once (a signal arrived since the run saw ``seen_signal_seq``)."""
         rows = await self.db.run(
             "workflow_release",
             {
                 **_lease_key(work),
-                "delay": delay,
+                "delay": UNTIL_SIGNALLED if delay is None else delay,
                 "retry_step_seq": retry_step_seq,
                 "retry_attempts": retry_attempts,
                 "error": error,
+                "waiting_for": waiting_for,
+                "seen_signal_seq": seen_signal_seq,
             },
         )
-        return bool(rows)
+        return bool(rows[0]["due"]) if rows else None
+
+    async def unread_signal(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: ClaimedWorkflow,
+        *,
+        name: str,
+        signal_id: str | None = None,
+    ) -> tuple[int, str | None, Any] | None:
+        """In one snapshot: how many signals the workflow was ever sent, and the id and
+        payload of its oldest unread signal ``name`` (or of ``signal_id`` only), (None, None)
+        if there is none. None when the workflow is no longer on this node (moved)."""
+        rows = await self.db.fetch(
+            conn,
+            "signal_unread",
+            {
+                "partition": work.partition,
+                "workflow_id": work.workflow_id,
+                "name": name,
+                "signal_id": signal_id,
+            },
+        )
+        if not rows:
+            return None
+        payload = rows[0]["payload"]
+        return (
+            int(rows[0]["signal_seq"]),
+            rows[0]["signal_id"],
+            None if payload is None else json.loads(payload),
+        )
+
+    async def mark_signal_received(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: ClaimedWorkflow,
+        *,
+        signal_id: str,
+        step_seq: int,
+    ) -> bool:
+        """Mark a signal read by the wait at ``step_seq`` (in that wait's checkpoint
+        transaction); False if it was read already."""
+        params = {
+            "partition": work.partition,
+            "workflow_id": work.workflow_id,
+            "signal_id": signal_id,
+            "step_seq": step_seq,
+        }
+        return bool(await self.db.fetch(conn, "signal_receive", params))
+
+    async def insert_child_in(
+        self, conn: psycopg.AsyncConnection[Any], work: ClaimedWorkflow, start: dict[str, Any]
+    ) -> None:
+        """Insert a child on its parent's partition, in the parent's checkpoint transaction.
+        An existing row with that id must be this parent's child (a replay never gets here
+        for a recorded start), else WorkflowConflict."""
+        key = {"partition": start["partition"], "workflow_id": start["workflow_id"]}
+        timeout = start["timeout"]
+        created = await self.db.fetch(
+            conn,
+            "child_insert",
+            {
+                **key,
+                "name": start["name"],
+                "app": start["app"],
+                "routing_key": start["routing_key"],
+                "input": json.dumps(start["input"], ensure_ascii=False),
+                "timeout": None if timeout is None else timedelta(seconds=timeout),
+                "parent_id": start["parent_id"],
+                "parent_key": start["parent_key"],
+            },
+        )
+        if created:
+            return
+        existing = await self.db.fetch(conn, "child_existing", key)
+        if existing and (existing[0]["name"], existing[0]["parent_id"]) == (
+            start["name"],
+            start["parent_id"],
+        ):
+            return
+        raise WorkflowConflict(
+            f"child workflow id {start['workflow_id']!r} is taken by another workflow; pass "
+            "start_child(..., workflow_id=...) an unused id"
+        )
+
+    async def send_in(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: ClaimedWorkflow,
+        *,
+        message_id: str,
+        kind: str,
+        body: dict[str, Any],
+    ) -> None:
+        """Queue a message to another partition in the sender's transaction (the relay
+        delivers it after the commit)."""
+        await self.db.fetch(
+            conn,
+            "outbox_put",
+            {
+                "partition": work.partition,
+                "message_id": message_id,
+                "kind": kind,
+                "body": json.dumps(body, ensure_ascii=False),
+            },
+        )
+
+    async def announce(self, partition: int, *, local: bool) -> None:
+        """After a commit that created work: a child on this node (``local``) wakes the
+        node's claim loops (NOTIFY naming its partition); an outbox message wakes this
+        worker's relay of the node."""
+        if local:
+            await self.db.run(
+                "notify_work", {"channel": work_channel(self.db.schema), "payload": str(partition)}
+            )
+        elif self.on_outbox is not None:
+            self.on_outbox()
+
+    async def set_event_in(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: ClaimedWorkflow,
+        *,
+        key: str,
+        value: str | None,
+        step_seq: int,
+    ) -> None:
+        await self.db.fetch(
+            conn,
+            "event_set",
+            {
+                "partition": work.partition,
+                "workflow_id": work.workflow_id,
+                "key": key,
+                "value": value,
+                "step_seq": step_seq,
+            },
+        )
 
     async def renew_leases(
         self, *, owner: str, held: list[tuple[int, str]], lease: timedelta

@@ -17,14 +17,16 @@ from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 
+from shardflow.client import Client
 from shardflow.config import ClusterConfig
 from shardflow.engine.app import App
 from shardflow.engine.runner import Outcome, WorkflowRunner
-from shardflow.errors import ShardflowError, WriteStalled
+from shardflow.errors import ClusterNotInitialized, ShardflowError, WriteStalled
 from shardflow.routing import Placement
 from shardflow.stalls import watch_running_loop
 from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
+from shardflow.storage.relay_store import RelayStore
 from shardflow.topology import Topology
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
@@ -32,10 +34,15 @@ from shardflow.worker.membership import MembershipWatcher
 from shardflow.worker.ports import NodeStore
 from shardflow.worker.producer import ClaimLoop
 from shardflow.worker.reaper import Reaper
+from shardflow.worker.relay import Relay
 from shardflow.worker.service import Service
 from shardflow.worker.slots import Slots
 
 log = logging.getLogger("shardflow.worker")
+
+
+# Outcomes that end a workflow (a child's end is then told to its parent).
+_ENDED = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED)
 
 
 class Worker:
@@ -56,12 +63,17 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.outcomes: Counter[str] = Counter()
         self.stopped = asyncio.Event()
+        self.topology = Topology(config, role="worker")
         self._runner = WorkflowRunner(
             app,
             max_payload_bytes=config.limits.max_payload_bytes,
             write_timeout=self.settings.write_timeout_seconds,
+            route=self._partition_of,
+            max_id_length=config.limits.max_id_length,
         )
-        self.topology = Topology(config, role="worker")
+        # The relays deliver through a client of this process (opened on first use).
+        self._relays: dict[str, Relay] = {}
+        self._relay_client: Client | None = None
         self._stores: dict[str, WorkerStore] = {}
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
@@ -94,6 +106,11 @@ class Worker:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def slots_in_use(self) -> int:
+        """Execution slots held now (a workflow waiting for a signal or sleeping holds none)."""
+        return self._slots.in_use
 
     @property
     def nodes(self) -> list[str]:
@@ -161,6 +178,7 @@ class Worker:
                 max_expiries=self.settings.max_lease_expiries,
                 on_failure=self._service_failed,
             ),
+            self._relay_for(name, store),
         ]
         for service in self._node_services[name]:
             service.start()
@@ -180,12 +198,45 @@ class Worker:
             await asyncio.gather(*(s.stop(timeout=5) for s in self._node_services.pop(name)))
             self._loops.pop(name)
             self._stores.pop(name)
+            self._relays.pop(name, None)
             self._slots.nodes = len(self._loops)
             self._slots.isolating.discard(name)
         for name, store in self._stores.items():
             # On Citus a node claims only the partitions whose shards it holds now.
             store.partitions = placement.partitions_of(name)
         self._heartbeat.set_nodes(self.topology.dsns())
+
+    async def _partition_of(self, key: str) -> int:
+        """Where a child with routing key ``key`` lives (the placement is read if a run
+        needs it before the membership watcher's first read)."""
+        try:
+            return self.topology.route(key)[0]
+        except ClusterNotInitialized:
+            await self.topology.refresh()
+            return self.topology.route(key)[0]
+
+    def _relay_for(self, name: str, store: WorkerStore) -> Relay:
+        async def acquire(service: str, ttl: timedelta) -> bool:
+            return await store.acquire_service_lease(service=service, holder=self.owner, ttl=ttl)
+
+        relay = Relay(
+            store=RelayStore(self.topology.connector(name), lambda: store.partitions),
+            acquire_lease=acquire,
+            client=self._delivery_client,
+            holder=self.owner,
+            interval=self.settings.poll_seconds,
+            on_failure=self._service_failed,
+        )
+        store.on_outbox = relay.wake
+        self._relays[name] = relay
+        return relay
+
+    async def _delivery_client(self) -> Client:
+        if self._relay_client is None:
+            client = Client(self.config, app=self.app, actor=f"relay:{self.owner}")
+            await client.connect()
+            self._relay_client = client
+        return self._relay_client
 
     def request_stop(self) -> None:
         """Begin a graceful stop from a signal handler or a callback."""
@@ -220,6 +271,8 @@ class Worker:
                 log.warning("could not release %s: %s", work.workflow_id, exc)
         services = [s for group in self._node_services.values() for s in group]
         await asyncio.gather(*(s.stop(timeout=5) for s in services))
+        if self._relay_client is not None:
+            await self._relay_client.close()
         self._heartbeat.stop()
         await self.topology.close()
         self.stopped.set()
@@ -245,6 +298,10 @@ class Worker:
             self.outcomes[outcome] += 1
             if result.due_in is not None:
                 self._remember_timer(work.partition, store.node, result.due_in.total_seconds())
+            if work.parent_id is not None and outcome in _ENDED:
+                relay = self._relays.get(store.node)
+                if relay is not None:
+                    relay.wake()  # tell the parent now, not at the next poll
             if outcome is Outcome.LOST:
                 log.info(
                     "lost the lease of %s",

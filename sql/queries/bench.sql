@@ -43,3 +43,27 @@ WHERE workflow_id LIKE %(prefix)s AND status = 'succeeded';
 -- Write transactions started on this node so far: the next transaction id to be assigned.
 -- (Exact and immediate, unlike pg_stat_database, whose counters a busy backend flushes late.)
 SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS commits;
+
+-- name: bench_signal_resume
+-- benchmarks/interaction.py: per signal of one run, seconds from its arrival on the node
+-- (sent_at) to the checkpoint of the wait that received it (both the node's clock).
+SELECT extract(epoch FROM st.recorded_at - sg.sent_at)::float8 AS seconds
+FROM {schema}.signals AS sg
+JOIN {schema}.steps AS st
+  ON st.partition = sg.partition AND st.workflow_id = sg.workflow_id
+ AND st.step_seq = sg.received_at_step
+WHERE sg.workflow_id LIKE %(prefix)s;
+
+-- name: bench_waiting
+-- How many of one run's workflows wait (released) for a signal.
+SELECT count(*) AS waiting FROM {schema}.workflows
+WHERE workflow_id LIKE %(prefix)s AND status = 'pending' AND waiting_for IS NOT NULL;
+
+-- name: bench_children
+-- A parent's children on this node: how many, their first and last start, and their last end.
+SELECT count(*) AS children,
+       extract(epoch FROM min(created_at))::float8 AS first_start,
+       extract(epoch FROM max(created_at))::float8 AS last_start,
+       extract(epoch FROM max(completed_at))::float8 AS last_end
+FROM {schema}.workflows
+WHERE parent_id = %(parent_id)s;

@@ -28,7 +28,8 @@ COPY (
            lease_owner,
            CASE WHEN status = 'running' THEN '-infinity'::timestamptz
                 ELSE lease_expires_at END AS lease_expires_at,
-           claimed_at, created_at, updated_at, completed_at, lease_expiries
+           claimed_at, created_at, updated_at, completed_at, lease_expiries, signal_seq,
+           waiting_for, parent_id, parent_key, parent_told, cancel_requested
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -36,7 +37,8 @@ COPY (
 COPY {schema}.workflows (
     partition, workflow_id, name, app, routing_key, status, input, output, error, run_at,
     deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
-    lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries
+    lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries,
+    signal_seq, waiting_for, parent_id, parent_key, parent_told, cancel_requested
 ) FROM STDIN;
 
 -- name: copy_out_steps
@@ -51,6 +53,44 @@ COPY {schema}.steps (
     partition, workflow_id, step_seq, step_name, status, output, error, attempts,
     lease_token, recorded_at
 ) FROM STDIN;
+
+-- name: copy_out_signals
+COPY (
+    SELECT partition, workflow_id, signal_id, name, seq, payload, sent_at, received_at_step
+    FROM {schema}.signals WHERE partition = %(partition)s
+) TO STDOUT;
+
+-- name: copy_in_signals
+COPY {schema}.signals (
+    partition, workflow_id, signal_id, name, seq, payload, sent_at, received_at_step
+) FROM STDIN;
+
+-- name: copy_out_events
+COPY (
+    SELECT partition, workflow_id, key, value, step_seq, set_at
+    FROM {schema}.events WHERE partition = %(partition)s
+) TO STDOUT;
+
+-- name: copy_in_events
+COPY {schema}.events (partition, workflow_id, key, value, step_seq, set_at) FROM STDIN;
+
+-- name: copy_out_outbox
+COPY (
+    SELECT partition, message_id, kind, body, created_at
+    FROM {schema}.outbox WHERE partition = %(partition)s
+) TO STDOUT;
+
+-- name: copy_in_outbox
+COPY {schema}.outbox (partition, message_id, kind, body, created_at) FROM STDIN;
+
+-- name: delete_partition_outbox
+DELETE FROM {schema}.outbox WHERE partition = %(partition)s;
+
+-- name: delete_partition_signals
+DELETE FROM {schema}.signals WHERE partition = %(partition)s;
+
+-- name: delete_partition_events
+DELETE FROM {schema}.events WHERE partition = %(partition)s;
 
 -- name: delete_partition_steps
 DELETE FROM {schema}.steps WHERE partition = %(partition)s;
@@ -82,4 +122,10 @@ WHERE version = %(version)s;
 -- name: partitions_with_rows
 SELECT partition FROM {schema}.workflows GROUP BY partition
 UNION
-SELECT partition FROM {schema}.steps GROUP BY partition;
+SELECT partition FROM {schema}.steps GROUP BY partition
+UNION
+SELECT partition FROM {schema}.signals GROUP BY partition
+UNION
+SELECT partition FROM {schema}.events GROUP BY partition
+UNION
+SELECT partition FROM {schema}.outbox GROUP BY partition;

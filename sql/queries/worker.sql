@@ -57,7 +57,9 @@ SET status = 'running',
 FROM candidates AS c
 WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
   AND c.partition IN (SELECT partition FROM fence)
-RETURNING w.partition, w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+RETURNING w.partition, w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested,
+          w.name, w.input,
+          w.deadline_at, w.claim_count,
           w.retry_step_seq, w.retry_attempts, w.claimed_at;
 
 -- name: claim_ready
@@ -108,7 +110,9 @@ SET status = 'running',
 FROM candidates AS c
 WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
   AND c.partition IN (SELECT partition FROM fence)
-RETURNING w.partition, w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+RETURNING w.partition, w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested,
+          w.name, w.input,
+          w.deadline_at, w.claim_count,
           w.retry_step_seq, w.retry_attempts, w.claimed_at;
 
 -- name: claim
@@ -141,7 +145,9 @@ SET status = 'running',
     updated_at = now()
 FROM candidates AS c
 WHERE w.partition = %(partition)s AND w.workflow_id = c.workflow_id
-RETURNING w.workflow_id, w.name, w.input, w.deadline_at, w.claim_count,
+RETURNING w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested, w.name, w.input,
+          w.deadline_at,
+          w.claim_count,
           w.retry_step_seq, w.retry_attempts, w.claimed_at;
 
 -- name: step_record
@@ -164,21 +170,29 @@ ON CONFLICT (partition, workflow_id, step_seq) DO NOTHING
 RETURNING step_seq;
 
 -- name: workflow_release
--- Suspends a running workflow until now() + delay (durable sleep, step retry backoff).
+-- Suspends a running workflow until now() + delay (durable sleep, step retry backoff, a wait
+-- for a signal). A wait passes the signal count its run saw: a send that committed since (its
+-- count is higher; the UPDATE reads the row as the send left it, even after waiting for the
+-- send's row lock) makes the workflow runnable at once instead of waiting for its timeout.
+-- Returns whether it is due at once. (now() stays out of the CASE and the RETURNING clause:
+-- Citus refuses it there.)
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
 UPDATE {schema}.workflows
-SET status = 'pending', run_at = now() + %(delay)s::interval,
+SET status = 'pending',
+    run_at = now() + CASE WHEN signal_seq > coalesce(%(seen_signal_seq)s::bigint, signal_seq)
+                          THEN interval '0 seconds' ELSE %(delay)s::interval END,
+    waiting_for = %(waiting_for)s::text,
     retry_step_seq = %(retry_step_seq)s, retry_attempts = %(retry_attempts)s,
     error = %(error)s::json, updated_at = now(), lease_expiries = 0,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND status = 'running' AND lease_token = %(lease_token)s AND lease_expires_at > now()
   AND EXISTS (SELECT 1 FROM fence)
-RETURNING workflow_id;
+RETURNING signal_seq > coalesce(%(seen_signal_seq)s::bigint, signal_seq) AS due;
 
 -- name: lease_renew
 -- The heartbeat: extends the unexpired leases this worker incarnation is running on the node.

@@ -8,22 +8,25 @@ WITH fence AS (
     FOR SHARE
 )
 INSERT INTO {schema}.workflows
-    (partition, workflow_id, name, app, routing_key, status, input, deadline_at)
+    (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
+     parent_key)
 SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
-       %(input)s::json, now() + %(timeout)s::interval
+       %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
 
 -- name: workflow_get
 SELECT partition, workflow_id, name, app, routing_key, status, input, output, error,
-       run_at, deadline_at, claim_count, created_at, updated_at, completed_at
+       run_at, deadline_at, claim_count, created_at, updated_at, completed_at,
+       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for, parent_id
 FROM {schema}.workflows
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s;
 
 -- name: workflow_list
 SELECT partition, workflow_id, name, app, routing_key, status, run_at, created_at, updated_at,
-       completed_at
+       completed_at,
+       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for
 FROM {schema}.workflows
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
@@ -45,6 +48,29 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND status IN ('pending', 'running')
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
+
+-- name: workflow_cancel_to_undo
+-- Cancelling a workflow that registered compensations: runnable at once with
+-- cancel_requested, so the next run undoes what it did instead of going on; a run in progress
+-- loses its lease (its next write is refused), like a plain cancel.
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = 'pending', cancel_requested = true, run_at = now(), waiting_for = NULL,
+    updated_at = now(), lease_expiries = 0,
+    lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+  AND status IN ('pending', 'running') AND NOT cancel_requested
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;
+
+-- name: compensations_registered
+SELECT count(*) AS registered FROM {schema}.steps
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+  AND step_name LIKE 'shardflow.compensate:%%';
 
 -- name: workflow_requeue
 -- Gives a dead-lettered workflow another chance (after the code that killed workers is fixed).

@@ -34,6 +34,18 @@ SELECT create_distributed_table('{schema}.workflows', 'partition',
 SELECT create_distributed_table('{schema}.steps', 'partition',
                                 colocate_with => '{schema}.partition_ownership');
 
+-- name: citus_distribute_signals
+SELECT create_distributed_table('{schema}.signals', 'partition',
+                                colocate_with => '{schema}.partition_ownership');
+
+-- name: citus_distribute_events
+SELECT create_distributed_table('{schema}.events', 'partition',
+                                colocate_with => '{schema}.partition_ownership');
+
+-- name: citus_distribute_outbox
+SELECT create_distributed_table('{schema}.outbox', 'partition',
+                                colocate_with => '{schema}.partition_ownership');
+
 -- name: citus_distribute_service_leases
 -- Reference tables too: small, written rarely (a reaper's lease every few seconds, an admin
 -- action), and they never move in a rebalance (a distributed copy would add shards to move).

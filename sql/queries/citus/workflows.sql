@@ -19,7 +19,8 @@ RETURNING workflow_id;
 -- name: workflow_list
 -- One Citus database answers for every node: each node lists its own partitions only.
 SELECT partition, workflow_id, name, app, routing_key, status, run_at, created_at, updated_at,
-       completed_at
+       completed_at,
+       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for
 FROM {schema}.workflows
 WHERE partition = ANY(%(partitions)s::integer[])
   AND (%(status)s::text IS NULL OR status = %(status)s::text)

@@ -1,0 +1,152 @@
+"""Child workflows (issue 11): on the parent's partition (started in the parent's own
+transaction) and all over the cluster (through the outbox and the relay), their ends
+delivered to the parent exactly once, also when the relay is killed between writing and
+delivering and between delivering and acknowledging; cancellation cascades to children."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from shardflow import Client, Worker, WorkflowNotFound
+from shardflow.config import ClusterConfig, NodeConfig
+from shardflow.faults import RELAY_FAULT_POINTS, WORKER_FAULT_ENV
+from tests import apps
+from tests.helpers import run, wait_until, worker_command
+from tests.invariants import check_invariants
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def _children_of(client: Client, parent_id: str) -> list[tuple[str, str]]:
+    """(child id, routing key) of every child the parent started, from its checkpoints."""
+    return [
+        (s.output["workflow_id"], s.output["routing_key"])
+        for s in await client.steps(parent_id)
+        if s.step_name.startswith("shardflow.start_child:")
+    ]
+
+
+async def _check_each_child_once(config: ClusterConfig, client: Client, parent_id: str) -> None:
+    children = await _children_of(client, parent_id)
+    records = [await client.get(c, routing_key=k) for c, k in children]
+    assert all(r.parent_id == parent_id for r in records)
+    # Every end reached the parent once: one receipt per child in its history.
+    receipts = [
+        s
+        for s in await client.steps(parent_id)
+        if s.step_name.startswith("shardflow.child_result:")
+    ]
+    assert sorted(s.step_name.split(":", 1)[1] for s in receipts) == sorted(c for c, _ in children)
+    report = await check_invariants(config, client, [parent_id])
+    report.assert_ok()
+
+
+def test_children_on_the_parents_partition(config: ClusterConfig) -> None:
+    async def go() -> None:
+        parent_id = new_id("family")
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            await client.start(apps.fan_out, {"count": 5, "spread": False}, workflow_id=parent_id)
+            assert await client.result(parent_id, timeout=30) == sum(range(1, 6))
+            children = await _children_of(client, parent_id)
+            assert [c for c, _ in children] == [f"{parent_id}:{i}" for i in range(5)]
+            parent_partition = client.route(parent_id)[0]
+            assert {client.route(k)[0] for _, k in children} == {parent_partition}
+            await _check_each_child_once(config, client, parent_id)
+
+    run(go())
+
+
+def test_fifty_children_all_over_the_cluster(
+    config: ClusterConfig, data_nodes: list[NodeConfig]
+) -> None:
+    async def go() -> None:
+        parent_id = new_id("fan-out")
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            await client.start(apps.fan_out, {"count": 50, "spread": True}, workflow_id=parent_id)
+            assert await client.result(parent_id, timeout=60) == sum(range(1, 51))
+            children = await _children_of(client, parent_id)
+            assert len(children) == 50
+            assert {client.route(k)[1] for _, k in children} == {n.name for n in data_nodes}
+            await _check_each_child_once(config, client, parent_id)
+
+    run(go(), timeout=90)
+
+
+def test_a_failed_child_raises_in_its_parent(config: ClusterConfig) -> None:
+    async def go() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            handle = await client.start(apps.parent_of_failure, workflow_id=new_id("sad"))
+            assert await handle.result(timeout=30) == "child failed: ValueError"
+
+    run(go())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("fault", RELAY_FAULT_POINTS)
+def test_relay_killed_between_outbox_and_delivery_and_before_the_ack(
+    config: ClusterConfig, config_file: Path, fault: str
+) -> None:
+    """A worker whose relay kills itself at ``fault`` (before its first delivery, or after
+    it and before deleting the message), then a healthy worker: every child starts once and
+    every end reaches the parent once."""
+
+    async def go() -> None:
+        parent_id = new_id(f"relay-{fault}")
+        argv, options = worker_command(config_file)
+        options["env"] = {**options["env"], WORKER_FAULT_ENV: fault}
+        async with Client(config, app=apps.app) as client:
+            victim = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, **options
+            )
+            try:
+                await client.start(
+                    apps.fan_out, {"count": 10, "spread": True}, workflow_id=parent_id
+                )
+                assert await asyncio.wait_for(victim.wait(), 60) == -signal.SIGKILL
+            finally:
+                if victim.returncode is None:
+                    victim.kill()
+            async with Worker(apps.app, config):
+                assert await client.result(parent_id, timeout=60) == sum(range(1, 11))
+            await _check_each_child_once(config, client, parent_id)
+
+    assert WORKER_FAULT_ENV not in os.environ
+    run(go(), timeout=110)
+
+
+def test_cancelling_a_parent_cancels_its_children_everywhere(config: ClusterConfig) -> None:
+    async def go() -> None:
+        parent_id = new_id("cancel-family")
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            await client.start(apps.waiting_parent, 6, workflow_id=parent_id)
+
+            async def children_waiting() -> bool:
+                children = await _children_of(client, parent_id)
+                if len(children) < 6:
+                    return False
+                try:
+                    records = [await client.get(c, routing_key=k) for c, k in children]
+                except WorkflowNotFound:
+                    return False  # its start is still in the outbox
+                return all(r.waiting_for == "item" for r in records)
+
+            await wait_until(children_waiting, timeout=30, what="six waiting children")
+            assert await client.cancel(parent_id)
+            children = await _children_of(client, parent_id)
+
+            async def all_cancelled() -> bool:
+                statuses = [await client.status(c, routing_key=k) for c, k in children]
+                return statuses == ["cancelled"] * len(children)
+
+            await wait_until(all_cancelled, timeout=30, what="the children to be cancelled")
+            assert {client.route(k)[1] for _, k in children} != set(), "children somewhere"
+
+    run(go())
