@@ -471,8 +471,8 @@ class Client:
 
         Stored on the workflow's node, so a signal sent before the workflow waits for it is
         kept; a workflow waiting for ``name`` is woken at once. With ``signal_id``, a resend
-        of the same id stores nothing and returns False. SignalRefused if the workflow has
-        ended, WorkflowNotFound if there is none.
+        of the same id stores nothing and returns False (also once the workflow has ended).
+        SignalRefused if the workflow has ended, WorkflowNotFound if there is none.
         """
         check_name(name, what="signal name")
         max_length = self.config.limits.max_id_length

@@ -59,6 +59,16 @@ def worker_command(config_file: Path) -> tuple[list[str], dict[str, Any]]:
     return argv, {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": str(REPO)}}
 
 
+async def spawn_worker(
+    config_file: Path, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``shardflow worker`` for tests.apps in a process of its own (``env`` added to ours)."""
+    argv, options = worker_command(config_file)
+    if env:
+        options["env"] = {**options["env"], **env}
+    return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, **options)
+
+
 async def one_loop_turn() -> None:
     """Let every callback that is ready now run once (one turn of the event loop); no timing."""
     loop = asyncio.get_running_loop()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from shardflow import Client, Worker, WorkflowNotFound
+from shardflow import Client, ResultTimeout, Worker, WorkflowNotFound
 from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.faults import RELAY_FAULT_POINTS, WORKER_FAULT_ENV
 from tests import apps
-from tests.helpers import run, wait_until, worker_command
+from tests.helpers import run, spawn_worker, wait_until
 from tests.invariants import check_invariants
 
 
@@ -47,6 +47,22 @@ async def _check_each_child_once(config: ClusterConfig, client: Client, parent_i
     assert sorted(s.step_name.split(":", 1)[1] for s in receipts) == sorted(c for c, _ in children)
     report = await check_invariants(config, client, [parent_id])
     report.assert_ok()
+
+
+async def _diagnosis(client: Client, parent_id: str, worker: Worker) -> str:
+    """What a parent that did not finish was doing, for the failure message."""
+    record = await client.get(parent_id)
+    steps = [s.step_name for s in await client.steps(parent_id)]
+    children = []
+    for child_id, key in await _children_of(client, parent_id):
+        try:
+            children.append((child_id, await client.status(child_id, routing_key=key)))
+        except WorkflowNotFound:
+            children.append((child_id, "not started"))
+    return (
+        f"parent {record.status} waiting for {record.waiting_for!r}; steps {steps}; children "
+        f"{children}; worker stopped: {worker.stopped.is_set()}, outcomes {dict(worker.outcomes)}"
+    )
 
 
 def test_children_on_the_parents_partition(config: ClusterConfig) -> None:
@@ -100,12 +116,8 @@ def test_relay_killed_between_outbox_and_delivery_and_before_the_ack(
 
     async def go() -> None:
         parent_id = new_id(f"relay-{fault}")
-        argv, options = worker_command(config_file)
-        options["env"] = {**options["env"], WORKER_FAULT_ENV: fault}
         async with Client(config, app=apps.app) as client:
-            victim = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, **options
-            )
+            victim = await spawn_worker(config_file, {WORKER_FAULT_ENV: fault})
             try:
                 await client.start(
                     apps.fan_out, {"count": 10, "spread": True}, workflow_id=parent_id
@@ -114,8 +126,12 @@ def test_relay_killed_between_outbox_and_delivery_and_before_the_ack(
             finally:
                 if victim.returncode is None:
                     victim.kill()
-            async with Worker(apps.app, config):
-                assert await client.result(parent_id, timeout=60) == sum(range(1, 11))
+            async with Worker(apps.app, config) as worker:
+                try:
+                    total = await client.result(parent_id, timeout=60)
+                except ResultTimeout:
+                    raise AssertionError(await _diagnosis(client, parent_id, worker)) from None
+                assert total == sum(range(1, 11))
             await _check_each_child_once(config, client, parent_id)
 
     assert WORKER_FAULT_ENV not in os.environ

@@ -13,12 +13,7 @@ from shardflow import Client, NodeUnavailable, Worker
 from shardflow.cluster.local import LocalCluster
 from shardflow.config import ClusterConfig, NodeConfig
 from tests import apps
-from tests.helpers import local_node, run, wait_until, worker_command
-
-
-async def spawn_worker(config_file: Path) -> asyncio.subprocess.Process:
-    argv, options = worker_command(config_file)
-    return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, **options)
+from tests.helpers import local_node, run, spawn_worker, wait_until
 
 
 @pytest.mark.timeout(90)

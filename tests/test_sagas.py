@@ -3,7 +3,6 @@ also when the worker is killed in the middle of them."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import uuid
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from shardflow import Client, Worker, WorkflowCancelled, WorkflowFailed
 from shardflow.config import ClusterConfig
 from tests import apps
-from tests.helpers import run, wait_until, worker_command
+from tests.helpers import run, spawn_worker, wait_until
 
 UNDO_ORDER = ["unreserve-hotel", "unreserve-flight"]
 SAGA_STEPS = [
@@ -70,10 +69,7 @@ def test_compensations_resume_after_the_worker_is_killed_among_them(
     async def go() -> None:
         wf_id = f"saga-kill-{uuid.uuid4().hex}"
         async with Client(config, app=apps.app) as client:
-            argv, options = worker_command(config_file)
-            victim = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, **options
-            )
+            victim = await spawn_worker(config_file)
             try:
                 await client.start(apps.trip, paths, workflow_id=wf_id)
                 await wait_until(

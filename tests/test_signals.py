@@ -97,6 +97,10 @@ def test_a_resent_signal_id_is_received_once(config: ClusterConfig) -> None:
             assert await handle.signal("item", "next", signal_id="order-8")
             async with Worker(apps.app, config):
                 assert await handle.result(timeout=20) == ["once", "next"]
+            # A retry after the workflow ended is still a no-op, not an error.
+            assert not await handle.signal("item", "once", signal_id="order-7")
+            with pytest.raises(SignalRefused):
+                await handle.signal("item", "new", signal_id="order-9")
 
     run(go())
 

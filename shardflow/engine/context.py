@@ -266,7 +266,7 @@ class WorkflowContext:
             return _received(output, name, timeout)
         deadline = datetime.fromisoformat(deadline_text) if deadline_text else None
         if deadline is not None and deadline <= self.database_now():
-            await self._record(seq, step_name, "succeeded", output=json.dumps({"timed_out": True}))
+            self._record(seq, step_name, "succeeded", output=json.dumps({"timed_out": True}))
             raise SignalTimeout(name, timeout or 0.0)
         raise Release(
             None if deadline is None else deadline - self.database_now(),
@@ -467,7 +467,7 @@ class WorkflowContext:
         seq = self._take_seq()
         name = COMPENSATE_STEP_PREFIX + step.name
         if self._replayed(seq, name) is None:
-            self._buffer(seq, name, "succeeded", output=encoded.text)
+            self._record(seq, name, "succeeded", output=encoded.text)
         # The encoded value, on the first run and on replay alike (tuples become lists).
         self._compensations.append((step, tuple(encoded.value["args"]), encoded.value["kwargs"]))
 
@@ -499,7 +499,7 @@ class WorkflowContext:
         )
         if marker is None:
             marker = max(self._recorded, default=-1) + 1
-            self._buffer(marker, CANCELLED_STEP, "succeeded", output="null")
+            self._record(marker, CANCELLED_STEP, "succeeded", output="null")
         for seq, cp in sorted(self._recorded.items()):
             if seq < marker and cp.step_name.startswith(COMPENSATE_STEP_PREFIX):
                 step = app.get_step(cp.step_name[len(COMPENSATE_STEP_PREFIX) :])
@@ -513,7 +513,7 @@ class WorkflowContext:
         if recorded is not None:
             return str(recorded.output)
         value: str = make()
-        await self._record(
+        self._record(
             seq,
             name,
             "succeeded",
@@ -545,7 +545,7 @@ class WorkflowContext:
             )
         except Exception as exc:
             await self._step_failed(step, info, exc)
-        await self._record(seq, step.name, "succeeded", output=encoded.text, attempts=attempt)
+        self._record(seq, step.name, "succeeded", output=encoded.text, attempts=attempt)
         return encoded.value
 
     async def _run_transaction(
@@ -600,7 +600,7 @@ class WorkflowContext:
                 retry_attempts=info.attempt,
                 error=error,
             ) from None
-        await self._record(info.step_seq, step.name, "failed", error=error, attempts=info.attempt)
+        self._record(info.step_seq, step.name, "failed", error=error, attempts=info.attempt)
         raise StepFailedError(step.name, error) from None
 
     async def _invoke(
@@ -643,7 +643,7 @@ class WorkflowContext:
             )
         return recorded
 
-    async def _record(
+    def _record(
         self,
         seq: int,
         name: str,
@@ -661,19 +661,6 @@ class WorkflowContext:
         that commit), or after ``WRITE_LINGER_SECONDS`` in the background, whichever comes
         first. Crash semantics are those of writing each checkpoint at once.
         """
-        self._buffer(seq, name, status, output=output, error=error, attempts=attempts)
-
-    def _buffer(
-        self,
-        seq: int,
-        name: str,
-        status: str,
-        *,
-        output: str | None = None,
-        error: dict[str, Any] | None = None,
-        attempts: int = 1,
-    ) -> None:
-        """Queue a checkpoint for the next write (see ``_record``)."""
         self._raise_if_broken()
         self._unsent.append(
             {

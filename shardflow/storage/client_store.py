@@ -205,6 +205,7 @@ class ClientStore:
     ) -> SignalSent | None:
         """Store a signal for a pending or running workflow (``payload`` is JSON text,
         validated by the caller), and make the workflow runnable if it waits for ``name``.
+        A resend of a stored ``signal_id`` stores nothing, even once the workflow has ended.
         None when the workflow is absent or has ended; PartitionMoved when this node does not
         own the partition."""
         key = {"partition": partition, "workflow_id": workflow_id}
@@ -217,6 +218,9 @@ class ClientStore:
                     rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
                     if not rows or rows[0]["state"] != "owned":
                         await self._raise_moved(conn, partition)
+                    known = {**key, "signal_id": signal_id}
+                    if await self.db.fetch(conn, "signal_known", known):
+                        return SignalSent(stored=False, woken=False)  # a resend
                     return None
                 stored = await self.db.fetch(
                     conn,

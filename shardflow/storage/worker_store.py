@@ -380,14 +380,15 @@ class WorkerStore:
     async def insert_child_in(
         self, conn: psycopg.AsyncConnection[Any], work: ClaimedWorkflow, start: dict[str, Any]
     ) -> None:
-        """Insert a child on its parent's partition, in the parent's checkpoint transaction.
+        """Insert a child on its parent's partition, in the parent's checkpoint transaction
+        (the client's insert, fenced by the partition's ownership row).
         An existing row with that id must be this parent's child (a replay never gets here
         for a recorded start), else WorkflowConflict."""
         key = {"partition": start["partition"], "workflow_id": start["workflow_id"]}
         timeout = start["timeout"]
         created = await self.db.fetch(
             conn,
-            "child_insert",
+            "workflow_insert",
             {
                 **key,
                 "name": start["name"],

@@ -1,22 +1,6 @@
 -- Child workflows and the relay (issue 11). Every write names one partition; the relay's
 -- reads scan the node (on Citus, its partitions: an empty list means "all on this node").
 
--- name: child_insert
--- A child on its parent's partition: inserted in the transaction of the parent's checkpoint.
-WITH fence AS (
-    SELECT epoch FROM {schema}.partition_ownership
-    WHERE partition = %(partition)s AND state = 'owned'
-    FOR SHARE
-)
-INSERT INTO {schema}.workflows
-    (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
-     parent_key)
-SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
-       %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s
-WHERE EXISTS (SELECT 1 FROM fence)
-ON CONFLICT (partition, workflow_id) DO NOTHING
-RETURNING workflow_id;
-
 -- name: child_existing
 SELECT name, app, parent_id FROM {schema}.workflows
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s;

@@ -41,6 +41,13 @@ VALUES (%(partition)s, %(workflow_id)s, %(signal_id)s, %(name)s, %(seq)s, %(payl
 ON CONFLICT (partition, workflow_id, signal_id) DO NOTHING
 RETURNING seq;
 
+-- name: signal_known
+-- A resend to a workflow that has ended since: the signal_id it already took is a no-op, not
+-- an error.
+SELECT 1 AS known FROM {schema}.signals
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
+  AND signal_id = %(signal_id)s;
+
 -- name: signal_unread
 -- A wait, first statement: how many signals the workflow was ever sent, and the oldest
 -- unread one of this name (or the one with this signal_id: a child's end), from one snapshot (a signal counted here but not yet visible

@@ -2,6 +2,8 @@
 -- ownership row FOR SHARE in the same statement: the write fence.
 
 -- name: workflow_insert
+-- A start (parent_id and parent_key are a child's: from the relay, or from the parent's own
+-- transaction when the child lives on the parent's partition).
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
