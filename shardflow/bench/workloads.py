@@ -63,9 +63,11 @@ async def leaf(ctx: WorkflowContext, n: int) -> int:
 
 @app.workflow
 async def parent(ctx: WorkflowContext, n: int) -> int:
-    children = [
-        await ctx.start_child(leaf, i, routing_key=f"{ctx.workflow_id}-{i}") for i in range(n)
-    ]
+    # Started together: each start is its own transaction (the parent's checkpoint and an
+    # outbox row), and they share the node's connections.
+    children = await asyncio.gather(
+        *(ctx.start_child(leaf, i, routing_key=f"{ctx.workflow_id}-{i}") for i in range(n))
+    )
     return sum(await asyncio.gather(*(child.result() for child in children)))
 
 
