@@ -424,3 +424,16 @@ async def trip_waiting_for_payment(ctx: WorkflowContext, paths: dict[str, str]) 
         ctx.compensate(unreserve, paths, thing)
     await ctx.wait_for_signal("paid")
     return "booked"
+
+
+@app.workflow
+async def race(ctx: WorkflowContext, spec: dict[str, Any]) -> Any:
+    """A child that waits for a signal raced against a quick one (when ``quick``) or alone,
+    with a timeout: the first to end wins."""
+    racers = [await ctx.start_child(collect, 1, routing_key=f"{ctx.workflow_id}-slow")]
+    if spec["quick"]:
+        racers.append(await ctx.start_child(leaf, 41, routing_key=f"{ctx.workflow_id}-quick"))
+    winner = await ctx.first_to_end(racers, timeout=spec["timeout"])
+    if winner is None:
+        return "timed out"
+    return {"winner": racers.index(winner), "result": await winner.result()}

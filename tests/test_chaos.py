@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow import Client, ShardflowError, Worker
+from shardflow import Client, ShardflowError, Worker, WorkflowFailed
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
@@ -380,5 +380,93 @@ def test_long_held_snapshot_during_load(config: ClusterConfig) -> None:
         )
         result.assert_ok()
         assert min(held) > 0 and after > 0.5 * baseline
+
+    run(go(), timeout=290)
+
+
+@pytest.mark.timeout(300)
+def test_children_and_sagas_under_worker_kill_churn(
+    config: ClusterConfig, config_file: Path, tmp_path: Path
+) -> None:
+    """Parents fanning out to children on every node (outbox and relay) and sagas that fail
+    and compensate, while a worker process is killed every half second: every parent gets
+    every child's end once, every saga ends failed with both compensations run, newest
+    first; compensation bodies are steps (at least once), their duplicates are counted."""
+    parents_count, sagas_count, kills = 20, 20, 0
+    churn_config = tmp_path / "churn.toml"
+    churn_config.write_text(
+        config.replace(worker=replace(config.worker, max_lease_expiries=1000)).to_toml()
+    )
+
+    async def go() -> None:
+        nonlocal kills
+        argv, options = worker_command(churn_config)
+
+        async def spawn() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                **options,
+            )
+
+        workers = [await spawn() for _ in range(3)]
+        run_id = uuid.uuid4().hex[:8]
+        parents = [f"churn-parent-{run_id}-{i}" for i in range(parents_count)]
+        sagas = [f"churn-saga-{run_id}-{i}" for i in range(sagas_count)]
+        logs = {s: tmp_path / f"{s}.log" for s in sagas}
+        async with Client(config, app=apps.app) as client:
+            await client.start_many(
+                apps.fan_out, [{"count": 10, "spread": True}] * parents_count, workflow_ids=parents
+            )
+            await client.start_many(
+                apps.trip, [{"log": str(logs[s])} for s in sagas], workflow_ids=sagas
+            )
+            done = asyncio.ensure_future(
+                asyncio.gather(
+                    *(client.result(w, timeout=240) for w in parents + sagas),
+                    return_exceptions=True,
+                )
+            )
+            while not done.done():
+                await asyncio.wait({done}, timeout=0.5)
+                if done.done():
+                    break
+                victim = random.randrange(len(workers))
+                workers[victim].kill()
+                await workers[victim].wait()
+                kills += 1
+                workers[victim] = await spawn()
+            outcomes = done.result()
+            for w in workers:
+                w.terminate()
+                await w.wait()
+            result = await check_invariants(config, client, parents)
+            # (Its `lost` lists the sagas: they end failed, by design. Histories are checked.)
+            saga_report = await check_invariants(config, client, sagas)
+        sums = outcomes[:parents_count]
+        saga_errors = outcomes[parents_count:]
+        undo = [
+            [line for line in logs[s].read_text().split() if line.startswith("unreserve")]
+            for s in sagas
+        ]
+        first_order = [list(dict.fromkeys(u)) for u in undo]
+        duplicates = sum(len(u) - len(set(u)) for u in undo)
+        report(
+            "children and sagas under kill -9 churn",
+            runs=1,
+            parents=parents_count,
+            children=parents_count * 10,
+            sagas=sagas_count,
+            kills=kills,
+            lost=len(result.lost) + sum(not isinstance(e, WorkflowFailed) for e in saga_errors),
+            bad_histories=len(result.bad_histories) + len(saga_report.bad_histories),
+            compensation_duplicate_rate=f"{duplicates / (2 * sagas_count):.1%}",
+        )
+        result.assert_ok()
+        assert sums == [sum(range(1, 11))] * parents_count
+        assert all(isinstance(e, WorkflowFailed) for e in saga_errors), saga_errors
+        assert saga_report.bad_histories == [] and saga_report.problems == []
+        assert first_order == [["unreserve-hotel", "unreserve-flight"]] * sagas_count
 
     run(go(), timeout=290)

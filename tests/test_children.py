@@ -166,3 +166,27 @@ def test_cancelling_a_parent_cancels_its_children_everywhere(config: ClusterConf
             assert {client.route(k)[1] for _, k in children} != set(), "children somewhere"
 
     run(go())
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"quick": True, "timeout": 60}, {"winner": 1, "result": 42}),
+        ({"quick": False, "timeout": 0.5}, "timed out"),
+    ],
+)
+def test_racing_children_against_a_timeout(
+    config: ClusterConfig, spec: dict[str, object], expected: object
+) -> None:
+    """`ctx.first_to_end(children, timeout)`: the quick child wins over one that waits for a
+    signal; alone, the waiting one loses to the timeout."""
+
+    async def go() -> None:
+        parent_id = new_id("race")
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            await client.start(apps.race, spec, workflow_id=parent_id)
+            assert await client.result(parent_id, timeout=30) == expected
+            names = [s.step_name for s in await client.steps(parent_id)]
+            assert "shardflow.first_to_end" in names
+
+    run(go())

@@ -246,3 +246,6 @@ def test_signal_and_events_from_the_command_line(config: ClusterConfig, config_f
     assert code == 0 and json.loads(out) == 1
     code, out = invoke(config_file, "signal", wf_id, "item")
     assert code != 0 and "SignalRefused" in out and "succeeded" in out
+    code, out = invoke(config_file, "get", wf_id, "--steps")
+    assert code == 0 and "received signal 'item' (id s-1)" in out
+    assert "published event 'received'" in out

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shardflow import Client, Worker
+from shardflow import Client, Worker, WorkflowNotFound
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
@@ -336,10 +336,11 @@ def test_cli_check_dry_run_and_bench(config_file: Path, tmp_path: Path) -> None:
 def test_signals_and_events_move_with_their_partition(
     cluster: LocalCluster, config: ClusterConfig
 ) -> None:
-    """Workflows waiting for signals, with events published and signals stored unread, while
-    a node is added and partitions move to it: every signal is received once, in order, the
-    events are where the workflows are, and signals sent with the old placement reach the
-    new owner."""
+    """Workflows waiting for signals, with events published and signals stored unread, and
+    parents waiting for children that wait for signals, while a node is added and partitions
+    move to it: every signal is received once, in order, the events are where the workflows
+    are, signals sent with the old placement reach the new owner, every parent gets every
+    child's end."""
     count = 64
 
     async def go() -> None:
@@ -355,6 +356,18 @@ def test_signals_and_events_move_with_their_partition(
                     return all(e == {"received": 1} for e in events)
 
                 await wait_until(all_got_the_first, timeout=60, what="every first signal")
+                parents = [f"moving-parent-{uuid.uuid4().hex}" for _ in range(4)]
+                await client.start_many(apps.waiting_parent, [3] * 4, workflow_ids=parents)
+                children = [(f"{p}:{i}", f"{p}-key-{i}") for p in parents for i in range(3)]
+
+                async def children_wait() -> bool:
+                    try:
+                        records = [await client.get(c, routing_key=k) for c, k in children]
+                    except WorkflowNotFound:
+                        return False
+                    return all(r.waiting_for == "item" for r in records)
+
+                await wait_until(children_wait, timeout=60, what="the children to wait")
             # No worker: half of the second signals wait unread through the move.
             for wf_id in ids[: count // 2]:
                 await client.signal(wf_id, "item", f"{wf_id}:b", signal_id=f"{wf_id}:b")
@@ -370,9 +383,13 @@ def test_signals_and_events_move_with_their_partition(
             for wf_id in ids[count // 2 :]:
                 assert await client.signal(wf_id, "item", f"{wf_id}:b", signal_id=f"{wf_id}:b")
             assert not await client.signal(ids[0], "item", "again", signal_id=f"{ids[0]}:b")
+            for child_id, key in children:
+                await client.signal(child_id, "item", child_id, routing_key=key)
             async with Worker(apps.app, config):
                 results = await asyncio.gather(*(client.result(i, timeout=60) for i in ids))
+                family = await asyncio.gather(*(client.result(p, timeout=60) for p in parents))
             assert results == [[f"{i}:a", f"{i}:b"] for i in ids]
+            assert family == [[[f"{p}:{i}"] for i in range(3)] for p in parents]
             events = await asyncio.gather(*(client.events(i) for i in ids))
             assert all(e == {"received": 2} for e in events)
         await assert_consistent(config)

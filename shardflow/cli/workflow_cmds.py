@@ -16,6 +16,7 @@ from typing import Any, TextIO
 import click
 
 from shardflow.cli.base import CliState, cli, pass_state, run_async
+from shardflow.cli.step_view import about
 from shardflow.client import Client
 from shardflow.engine.app import App
 from shardflow.engine.context import CHILD_SIGNAL
@@ -150,7 +151,11 @@ def _record_json(record: Any) -> str:
 @cli.command()
 @click.argument("workflow_id")
 @click.option("--routing-key")
-@click.option("--steps", is_flag=True, help="Also show the recorded steps.")
+@click.option(
+    "--steps",
+    is_flag=True,
+    help="Also show the recorded steps (waits, signals, children and compensations explained).",
+)
 @pass_state
 def get(state: CliState, workflow_id: str, routing_key: str | None, steps: bool) -> None:
     """Show one workflow."""
@@ -160,7 +165,11 @@ def get(state: CliState, workflow_id: str, routing_key: str | None, steps: bool)
             click.echo(_record_json(await client.get(workflow_id, routing_key=routing_key)))
             if steps:
                 for step in await client.steps(workflow_id, routing_key=routing_key):
-                    click.echo(_record_json(step))
+                    shown = dict(step.__dict__)
+                    said = about(step)
+                    if said is not None:
+                        shown["about"] = said  # waits, signals, children, compensations
+                    click.echo(json.dumps(shown, default=str, indent=2))
 
     run_async(go())
 

@@ -65,6 +65,7 @@ CANCELLED_STEP = "shardflow.cancelled"
 START_CHILD_STEP_PREFIX = "shardflow.start_child:"
 CHILD_RESULT_STEP_PREFIX = "shardflow.child_result:"
 CHILD_SIGNAL = "shardflow.child"
+FIRST_TO_END_STEP = "shardflow.first_to_end"
 
 # A buffered checkpoint that no step start, end or release has sent yet goes out after this.
 WRITE_LINGER_SECONDS = 0.005
@@ -261,7 +262,7 @@ class WorkflowContext:
         if recorded is not None:
             return _received(recorded.output, name, timeout)
         await self.settle()  # earlier positions are durable before the signal is taken
-        seen, output = await self._take_signal(name, None, seq, step_name)
+        seen, output = await self._take_signal(name, seq, step_name)
         if output is not None:
             return _received(output, name, timeout)
         deadline = datetime.fromisoformat(deadline_text) if deadline_text else None
@@ -275,17 +276,24 @@ class WorkflowContext:
         )
 
     async def _take_signal(
-        self, name: str, signal_id: str | None, seq: int, step_name: str
+        self,
+        name: str,
+        seq: int,
+        step_name: str,
+        *,
+        signal_ids: list[str] | None = None,
+        peek: bool = False,
     ) -> tuple[int, dict[str, Any] | None]:
         """Receive the oldest unread signal ``name`` into position ``seq``: the checkpoint
         and the signal's "read" mark commit together. Returns the signal count the node had,
-        and the recorded output (None: no unread signal of that name). ``signal_id``: that
-        signal only (a child's end). Locks in the global order, like a send: ownership row,
-        workflow row (both by the checkpoint), signal."""
+        and the recorded output (None: no unread signal of that name). ``signal_ids``: only
+        those (children's ends); ``peek``: record which one arrived first without marking it
+        read (a race: the winner's ``result()`` receives it). Locks in the global order, like
+        a send: ownership row, workflow row (both by the checkpoint), signal."""
         try:
             async with self._store.step_transaction() as conn:
                 found = await self._store.unread_signal(
-                    conn, self._work, name=name, signal_id=signal_id
+                    conn, self._work, name=name, signal_ids=signal_ids, peek=peek
                 )
                 if found is None:
                     raise LeaseLost()  # the partition moved away
@@ -301,8 +309,11 @@ class WorkflowContext:
                     output=json.dumps(output, ensure_ascii=False),
                     attempts=1,
                 )
-                received = recorded and await self._store.mark_signal_received(
-                    conn, self._work, signal_id=signal_id, step_seq=seq
+                received = recorded and (
+                    peek
+                    or await self._store.mark_signal_received(
+                        conn, self._work, signal_id=signal_id, step_seq=seq
+                    )
                 )
                 if not received:
                     raise LeaseLost()  # rolls back: the signal stays unread
@@ -403,7 +414,7 @@ class WorkflowContext:
         if recorded is None:
             await self.settle()
             seen, recorded_output = await self._take_signal(
-                CHILD_SIGNAL, f"{CHILD_SIGNAL}:{child_id}", seq, step_name
+                CHILD_SIGNAL, seq, step_name, signal_ids=[f"{CHILD_SIGNAL}:{child_id}"]
             )
             if recorded_output is None:
                 raise Release(None, waiting_for=CHILD_SIGNAL, seen_signal_seq=seen)
@@ -413,6 +424,48 @@ class WorkflowContext:
         if ended["status"] == "succeeded":
             return ended["output"]
         raise ChildWorkflowFailed(child_id, ended["status"], ended.get("error"))
+
+    async def first_to_end(
+        self, children: list[ChildHandle], *, timeout: float | None = None
+    ) -> ChildHandle | None:
+        """Race children: the first of ``children`` to end (then ``await its.result()``),
+        or None when none ended within ``timeout`` seconds. Durable and replayed like a
+        signal wait (the parent holds no slot meanwhile); the others go on running (cancel
+        them with the client if their work is no longer wanted)."""
+        if not children:
+            raise InvalidInput("first_to_end() needs at least one child")
+        deadline_text = await self._deterministic(
+            WAIT_DEADLINE_STEP,
+            lambda: (
+                ""
+                if timeout is None
+                else (self.database_now() + timedelta(seconds=timeout)).isoformat()
+            ),
+        )
+        seq = self._take_seq()
+        step_name = FIRST_TO_END_STEP
+        by_signal = {f"{CHILD_SIGNAL}:{c.workflow_id}": c for c in children}
+        recorded = self._replayed(seq, step_name)
+        if recorded is None:
+            await self.settle()
+            seen, output = await self._take_signal(
+                CHILD_SIGNAL, seq, step_name, signal_ids=sorted(by_signal), peek=True
+            )
+            if output is None:
+                deadline = datetime.fromisoformat(deadline_text) if deadline_text else None
+                if deadline is None or deadline > self.database_now():
+                    raise Release(
+                        None if deadline is None else deadline - self.database_now(),
+                        waiting_for=CHILD_SIGNAL,
+                        seen_signal_seq=seen,
+                    )
+                output = {"timed_out": True}
+                self._record(seq, step_name, "succeeded", output=json.dumps(output))
+        else:
+            output = recorded.output
+        if output.get("timed_out"):
+            return None
+        return by_signal[output["signal_id"]]
 
     async def set_event(self, key: str, value: Any) -> None:
         """Publish ``value`` under ``key`` for clients (``client.get_event``): durable and

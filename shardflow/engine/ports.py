@@ -68,11 +68,17 @@ class RunStore(Protocol):
         ...
 
     async def unread_signal(
-        self, conn: Any, work: ClaimedWorkflow, *, name: str, signal_id: str | None = None
+        self,
+        conn: Any,
+        work: ClaimedWorkflow,
+        *,
+        name: str,
+        signal_ids: list[str] | None = None,
+        peek: bool = False,
     ) -> tuple[int, str | None, Any] | None:
         """In one snapshot: (signals ever sent to the workflow, the oldest unread signal
-        ``name``'s id or None, its payload), ``signal_id``'s only if given; None when the
-        workflow left this node."""
+        ``name``'s id or None, its payload), among ``signal_ids`` only if given (``peek``:
+        read ones too); None when the workflow left this node."""
         ...
 
     async def insert_child_in(

@@ -335,11 +335,13 @@ class WorkerStore:
         work: ClaimedWorkflow,
         *,
         name: str,
-        signal_id: str | None = None,
+        signal_ids: list[str] | None = None,
+        peek: bool = False,
     ) -> tuple[int, str | None, Any] | None:
         """In one snapshot: how many signals the workflow was ever sent, and the id and
-        payload of its oldest unread signal ``name`` (or of ``signal_id`` only), (None, None)
-        if there is none. None when the workflow is no longer on this node (moved)."""
+        payload of its oldest unread signal ``name`` (only among ``signal_ids`` if given;
+        ``peek``: read ones count too), (None, None) if there is none. None when the
+        workflow is no longer on this node (moved)."""
         rows = await self.db.fetch(
             conn,
             "signal_unread",
@@ -347,7 +349,8 @@ class WorkerStore:
                 "partition": work.partition,
                 "workflow_id": work.workflow_id,
                 "name": name,
-                "signal_id": signal_id,
+                "signal_ids": signal_ids,
+                "peek": peek,
             },
         )
         if not rows:

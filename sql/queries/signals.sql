@@ -50,15 +50,16 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
 
 -- name: signal_unread
 -- A wait, first statement: how many signals the workflow was ever sent, and the oldest
--- unread one of this name (or the one with this signal_id: a child's end), from one snapshot (a signal counted here but not yet visible
+-- unread one of this name (or of these signal ids: children's ends; peek: read ones too, for
+-- a race that only looks), from one snapshot (a signal counted here but not yet visible
 -- cannot be: both come from the same committed state). Always one row while it exists.
 SELECT w.signal_seq, s.signal_id, s.payload::text AS payload
 FROM {schema}.workflows AS w
 LEFT JOIN LATERAL (
     SELECT signal_id, payload FROM {schema}.signals
     WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND name = %(name)s
-      AND received_at_step IS NULL
-      AND (%(signal_id)s::text IS NULL OR signal_id = %(signal_id)s::text)
+      AND (received_at_step IS NULL OR %(peek)s)
+      AND (%(signal_ids)s::text[] IS NULL OR signal_id = ANY(%(signal_ids)s::text[]))
     ORDER BY seq
     LIMIT 1
 ) AS s ON true
