@@ -12,6 +12,7 @@ import asyncio
 import uuid
 from datetime import timedelta
 
+import psycopg
 import pytest
 
 from shardflow import (
@@ -27,6 +28,7 @@ from shardflow import (
 from shardflow.config import ClusterConfig
 from shardflow.connectors import node_connector
 from shardflow.storage import WorkerStore
+from shardflow.storage.worker_store import UNTIL_SIGNALLED
 from tests import apps
 from tests.helpers import run, wait_until
 
@@ -189,6 +191,67 @@ def test_a_signal_sent_while_the_run_lets_go_wakes_it_at_once(
                 assert await client.result(wf_id, timeout=20) == ["in the gap"]
 
     run(go())
+
+
+def test_a_signal_sent_while_the_release_commits_wakes_it(
+    config: ClusterConfig, data_nodes: list
+) -> None:
+    """The other interleaving: the release's UPDATE holds the workflow's row, not committed
+    yet, when the signal is sent. The send waits for the row and must then see the released
+    workflow and wake it. (Sent as wake-then-count, the wake read the row still running,
+    locked nothing, and the signal woke nobody: the rebalance test found a workflow pending
+    until the year 2126, one run in two.)"""
+
+    async def go() -> None:
+        async with Client(config, app=apps.app) as client:
+            wf_id = new_id("race-commit")
+            await client.start(apps.collect, 1, workflow_id=wf_id)
+            partition, node_name = client.route(wf_id)
+            node = next(n for n in data_nodes if n.name == node_name)
+            connector = node_connector(config, node.name, node.dsn, role="test")
+            try:
+                store = WorkerStore(connector, app_name=apps.app.name, workflow_names=["collect"])
+                store.partitions = sorted(client.placement.partitions_of(node.name))
+                (work,) = await store.claim(
+                    partition=partition, limit=1, owner="race", lease=timedelta(seconds=60)
+                )
+                release = {
+                    "partition": partition,
+                    "workflow_id": wf_id,
+                    "lease_token": work.lease_token,
+                    "delay": UNTIL_SIGNALLED,
+                    "retry_step_seq": None,
+                    "retry_attempts": 0,
+                    "error": None,
+                    "waiting_for": "item",
+                    "seen_signal_seq": 0,
+                }
+                async with connector.transaction() as conn:
+                    (row,) = await connector.fetch(conn, "workflow_release", release)
+                    assert row["due"] is False
+                    send = asyncio.ensure_future(client.signal(wf_id, "item", "while releasing"))
+                    await wait_until(
+                        lambda: _waiting_on_a_lock(node.dsn), what="the send to wait for the row"
+                    )
+                assert await send
+                record = await client.get(wf_id)
+                assert record.run_at is not None
+                assert record.run_at <= record.updated_at + timedelta(seconds=1), record.run_at
+            finally:
+                await connector.close()
+            async with Worker(apps.app, config):
+                assert await client.result(wf_id, timeout=20) == ["while releasing"]
+
+    run(go())
+
+
+async def _waiting_on_a_lock(dsn: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
 
 def test_many_waiting_workflows_hold_no_slots_and_all_finish_once_signalled(

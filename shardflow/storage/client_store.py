@@ -211,8 +211,12 @@ class ClientStore:
         key = {"partition": partition, "workflow_id": workflow_id}
         try:
             async with self.db.transaction() as conn:
-                woken, counted = await self.db.fetch_each(
-                    conn, [("signal_wake", {**key, "name": name}), ("signal_count", key)]
+                # Count first: it locks the workflow's row (pending or running), so the wake
+                # that follows reads the row as a concurrent release left it. Woken first,
+                # a wake that read the row still running locked nothing, the release then
+                # committed with the old count, and the signal woke nobody.
+                counted, woken = await self.db.fetch_each(
+                    conn, [("signal_count", key), ("signal_wake", {**key, "name": name})]
                 )
                 if not counted:
                     rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})

@@ -3,8 +3,9 @@
 -- as a few such statements in one transaction on the workflow's node.
 
 -- name: signal_wake
--- A send, first statement: makes the workflow runnable now if it is released and waiting for
--- this name (its own statement: Citus refuses now() inside a CASE).
+-- A send, second statement (after signal_count locked the row): makes the workflow runnable
+-- now if it is released and waiting for this name (its own statement: Citus refuses now()
+-- inside a CASE).
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
@@ -18,9 +19,9 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
 RETURNING workflow_id;
 
 -- name: signal_count
--- A send, second statement: counts the signal in the workflow's row (the row lock serialises
--- concurrent sends, so each gets the next number). Only pending or running workflows take
--- signals.
+-- A send, first statement: counts the signal in the workflow's row (the row lock serialises
+-- concurrent sends, so each gets the next number, and orders the send with a release). Only
+-- pending or running workflows take signals.
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
