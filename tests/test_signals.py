@@ -14,6 +14,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shardflow import (
     Client,
@@ -241,6 +243,77 @@ def test_a_signal_sent_while_the_release_commits_wakes_it(
                 await connector.close()
             async with Worker(apps.app, config):
                 assert await client.result(wf_id, timeout=20) == ["while releasing"]
+
+    run(go())
+
+
+# Where a send can land relative to one wait: before the run reads, between its read and
+# its release, while the release's UPDATE holds the row, after the release committed.
+MOMENTS = ("before_read", "after_read", "during_release", "after_release")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sends=st.lists(st.sampled_from(MOMENTS), min_size=0, max_size=3))
+def test_no_order_of_sends_and_a_wait_loses_a_wake_up(
+    config: ClusterConfig, data_nodes: list, sends: list[str]
+) -> None:
+    """Random orders of sends around one wait (read, release): whenever a signal arrives
+    after the wait's read, the workflow ends the release due now, never waiting for its
+    timeout (a hundred years here); one the read saw does not wake it (the run takes it)."""
+
+    async def go() -> None:
+        async with Client(config, app=apps.app) as client:
+            wf_id = new_id("orders")
+            await client.start(apps.collect, 1, workflow_id=wf_id)
+            partition, node_name = client.route(wf_id)
+            node = next(n for n in data_nodes if n.name == node_name)
+            connector = node_connector(config, node.name, node.dsn, role="test")
+
+            async def send_at(moment: str) -> None:
+                for _ in range(sends.count(moment)):
+                    assert await client.signal(wf_id, "item", moment)
+
+            try:
+                store = WorkerStore(connector, app_name=apps.app.name, workflow_names=["collect"])
+                (work,) = await store.claim(
+                    partition=partition, limit=1, owner="orders", lease=timedelta(seconds=60)
+                )
+                await send_at("before_read")
+                async with store.step_transaction() as conn:
+                    found = await store.unread_signal(conn, work, name="item")
+                assert found is not None
+                seen, first, _ = found
+                await send_at("after_read")
+                release = {
+                    "partition": partition,
+                    "workflow_id": wf_id,
+                    "lease_token": work.lease_token,
+                    "delay": UNTIL_SIGNALLED,
+                    "retry_step_seq": None,
+                    "retry_attempts": 0,
+                    "error": None,
+                    "waiting_for": "item",
+                    "seen_signal_seq": seen,
+                }
+                async with connector.transaction() as conn:
+                    await connector.fetch(conn, "workflow_release", release)
+                    during = asyncio.ensure_future(send_at("during_release"))
+                    if "during_release" in sends:
+                        await wait_until(
+                            lambda: _waiting_on_a_lock(node.dsn), what="the send to wait"
+                        )
+                await during
+                await send_at("after_release")
+                record = await client.get(wf_id)
+            finally:
+                await connector.close()
+            assert record.run_at is not None and record.updated_at is not None
+            due_now = record.run_at <= record.updated_at + timedelta(seconds=1)
+            # A signal the read saw is the run's to take (here: released as if it had not);
+            # any signal that came after the read must leave the workflow due now.
+            came_later = any(moment != "before_read" for moment in sends)
+            assert due_now == came_later, (sends, first, record.run_at)
+            await client.cancel(wf_id)
 
     run(go())
 
