@@ -246,6 +246,28 @@ class WorkflowContext:
         raises SignalTimeout when none arrived in time; catch it to take another path.
         """
         check_name(name, what="signal name")
+        deadline = await self._wait_deadline(timeout)
+        seq = self._take_seq()
+        step_name = SIGNAL_STEP_PREFIX + name
+        recorded = self._replayed(seq, step_name)
+        if recorded is not None:
+            return _received(recorded.output, name, timeout)
+        await self.settle()  # earlier positions are durable before the signal is taken
+        seen, output = await self._take_signal(name, seq, step_name)
+        if output is not None:
+            return _received(output, name, timeout)
+        if deadline is not None and deadline <= self.database_now():
+            self._record(seq, step_name, "succeeded", output=json.dumps({"timed_out": True}))
+            raise SignalTimeout(name, timeout or 0.0)
+        raise Release(
+            None if deadline is None else deadline - self.database_now(),
+            waiting_for=name,
+            seen_signal_seq=seen,
+        )
+
+    async def _wait_deadline(self, timeout: float | None) -> datetime | None:
+        """A wait's deadline, recorded at its own position the first time the wait is reached
+        (so a replay waits for the same instant); None without a timeout."""
         if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
             raise InvalidInput(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
         deadline_text = await self._deterministic(
@@ -256,24 +278,7 @@ class WorkflowContext:
                 else (self.database_now() + timedelta(seconds=timeout)).isoformat()
             ),
         )
-        seq = self._take_seq()
-        step_name = SIGNAL_STEP_PREFIX + name
-        recorded = self._replayed(seq, step_name)
-        if recorded is not None:
-            return _received(recorded.output, name, timeout)
-        await self.settle()  # earlier positions are durable before the signal is taken
-        seen, output = await self._take_signal(name, seq, step_name)
-        if output is not None:
-            return _received(output, name, timeout)
-        deadline = datetime.fromisoformat(deadline_text) if deadline_text else None
-        if deadline is not None and deadline <= self.database_now():
-            self._record(seq, step_name, "succeeded", output=json.dumps({"timed_out": True}))
-            raise SignalTimeout(name, timeout or 0.0)
-        raise Release(
-            None if deadline is None else deadline - self.database_now(),
-            waiting_for=name,
-            seen_signal_seq=seen,
-        )
+        return datetime.fromisoformat(deadline_text) if deadline_text else None
 
     async def _take_signal(
         self,
@@ -434,14 +439,7 @@ class WorkflowContext:
         them with the client if their work is no longer wanted)."""
         if not children:
             raise InvalidInput("first_to_end() needs at least one child")
-        deadline_text = await self._deterministic(
-            WAIT_DEADLINE_STEP,
-            lambda: (
-                ""
-                if timeout is None
-                else (self.database_now() + timedelta(seconds=timeout)).isoformat()
-            ),
-        )
+        deadline = await self._wait_deadline(timeout)
         seq = self._take_seq()
         step_name = FIRST_TO_END_STEP
         by_signal = {f"{CHILD_SIGNAL}:{c.workflow_id}": c for c in children}
@@ -452,7 +450,6 @@ class WorkflowContext:
                 CHILD_SIGNAL, seq, step_name, signal_ids=sorted(by_signal), peek=True
             )
             if output is None:
-                deadline = datetime.fromisoformat(deadline_text) if deadline_text else None
                 if deadline is None or deadline > self.database_now():
                     raise Release(
                         None if deadline is None else deadline - self.database_now(),
