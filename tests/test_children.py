@@ -68,13 +68,18 @@ async def _diagnosis(client: Client, parent_id: str, worker: Worker) -> str:
 def test_children_on_the_parents_partition(config: ClusterConfig) -> None:
     async def go() -> None:
         parent_id = new_id("family")
-        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
-            await client.start(apps.fan_out, {"count": 5, "spread": False}, workflow_id=parent_id)
-            assert await client.result(parent_id, timeout=30) == sum(range(1, 6))
+        async with Client(config, app=apps.app) as client:
+            async with Worker(apps.app, config):
+                await client.start(
+                    apps.fan_out, {"count": 5, "spread": False}, workflow_id=parent_id
+                )
+                assert await client.result(parent_id, timeout=30) == sum(range(1, 6))
             children = await _children_of(client, parent_id)
             assert [c for c, _ in children] == [f"{parent_id}:{i}" for i in range(5)]
             parent_partition = client.route(parent_id)[0]
             assert {client.route(k)[0] for _, k in children} == {parent_partition}
+            # Checked with the worker stopped: on Citus its lease writes to reference tables
+            # are two-phase commits, which the hygiene check would count while in flight.
             await _check_each_child_once(config, client, parent_id)
 
     run(go())
@@ -85,9 +90,12 @@ def test_fifty_children_all_over_the_cluster(
 ) -> None:
     async def go() -> None:
         parent_id = new_id("fan-out")
-        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
-            await client.start(apps.fan_out, {"count": 50, "spread": True}, workflow_id=parent_id)
-            assert await client.result(parent_id, timeout=60) == sum(range(1, 51))
+        async with Client(config, app=apps.app) as client:
+            async with Worker(apps.app, config):
+                await client.start(
+                    apps.fan_out, {"count": 50, "spread": True}, workflow_id=parent_id
+                )
+                assert await client.result(parent_id, timeout=60) == sum(range(1, 51))
             children = await _children_of(client, parent_id)
             assert len(children) == 50
             assert {client.route(k)[1] for _, k in children} == {n.name for n in data_nodes}
