@@ -118,11 +118,15 @@ class Client:
         """(partition, owning node name) for a workflow id or routing key."""
         return self.topology.route(key)
 
-    async def _routed(self, key: str, op: Callable[[ClientStore, int], Awaitable[T]]) -> T:
+    async def _routed(
+        self, key: str, op: Callable[[ClientStore, int], Awaitable[T]], *, read: bool = False
+    ) -> T:
         """Run ``op`` on the node owning ``key``, following moves.
 
         A partition being moved rejects writes for a moment (its freeze); the client keeps
-        refreshing the placement and retrying for up to ``_MOVE_WAIT_SECONDS``.
+        refreshing the placement and retrying for up to ``_MOVE_WAIT_SECONDS``. A ``read``
+        commits nothing, so on Citus it may go through the coordinator even when the
+        statement had reached the unreachable worker.
         """
         deadline = time.monotonic() + _MOVE_WAIT_SECONDS
         delay = 0.01
@@ -134,7 +138,7 @@ class Client:
                 entry = self.config.nodes[0].name
                 if (
                     self.config.backend != "citus"
-                    or lost.maybe_committed
+                    or (lost.maybe_committed and not read)
                     or node == entry
                     or isinstance(lost, PoolExhausted)  # busy here, not unreachable
                 ):
@@ -392,7 +396,7 @@ class Client:
                 )
             return record
 
-        return await self._routed(key, fetch)
+        return await self._routed(key, fetch, read=True)
 
     async def status(self, workflow_id: str, *, routing_key: str | None = None) -> str:
         return (await self.get(workflow_id, routing_key=routing_key)).status
@@ -403,6 +407,7 @@ class Client:
         return await self._routed(
             self._key(workflow_id, routing_key),
             lambda store, partition: store.steps(partition, workflow_id),
+            read=True,
         )
 
     async def result(
@@ -604,6 +609,7 @@ class Client:
         return await self._routed(
             self._key(workflow_id, routing_key),
             lambda store, partition: store.events(partition, workflow_id, key),
+            read=True,
         )
 
     async def requeue(self, workflow_id: str, *, routing_key: str | None = None) -> bool:

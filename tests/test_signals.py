@@ -69,7 +69,8 @@ def test_a_waiting_workflow_holds_no_slot_and_a_signal_wakes_it(config: ClusterC
             handle = await client.start(apps.approval, 600, workflow_id=new_id("approve"))
             assert await handle.get_event("stage", timeout=20) == "waiting for approval"
             await _waiting_for(client, handle.workflow_id, "approve")
-            assert worker.slots_in_use == 0
+            # Other tests' leftovers on the shared cluster may hold slots; this one holds none.
+            assert handle.workflow_id not in worker.running
             assert await handle.signal("approve", {"by": "ana"})
             # Woken by the send's notification, long before its 600 s timeout.
             assert await handle.result(timeout=20) == {"approved": True, "by": "ana"}
@@ -352,7 +353,7 @@ def test_many_waiting_workflows_hold_no_slots_and_all_finish_once_signalled(
                     cursor = page.next_cursor
 
             await wait_until(all_waiting, timeout=120, what="1,000 workflows to wait")
-            assert worker.slots_in_use == 0
+            assert not worker.running & set(ids)
             signals = asyncio.Semaphore(32)
 
             async def send(wf_id: str) -> None:

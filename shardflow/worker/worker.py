@@ -108,6 +108,11 @@ class Worker:
         return len(self._tasks)
 
     @property
+    def running(self) -> frozenset[str]:
+        """Ids of the workflows executing in this worker now (each holds a slot)."""
+        return frozenset(work.workflow_id for _, work in self._tasks.values())
+
+    @property
     def slots_in_use(self) -> int:
         """Execution slots held now (a workflow waiting for a signal or sleeping holds none)."""
         return self._slots.in_use
