@@ -26,10 +26,12 @@ from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import PlannedMove, Rebalancer
 from shardflow.cluster.verify import check_cluster
 from shardflow.config import ClusterConfig, NodeConfig
-from shardflow.errors import ConfigurationError
+from shardflow.connectors import node_connector
+from shardflow.errors import ConfigurationError, NodeUnavailable
 from shardflow.faults import REBALANCE_FAULT_ENV as FAULT_ENV
 from shardflow.faults import REBALANCE_FAULT_POINTS as FAULT_POINTS
 from shardflow.storage import NodeConnector, WorkerStore
+from shardflow.storage import connector as connector_module
 from tests import apps
 from tests.conftest import TEST_WORKER
 from tests.helpers import REPO, run, wait_until
@@ -273,6 +275,44 @@ def test_drain_then_remove_a_node_under_load(cluster: LocalCluster, config: Clus
         await assert_consistent(config)
 
     run(go(), timeout=140)
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_node_fails_fast_while_its_pool_retries(
+    cluster: LocalCluster, config: ClusterConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool that lost its node counts the connections it keeps trying to open in its size:
+    that once read as "busy, wait on" and a call waited out the whole operation timeout
+    (the remove-while-unreachable test hung on it in CI). The node is probed instead."""
+    monkeypatch.setattr(connector_module, "IDLE_CHECK_SECONDS", 0.0)  # ping every idle conn
+    node = cluster.nodes()[-1]
+    conf = config.node(node.name)
+    # Far longer than the test's own timeout: waiting it out would fail the test.
+    connector = node_connector(
+        config, node.name, conf.dsn, role="test", pool_max_size=2, operation_timeout=600.0
+    )
+
+    async def go() -> None:
+        async with connector:
+            await connector.run("ownership_list")
+            cluster.stop_node(node, mode="immediate")
+            try:
+                for _ in range(3):  # the first call finds the dead connection; then the pool
+                    with pytest.raises(NodeUnavailable):
+                        await connector.run("ownership_list")
+            finally:
+                cluster.start_node(node)
+            await wait_until(lambda: _answers(connector), what="the node back")
+
+    run(go(), timeout=50)
+
+
+async def _answers(connector: NodeConnector) -> bool:
+    try:
+        await connector.run("ownership_list")
+    except NodeUnavailable:
+        return False
+    return True
 
 
 @pytest.mark.timeout(90)

@@ -77,6 +77,8 @@ class NodeConnector:
         self._pool = self._new_pool()
         self._opened = False
         self._revive_lock = asyncio.Lock()
+        # When the node last took a direct connection while the pool timed out (monotonic).
+        self._answered_at = float("-inf")
         # True while the node refused the last connection attempt.
         self._down = False
         # False until a connection to the node succeeded: the first call then connects
@@ -133,6 +135,20 @@ class NodeConnector:
                 extra={"action": "pool_renewed", "node": self.name},
             )
 
+    async def _answers(self) -> bool:
+        """Whether the node takes a direct connection now: one probe at a time, and none
+        within a connect timeout of the last one that succeeded (callers waiting on a busy
+        pool do not each open a connection)."""
+        async with self._revive_lock:
+            if time.monotonic() - self._answered_at < self._connect_timeout:
+                return True
+            try:
+                await self._probe()
+            except psycopg.OperationalError:
+                return False
+            self._answered_at = time.monotonic()
+            return True
+
     async def _probe(self) -> None:
         """Connect once, directly: raises the node's real error (refused, certificate,
         password...) at once when it is down."""
@@ -148,6 +164,12 @@ class NodeConnector:
     @property
     def address(self) -> str:
         return display_address(self._dsn)
+
+    def pool_stats(self) -> dict[str, int]:
+        """Connections of the pool now: busy, idle, and requests waiting for one."""
+        stats = self._pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return {"busy": size - idle, "idle": idle, "waiting": stats.get("requests_waiting", 0)}
 
     async def open(self) -> None:
         """Start the pool without waiting: a node that is down only fails its own calls."""
@@ -217,7 +239,10 @@ class NodeConnector:
                     conn = await pool.getconn()
                     break
                 except psycopg_pool.PoolTimeout:
-                    if pool.get_stats().get("pool_size", 0) > 0:
+                    # A pool that holds connections is busy, or is retrying to replace
+                    # connections of a node that went down (those count in its size too):
+                    # only a direct connection tells them apart.
+                    if pool.get_stats().get("pool_size", 0) > 0 and await self._answers():
                         waits.busy = True
                         # The pool holds connections, all busy: the node is up, and this
                         # process asks more of it than its pool holds. Wait on (bounded by
