@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from shardflow.bench import tail
+from shardflow.bench import maintenance, tail
 from shardflow.bench.common import bench_runs
 
 LEASE_SECONDS = 30.0
@@ -86,7 +86,8 @@ def main() -> None:
             f"p99 {run['latency_p99_ms']:.1f} ms, max {run['latency_max_ms'] / 1000:.2f} s; "
             f"last workflow ended {run['drain_seconds']:.2f} s after the last start; "
             f"worker RSS {run['worker_rss_mb_start']:.0f} -> {run['worker_rss_mb_end']:.0f} MB; "
-            f"{tail.describe(run['pickup_tail'])}",
+            f"{tail.describe(run['pickup_tail'])}; "
+            f"{maintenance.describe(run['maintenance'])}",
             flush=True,
         )
     (args.out / "soak.json").write_text(

@@ -39,6 +39,8 @@ def test_bench_run_reports_a_closed_loop_run(tmp_path: Path) -> None:
     assert sum(result["per_node"].values()) == 60
     assert result["pickup_tail"]["workflows"] == 1  # the slowest 1% of 60
     assert "median of 1 run(s)" in done.stdout
+    work = result["maintenance"]
+    assert work["wal_mb"] > 0 and work["checkpoints_requested"] >= 0
     if importlib.util.find_spec("matplotlib") is not None:
         png = tmp_path / "plot.png"
         plotted = bench("plot", str(out), "--out", str(png))
@@ -81,3 +83,23 @@ def test_pickup_tail_tells_a_starved_partition_from_a_stall() -> None:
     stalled = run(lambda second, partition: 100 <= second < 106)
     assert stalled["partitions"] == 10 and stalled["windows"] == 1
     assert stalled["top_window_share"] == 1.0
+    assert stalled["worst_windows"] == [[100.0, 1.0]]
+
+
+def test_checkpoint_lines_are_placed_on_the_run_timeline(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from shardflow.bench.maintenance import checkpoint_starts
+
+    log = tmp_path / "postgres.log"
+    log.write_text(
+        "2026-12-06 05:40:01.500 UTC [42] @ LOG:  checkpoint starting: wal\n"
+        "2026-12-06 05:40:09.000 UTC [42] @ LOG:  checkpoint complete: wrote 10 buffers\n"
+        "2026-12-06 05:39:00.000 UTC [42] @ LOG:  checkpoint starting: time\n"
+        "2026-12-06 05:41:00.000 UTC [42] @ LOG:  checkpoint starting: time\n"
+    )
+    since = datetime(2026, 12, 6, 5, 40, 0, tzinfo=UTC).timestamp()
+    assert checkpoint_starts([log, tmp_path / "missing.log"], since) == [
+        [1.5, "wal"],
+        [60.0, "time"],
+    ]

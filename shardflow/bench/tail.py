@@ -37,6 +37,11 @@ def pickup_tail(rows: Sequence[RunTiming], fraction: float = 0.01) -> dict[str, 
         "windows": len(windows),
         "windows_in_run": int((max(r.created for r in rows) - first) // WINDOW_SECONDS) + 1,
         "top_window_share": round(windows.most_common(1)[0][1] / len(slowest), 4),
+        # [seconds after the first start, share of the slowest] of the worst windows.
+        "worst_windows": [
+            [window * WINDOW_SECONDS, round(count / len(slowest), 4)]
+            for window, count in windows.most_common(5)
+        ],
     }
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shardflow.bench import tail, workloads
+from shardflow.bench import maintenance, tail, workloads
 from shardflow.bench.common import percentile
 from shardflow.bench.system import CpuCaps, CpuMeter, postmaster_pid, rss_mb
 from shardflow.client import Client
@@ -96,6 +96,10 @@ class BenchResult:
     worker_rss_mb_start: float
     worker_rss_mb_end: float
     per_node: dict[str, int] = field(default_factory=dict)
+    # Checkpoints, WAL and autovacuums over the run, and when each checkpoint started
+    # (seconds after the first start): see bench/maintenance.py.
+    maintenance: dict[str, Any] = field(default_factory=dict)
+    checkpoint_starts: list[list[Any]] = field(default_factory=list)
     # Open loop: starts that raised, workflows not finished within drain_timeout of the last
     # start, and how long after the last start the last workflow ended.
     start_errors: int = 0
@@ -278,6 +282,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             await admin.latest_placement()
             servers = [admin.bench(name) for name in admin.node_names]
             commits_before = await _commits(servers)
+            maintenance_before = await maintenance.counters(servers)
             meter.start()
             sampler = asyncio.create_task(workers.sample_every(1.0))
             start_errors = 0
@@ -296,7 +301,14 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             meter.stop()
             sampler.cancel()
             commits = await _commits(servers) - commits_before
+            server_work = maintenance.difference(
+                await maintenance.counters(servers), maintenance_before
+            )
             rows, per_node = await _timings(nodes, prefix)
+            checkpoints = maintenance.checkpoint_starts(
+                [node.log_file for node in local.nodes()],
+                min((r.created for r in rows), default=0.0),
+            )
     finally:
         if workers is not None:
             workers.stop()
@@ -330,6 +342,8 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
         worker_rss_mb_start=round(workers.rss_first, 1) if workers else 0.0,
         worker_rss_mb_end=round(workers.rss[-1], 1) if workers and workers.rss else 0.0,
         per_node=per_node,
+        maintenance=server_work,
+        checkpoint_starts=checkpoints,
         start_errors=start_errors,
         unfinished=unfinished,
         drain_seconds=round(max(0.0, last - last_start), 3),

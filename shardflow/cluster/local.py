@@ -44,6 +44,8 @@ SERVER_SETTINGS = {
     "synchronous_commit": "on",
     "log_min_messages": "warning",
     "log_line_prefix": "'%m [%p] %u@%d '",
+    # One clock for every log: the benchmarks place checkpoints on a run's timeline.
+    "log_timezone": "'UTC'",
 }
 # A Citus node also loads the extension and allows online shard moves (logical replication).
 CITUS_SETTINGS = {

@@ -61,6 +61,11 @@ class BenchStore:
         row = (await self.db.run("bench_children", {"parent_id": parent_id}))[0]
         return {k: float(v or 0.0) for k, v in row.items()}
 
+    async def maintenance(self) -> dict[str, float]:
+        """Server counters (checkpoints, WAL bytes, autovacuums) to subtract over a run."""
+        rows = await self.db.run("bench_maintenance", {"schema": self.db.schema})
+        return {k: float(v) for k, v in rows[0].items()}
+
     async def write_transactions(self) -> int:
         """Write transactions started on this node so far (the transaction id counter)."""
         return int((await self.db.run("bench_commits"))[0]["commits"])

@@ -67,3 +67,14 @@ SELECT count(*) AS children,
        extract(epoch FROM max(completed_at))::float8 AS last_end
 FROM {schema}.workflows
 WHERE parent_id = %(parent_id)s;
+
+-- name: bench_maintenance
+-- What the server did besides the run's own work, as counters to subtract: checkpoints by
+-- trigger (timed, or requested because max_wal_size was reached), WAL written, and autovacuum
+-- runs on shardflow's tables. A latency tail that lines up with these is maintenance, not
+-- shardflow. (Cumulative statistics: a backend flushes them within a second or so.)
+SELECT (SELECT checkpoints_timed FROM pg_stat_bgwriter)::bigint AS checkpoints_timed,
+       (SELECT checkpoints_req FROM pg_stat_bgwriter)::bigint AS checkpoints_requested,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS wal_bytes,
+       (SELECT coalesce(sum(autovacuum_count), 0) FROM pg_stat_user_tables
+        WHERE schemaname = %(schema)s)::bigint AS autovacuums;
