@@ -437,3 +437,16 @@ async def race(ctx: WorkflowContext, spec: dict[str, Any]) -> Any:
     if winner is None:
         return "timed out"
     return {"winner": racers.index(winner), "result": await winner.result()}
+
+
+@app.step
+def metered_step(fail: bool) -> str:
+    """Used only by the metrics test, whose counters then count nothing else."""
+    if fail:
+        raise ValueError("metered failure")
+    return "ok"
+
+
+@app.workflow
+async def metered(ctx: WorkflowContext, fail: bool) -> str:
+    return await metered_step(fail)

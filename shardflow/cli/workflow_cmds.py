@@ -71,14 +71,37 @@ def _import_file(path: Path) -> ModuleType:
 @cli.command()
 @click.option("--app", "app_spec", required=True, help="The App to run, as module:attribute.")
 @click.option("--concurrency", type=int, help="Workflows run at once (default from config).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve Prometheus metrics on this port at /metrics (0: any free port, logged).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds to (0.0.0.0 for a scraper on another host).",
+)
 @pass_state
-def worker(state: CliState, app_spec: str, concurrency: int | None) -> None:
+def worker(
+    state: CliState,
+    app_spec: str,
+    concurrency: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Run workflows from every node until SIGTERM or SIGINT (graceful stop)."""
     app = load_app(app_spec)
     config = state.config()
 
     async def serve() -> None:
-        w = Worker(app, config, concurrency=concurrency)
+        w = Worker(
+            app,
+            config,
+            concurrency=concurrency,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, w.request_stop)
@@ -86,6 +109,8 @@ def worker(state: CliState, app_spec: str, concurrency: int | None) -> None:
         click.echo(
             f"worker {w.owner} serving app {app.name!r} on the {config.backend} cluster", err=True
         )
+        if w.metrics_port is not None:
+            click.echo(f"metrics at http://{metrics_host}:{w.metrics_port}/metrics", err=True)
         await w.stopped.wait()
 
     run_async(serve())

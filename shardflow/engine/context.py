@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from shardflow.engine.app import App, StepDef, WorkflowDef
-    from shardflow.engine.ports import RunStore
+    from shardflow.engine.ports import RunStore, StepObserver
 
 T = TypeVar("T")
 
@@ -172,8 +172,11 @@ class WorkflowContext:
         write_timeout: float,
         route: Callable[[str], Awaitable[int]] | None = None,
         max_id_length: int = 200,
+        on_step: StepObserver | None = None,
     ):
         self._work = work
+        # Told each step body's duration and whether it raised (the worker's metrics).
+        self._on_step = on_step
         self._store = store
         # The partition of a routing key (where a child will live).
         self._route = route
@@ -660,23 +663,30 @@ class WorkflowContext:
         # The step body is user code: it must not see the workflow context (a step called
         # from inside a step simply runs).
         ctx_token = _current_context.set(None)
+        started = time.monotonic()
+        succeeded = False
         try:
             if step.is_async:
                 call = step.fn(*args, **kwargs)
             else:
                 call = asyncio.to_thread(step.fn, *args, **kwargs)
             if step.timeout is None:
-                return await call
-            try:
-                async with asyncio.timeout(step.timeout):
-                    return await call
-            except TimeoutError:
-                raise TimeoutError(
-                    f"step {step.name!r} ran past its {step.timeout}s timeout"
-                ) from None
+                result = await call
+            else:
+                try:
+                    async with asyncio.timeout(step.timeout):
+                        result = await call
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"step {step.name!r} ran past its {step.timeout}s timeout"
+                    ) from None
+            succeeded = True
+            return result
         finally:
             _current_context.reset(ctx_token)
             _current_step.reset(token)
+            if self._on_step is not None:
+                self._on_step(step.name, time.monotonic() - started, succeeded)
 
     def _take_seq(self) -> int:
         seq = self._next_seq

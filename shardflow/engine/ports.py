@@ -7,11 +7,15 @@ future backend can provide another.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from typing import Any, Protocol
 
 from shardflow.storage.records import ClaimedWorkflow, StepRecord
+
+# Told each step body's name, duration in seconds, and whether it returned (not raised).
+StepObserver = Callable[[str, float, bool], None]
 
 
 class RunStore(Protocol):

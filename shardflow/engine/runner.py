@@ -21,7 +21,7 @@ from shardflow.engine.context import (
     bounded_write,
     unbind_context,
 )
-from shardflow.engine.ports import RunStore
+from shardflow.engine.ports import RunStore, StepObserver
 from shardflow.errors import UnknownWorkflow, WorkflowTimeout
 from shardflow.storage.records import ClaimedWorkflow
 
@@ -61,8 +61,10 @@ class WorkflowRunner:
         write_timeout: float,
         route: Callable[[str], Awaitable[int]] | None = None,
         max_id_length: int = 200,
+        on_step: StepObserver | None = None,
     ):
         self.app = app
+        self.on_step = on_step
         self.max_payload_bytes = max_payload_bytes
         # The partition of a routing key: where a child workflow will live.
         self.route = route
@@ -106,6 +108,7 @@ class WorkflowRunner:
             write_timeout=self.write_timeout,
             route=self.route,
             max_id_length=self.max_id_length,
+            on_step=self.on_step,
         )
         try:
             return await self._run(ctx, definition, work, store)

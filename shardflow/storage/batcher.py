@@ -36,8 +36,11 @@ class WriteBatcher(Generic[Item]):
         *,
         max_batch: int = 256,
         max_in_flight: int = MAX_IN_FLIGHT,
+        on_batch: Callable[[int], None] | None = None,
     ):
         self._flush = flush
+        # Told each batch's size as it goes out (the metrics' group-commit histogram).
+        self._on_batch = on_batch
         self._keys = keys
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
@@ -80,6 +83,8 @@ class WriteBatcher(Generic[Item]):
                     continue
                 self.batches += 1
                 self.items += len(batch)
+                if self._on_batch is not None:
+                    self._on_batch(len(batch))
                 try:
                     written = await self._flush([item for item, _ in batch])
                     answers = [all(k in written for k in self._keys(item)) for item, _ in batch]

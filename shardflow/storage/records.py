@@ -123,3 +123,12 @@ class UnservedWork:
     name: str
     workflows: int
     oldest: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueDepth:
+    """A node's pending workflows, as the metrics sample them."""
+
+    runnable: int
+    waiting: int
+    oldest_seconds: float

@@ -21,7 +21,7 @@ from shardflow.errors import NodeUnavailable, WorkflowConflict
 from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.connector import NodeConnector
 from shardflow.storage.queries import work_channel
-from shardflow.storage.records import ClaimedWorkflow, StepRecord
+from shardflow.storage.records import ClaimedWorkflow, QueueDepth, StepRecord
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class WorkerStore:
         *,
         app_name: str = "",
         workflow_names: Sequence[str] = (),
+        on_group_commit: Callable[[int], None] | None = None,
     ):
         self.db = connector
         self._runs = {"app": app_name, "names": sorted(workflow_names)}
@@ -73,7 +74,7 @@ class WorkerStore:
         self._walk_from = 0
         # Group commit of what every workflow writes: checkpoints and its terminal state.
         self._progress: WriteBatcher[Progress] = WriteBatcher(
-            self._write_progress, keys=Progress.keys
+            self._write_progress, keys=Progress.keys, on_batch=on_group_commit
         )
 
     @property
@@ -95,6 +96,11 @@ class WorkerStore:
         rows = await self.db.run("next_due_seconds", self._scope)
         seconds = rows[0]["seconds"] if rows else None
         return None if seconds is None else float(seconds)
+
+    async def queue_depth(self) -> QueueDepth:
+        """This node's pending workflows, every app (on Citus: of its partitions)."""
+        rows = await self.db.run("queue_depth", {"partitions": self.partitions})
+        return QueueDepth(**rows[0])
 
     async def suspect_partitions(self) -> list[int]:
         """Partitions with runnable suspects: workflows whose worker died while running them."""

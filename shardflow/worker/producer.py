@@ -35,6 +35,7 @@ class ClaimLoop(Service):
         slots: Slots,
         settings: WorkerSettings,
         execute: Callable[[NodeStore, ClaimedWorkflow, int], None],
+        on_claim: Callable[[float, int], None] | None = None,
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -44,6 +45,8 @@ class ClaimLoop(Service):
         self.slots = slots
         self.settings = settings
         self._execute = execute
+        # Told each claim's duration (seconds) and size (the worker's metrics).
+        self._on_claim = on_claim
         self._woken = asyncio.Event()
         self.claimed_total = 0
         # Suspects appear only when a reaper requeues expired leases: look for them when this
@@ -135,6 +138,7 @@ class ClaimLoop(Service):
         if reserved == 0:
             return 0, False
         batch: list[ClaimedWorkflow] = []
+        started = time.monotonic()
         try:
             if self.store.claims_by_partition:
                 batch = await self._claim_where_hinted(reserved, lease)
@@ -144,6 +148,8 @@ class ClaimLoop(Service):
                 )
         finally:
             await self.slots.give_back(reserved - len(batch), node=self.store.node)
+        if self._on_claim is not None:
+            self._on_claim(time.monotonic() - started, len(batch))
         for work in batch:
             self._execute(self.store, work, 1)
         self.claimed_total += len(batch)

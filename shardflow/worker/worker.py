@@ -1,7 +1,8 @@
 """A worker process's services for every node it serves, with one start/stop lifecycle.
 
 Per node: a claim loop, a LISTEN listener and a reaper. For the process: shared execution
-slots, the executor (one task per claimed workflow), and the heartbeat thread.
+slots, the executor (one task per claimed workflow), the heartbeat thread and, when asked for,
+the Prometheus metrics endpoint (see worker/metrics.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ from shardflow.topology import Topology
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
 from shardflow.worker.membership import MembershipWatcher
+from shardflow.worker.metrics import (
+    MetricsServer,
+    NodeCounters,
+    QueueSampler,
+    StateCollector,
+    WorkerMetrics,
+)
 from shardflow.worker.ports import NodeStore
 from shardflow.worker.producer import ClaimLoop
 from shardflow.worker.reaper import Reaper
@@ -40,6 +48,9 @@ from shardflow.worker.slots import Slots
 
 log = logging.getLogger("shardflow.worker")
 
+
+# How often the metrics read each node's queue depth (a count over pending rows only).
+METRICS_SAMPLE_SECONDS = 5.0
 
 # Outcomes that end a workflow (a child's end is then told to its parent).
 _ENDED = (Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED)
@@ -52,7 +63,15 @@ class Worker:
     when the worker stops, on request or because a service failed.
     """
 
-    def __init__(self, app: App, config: ClusterConfig, *, concurrency: int | None = None):
+    def __init__(
+        self,
+        app: App,
+        config: ClusterConfig,
+        *,
+        concurrency: int | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ):
         config.require_nodes()
         if concurrency is not None:
             config = config.replace(worker=replace(config.worker, concurrency=concurrency))
@@ -62,6 +81,14 @@ class Worker:
         # One owner id per incarnation: a restarted process never inherits old leases.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.outcomes: Counter[str] = Counter()
+        # Always counted (cheap); served over HTTP only with a metrics port (0: any free one).
+        self.metrics = WorkerMetrics()
+        self.metrics.registry.register(StateCollector(self, self.metrics))
+        self._metrics_server = (
+            MetricsServer(self.metrics.registry, host=metrics_host, port=metrics_port)
+            if metrics_port is not None
+            else None
+        )
         self.stopped = asyncio.Event()
         self.topology = Topology(config, role="worker")
         self._runner = WorkflowRunner(
@@ -70,6 +97,7 @@ class Worker:
             write_timeout=self.settings.write_timeout_seconds,
             route=self._partition_of,
             max_id_length=config.limits.max_id_length,
+            on_step=self.metrics.step_finished,
         )
         # The relays deliver through a client of this process (opened on first use).
         self._relays: dict[str, Relay] = {}
@@ -113,6 +141,30 @@ class Worker:
         return frozenset(work.workflow_id for _, work in self._tasks.values())
 
     @property
+    def concurrency(self) -> int:
+        return self.settings.concurrency
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where /metrics is served (None: not served)."""
+        return self._metrics_server.port if self._metrics_server is not None else None
+
+    def node_counters(self) -> dict[str, NodeCounters]:
+        """Per served node, the counters a scrape reads (called from the HTTP thread:
+        ``list()`` copies each dict in one step under the GIL)."""
+        counters = {}
+        for name, loop in list(self._loops.items()):
+            reapers = [s for s in self._node_services.get(name, []) if isinstance(s, Reaper)]
+            store = self._stores.get(name)
+            counters[name] = NodeCounters(
+                claimed=loop.claimed_total,
+                requeued=sum(r.requeued_total for r in reapers),
+                dead=sum(r.dead_total for r in reapers),
+                pool=store.db.pool_stats() if store is not None else {},
+            )
+        return counters
+
+    @property
     def slots_in_use(self) -> int:
         """Execution slots held now (a workflow waiting for a signal or sleeping holds none)."""
         return self._slots.in_use
@@ -128,6 +180,8 @@ class Worker:
         self._started = True
         # A worker resumed after SIGSTOP sees every timeout fire at once: know it was paused.
         watch_running_loop()
+        if self._metrics_server is not None:
+            self._metrics_server.start()  # first: a port in use fails the start at once
         self._heartbeat.start()
         if self.topology.backend == "plain":
             # Serve the configured nodes at once, even if one is down; the membership
@@ -154,6 +208,7 @@ class Worker:
             self.topology.connector(name),
             app_name=self.app.name,
             workflow_names=list(self.app.workflows),
+            on_group_commit=self.metrics.group_commit(name),
         )
         store.partitions = partitions or []
         self._stores[name] = store
@@ -163,6 +218,7 @@ class Worker:
             slots=self._slots,
             settings=self.settings,
             execute=self._execute,
+            on_claim=lambda seconds, size: self.metrics.claimed(name, seconds, size),
             on_failure=self._service_failed,
         )
         self._loops[name] = loop
@@ -185,6 +241,15 @@ class Worker:
             ),
             self._relay_for(name, store),
         ]
+        if self._metrics_server is not None:
+            self._node_services[name].append(
+                QueueSampler(
+                    store=store,
+                    metrics=self.metrics,
+                    interval=METRICS_SAMPLE_SECONDS,
+                    on_failure=self._service_failed,
+                )
+            )
         for service in self._node_services[name]:
             service.start()
 
@@ -279,6 +344,8 @@ class Worker:
         if self._relay_client is not None:
             await self._relay_client.close()
         self._heartbeat.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
         await self.topology.close()
         self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
@@ -301,6 +368,7 @@ class Worker:
             result = await self._runner.run(store, work)
             outcome = result.outcome
             self.outcomes[outcome] += 1
+            self.metrics.run_ended(store.node, work.name, outcome)
             if result.due_in is not None:
                 self._remember_timer(work.partition, store.node, result.due_in.total_seconds())
             if work.parent_id is not None and outcome in _ENDED:
@@ -323,6 +391,7 @@ class Worker:
                 log.exception("bug: run of %s crashed", work.workflow_id)
             # Node trouble mid-run: the lease expires and the reaper makes it runnable again.
             self.outcomes["error"] += 1
+            self.metrics.run_ended(store.node, work.name, "error")
             log.log(
                 # A write that never came back is a loud event: it used to leave a workflow
                 # `running` forever with no trace.

@@ -359,3 +359,14 @@ DELETE FROM {schema}.workers WHERE owner = %(owner)s;
 -- name: workers_prune
 -- Registrations of workers gone for a day: nobody needs to see them any more.
 DELETE FROM {schema}.workers WHERE expires_at < now() - interval '1 day';
+
+-- name: queue_depth
+-- The metrics' queue gauges of this node, every app: pending workflows runnable now, how long
+-- the oldest of them has waited, and those not runnable yet (sleeping, backing off, waiting
+-- for a signal). Both counts use the partial index of pending rows only.
+SELECT count(*) FILTER (WHERE run_at <= now()) AS runnable,
+       count(*) FILTER (WHERE run_at > now()) AS waiting,
+       coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
+           AS oldest_seconds
+FROM {schema}.workflows
+WHERE status = 'pending';

@@ -95,3 +95,12 @@ SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND lease_token = %(lease_token)s AND status = 'running'
 RETURNING partition, workflow_id, -1 AS step_seq;
+
+-- name: queue_depth
+-- As on a plain node, for the partitions whose shards this worker node holds.
+SELECT count(*) FILTER (WHERE run_at <= now()) AS runnable,
+       count(*) FILTER (WHERE run_at > now()) AS waiting,
+       coalesce(extract(epoch FROM now() - min(run_at) FILTER (WHERE run_at <= now())), 0)::float8
+           AS oldest_seconds
+FROM {schema}.workflows
+WHERE status = 'pending' AND partition = ANY(%(partitions)s::integer[]);
