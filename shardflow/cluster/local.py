@@ -39,7 +39,12 @@ DB_NAME = "shardflow"
 SERVER_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "max_connections": "200",
-    "shared_buffers": "128MB",
+    "shared_buffers": "256MB",
+    # A workflow engine writes all the time: with the default 1GB a node under load ran a
+    # checkpoint every 80 s, back to back, and each one's full-page images doubled the WAL
+    # (the soak's stall episodes). Timed checkpoints instead, far apart (docs/operations.md).
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "15min",
     "fsync": "on",
     "synchronous_commit": "on",
     "log_min_messages": "warning",
