@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -91,11 +92,20 @@ def test_fifty_children_all_over_the_cluster(
     async def go() -> None:
         parent_id = new_id("fan-out")
         async with Client(config, app=apps.app) as client:
-            async with Worker(apps.app, config):
+            async with Worker(apps.app, config) as worker:
+                started = time.monotonic()
                 await client.start(
                     apps.fan_out, {"count": 50, "spread": True}, workflow_id=parent_id
                 )
                 assert await client.result(parent_id, timeout=60) == sum(range(1, 51))
+                elapsed = time.monotonic() - started
+                # Woken once per delivery and per ended child, a relay writes its lease
+                # (a two-phase commit on Citus) only once half its TTL has passed.
+                ttl = max(config.worker.poll_seconds * 3, 1.0)
+                relays = worker._relays.values()
+                assert sum(r.told_total + r.delivered_total for r in relays) >= 50
+                for relay in relays:
+                    assert relay.lease_writes <= elapsed / (ttl / 2) + 2
             children = await _children_of(client, parent_id)
             assert len(children) == 50
             assert {client.route(k)[1] for _, k in children} == {n.name for n in data_nodes}

@@ -5,8 +5,17 @@ Each command family lives in its own module; importing them registers their comm
 
 from __future__ import annotations
 
-from shardflow.cli import admin_cmds, bench_cmds, cluster_cmds, workflow_cmds
+from shardflow.cli import admin_cmds, bench_cmds, cluster_cmds, top_cmds, workflow_cmds
 from shardflow.cli.base import cli, main
 from shardflow.cli.workflow_cmds import load_app
 
-__all__ = ["admin_cmds", "bench_cmds", "cli", "cluster_cmds", "load_app", "main", "workflow_cmds"]
+__all__ = [
+    "admin_cmds",
+    "bench_cmds",
+    "cli",
+    "cluster_cmds",
+    "load_app",
+    "main",
+    "top_cmds",
+    "workflow_cmds",
+]

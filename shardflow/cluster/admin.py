@@ -20,7 +20,7 @@ from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.routing import Placement, PlacementNode, target_placement
 from shardflow.storage import AdminStore
 from shardflow.storage.conninfo import public_conninfo
-from shardflow.storage.records import NodeIdentity, StalledWorkflow, UnservedWork
+from shardflow.storage.records import NodeIdentity, QueueDepth, StalledWorkflow, UnservedWork
 
 
 @asynccontextmanager
@@ -144,6 +144,8 @@ class NodeStatus:
     workflows: dict[str, int] = field(default_factory=dict)
     # app -> live workers registered on this node.
     workers: dict[str, int] = field(default_factory=dict)
+    # Pending work: runnable now (and the oldest one's wait), and not yet due.
+    queue: QueueDepth | None = None
 
 
 @dataclass
@@ -261,6 +263,7 @@ async def _node_status(
         placement = await store.latest_placement()
         status.workflows = await store.status_counts(partitions=placed)
         status.workers = await store.live_workers()
+        status.queue = await store.queue_depth(partitions=placed)
         status.unfinished_moves = len(await admin.mover(name).active_moves())
         stalled, total = await store.stalled(
             quiet=timedelta(seconds=quiet), limit=_LISTED, partitions=placed

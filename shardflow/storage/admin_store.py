@@ -14,7 +14,13 @@ from shardflow.storage.queries import (
     render,
     roles_script_text,
 )
-from shardflow.storage.records import NodeIdentity, Ownership, StalledWorkflow, UnservedWork
+from shardflow.storage.records import (
+    NodeIdentity,
+    Ownership,
+    QueueDepth,
+    StalledWorkflow,
+    UnservedWork,
+)
 
 
 def _lock_key(schema: str) -> int:
@@ -163,6 +169,12 @@ class AdminStore:
         """Workflows here by status (on Citus: in ``partitions``)."""
         rows = await self.db.run("workflow_status_counts", {"partitions": partitions or []})
         return {r["status"]: int(r["n"]) for r in rows}
+
+    async def queue_depth(self, *, partitions: list[int] | None = None) -> QueueDepth:
+        """Pending workflows here: runnable now, the oldest one's wait, and not yet due (on
+        Citus: in ``partitions``). The same statement as the workers' metrics sampler."""
+        rows = await self.db.run("queue_depth", {"partitions": partitions or []})
+        return QueueDepth(**rows[0])
 
     async def live_workers(self) -> dict[str, int]:
         """app -> number of live workers registered on this node."""
