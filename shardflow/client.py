@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+from shardflow import tracing
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig
 from shardflow.engine.app import App, WorkflowDef
@@ -217,6 +218,24 @@ class Client:
             check_identifier(routing_key, what="routing_key", max_length=limits.max_id_length)
         payload = encode_payload(input, max_bytes=limits.max_payload_bytes, what="workflow input")
         timeout = timedelta(seconds=definition.timeout) if definition.timeout else None
+        with tracing.span(
+            f"shardflow.start {name}",
+            attributes={tracing.WORKFLOW_ID: wf_id, tracing.WORKFLOW: name},
+            kind="producer",
+        ):
+            return await self._start(definition, wf_id, routing_key, payload.text, timeout)
+
+    async def _start(
+        self,
+        definition: WorkflowDef,
+        wf_id: str,
+        routing_key: str | None,
+        text: str | None,
+        timeout: timedelta | None,
+    ) -> WorkflowHandle:
+        name = definition.name
+        # The worker's run continues this trace (None: nothing traced, nothing stored).
+        trace_context = tracing.current_context()
 
         async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
             row = {
@@ -225,8 +244,9 @@ class Client:
                 "name": name,
                 "app": definition.app,
                 "routing_key": routing_key,
-                "input": payload.text,
+                "input": text,
                 "timeout": timeout,
+                "trace_context": trace_context,
             }
             # Concurrent starts to one node share a statement and a commit.
             if await self._start_batcher(store.db.name).submit(row):
@@ -239,8 +259,9 @@ class Client:
                 name=name,
                 app=definition.app,
                 routing_key=routing_key,
-                input=payload.text,
+                input=text,
                 timeout=timeout,
+                trace_context=trace_context,
             )
             if outcome.created:
                 self._wake(store, {partition})
@@ -301,6 +322,8 @@ class Client:
             partition, node = self.route(wf_id)
             by_node.setdefault(node, []).append((partition, wf_id, text))
 
+        trace_context = tracing.current_context()
+
         async def insert(node: str, rows: list[tuple[int, str, str | None]]) -> set[Hashable]:
             store = ClientStore(self._connector_for(node))
             try:
@@ -314,6 +337,7 @@ class Client:
                             "routing_key": None,
                             "input": text,
                             "timeout": timeout,
+                            "trace_context": trace_context,
                         }
                         for partition, wf_id, text in rows
                     ]
@@ -546,6 +570,7 @@ class Client:
                 timeout=None if timeout is None else timedelta(seconds=timeout),
                 parent_id=start["parent_id"],
                 parent_key=start["parent_key"],
+                trace_context=start.get("trace_context"),
             )
             if outcome.created:
                 self._wake(store, {partition})

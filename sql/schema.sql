@@ -71,6 +71,8 @@ CREATE TABLE {schema}.workflows (
     parent_told boolean NOT NULL DEFAULT false,
     -- Cancelled with compensations registered: a worker runs them, then it ends cancelled.
     cancel_requested boolean NOT NULL DEFAULT false,
+    -- The caller's trace context when tracing is configured (migration 0008).
+    trace_context text,
     PRIMARY KEY (partition, workflow_id)
 );
 

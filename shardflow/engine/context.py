@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from shardflow import tracing
 from shardflow.engine.codec import (
     check_identifier,
     check_name,
@@ -381,6 +382,8 @@ class WorkflowContext:
             "timeout": workflow.timeout,
             "parent_id": self.workflow_id,
             "parent_key": self._work.key,
+            # The child's runs continue this run's trace (None when nothing is traced).
+            "trace_context": tracing.current_context(),
         }
         output = {"workflow_id": child_id, "routing_key": key}
         await self.settle()
@@ -666,20 +669,15 @@ class WorkflowContext:
         started = time.monotonic()
         succeeded = False
         try:
-            if step.is_async:
-                call = step.fn(*args, **kwargs)
-            else:
-                call = asyncio.to_thread(step.fn, *args, **kwargs)
-            if step.timeout is None:
-                result = await call
-            else:
-                try:
-                    async with asyncio.timeout(step.timeout):
-                        result = await call
-                except TimeoutError:
-                    raise TimeoutError(
-                        f"step {step.name!r} ran past its {step.timeout}s timeout"
-                    ) from None
+            with tracing.span(
+                f"shardflow.step {step.name}",
+                attributes={
+                    tracing.WORKFLOW_ID: info.workflow_id,
+                    "shardflow.step_seq": info.step_seq,
+                    "shardflow.attempt": info.attempt,
+                },
+            ):
+                result = await self._call(step, args, kwargs)
             succeeded = True
             return result
         finally:
@@ -687,6 +685,21 @@ class WorkflowContext:
             _current_step.reset(token)
             if self._on_step is not None:
                 self._on_step(step.name, time.monotonic() - started, succeeded)
+
+    @staticmethod
+    async def _call(step: StepDef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The step body, in a thread when it is synchronous, within its timeout."""
+        if step.is_async:
+            call = step.fn(*args, **kwargs)
+        else:
+            call = asyncio.to_thread(step.fn, *args, **kwargs)
+        if step.timeout is None:
+            return await call
+        try:
+            async with asyncio.timeout(step.timeout):
+                return await call
+        except TimeoutError:
+            raise TimeoutError(f"step {step.name!r} ran past its {step.timeout}s timeout") from None
 
     def _take_seq(self) -> int:
         seq = self._next_seq
@@ -757,13 +770,21 @@ class WorkflowContext:
         if finish is not None:
             what.append(f"its end ({finish['status']})")
         try:
-            ok = await bounded_write(
-                self._store.write_progress(self._work, batch, finish),
-                timeout=self._write_timeout,
-                node=self._store.node,
-                workflow_id=self.workflow_id,
-                what=", ".join(what) or "nothing",
-            )
+            with tracing.span(
+                "shardflow.complete" if finish is not None else "shardflow.checkpoint",
+                attributes={
+                    tracing.WORKFLOW_ID: self.workflow_id,
+                    "shardflow.checkpoints": len(batch),
+                    "shardflow.status": finish["status"] if finish is not None else None,
+                },
+            ):
+                ok = await bounded_write(
+                    self._store.write_progress(self._work, batch, finish),
+                    timeout=self._write_timeout,
+                    node=self._store.node,
+                    workflow_id=self.workflow_id,
+                    what=", ".join(what) or "nothing",
+                )
         except ShardflowError as exc:
             self._broken = RunAbandoned(exc)
             return

@@ -63,6 +63,7 @@ class ClientStore:
         timeout: timedelta | None,
         parent_id: str | None = None,
         parent_key: str | None = None,
+        trace_context: str | None = None,
     ) -> InsertOutcome:
         """Insert a pending workflow; an existing id returns the existing row instead.
 
@@ -78,6 +79,7 @@ class ClientStore:
             "timeout": timeout,
             "parent_id": parent_id,
             "parent_key": parent_key,
+            "trace_context": trace_context,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         # The common case is one round trip: a single autocommit statement.
@@ -95,11 +97,12 @@ class ClientStore:
         """Insert many pending workflows in one statement; returns the ids it created.
 
         Each row has partition, workflow_id, name, app, routing_key, input (JSON text,
-        validated by the caller) and timeout. Ids that already existed, or whose partition this
-        node does not own, are not in the result.
+        validated by the caller), timeout and optionally trace_context. Ids that already
+        existed, or whose partition this node does not own, are not in the result.
         """
         columns = ("partition", "workflow_id", "name", "app", "routing_key", "input", "timeout")
         params = {f"{c}_list": [row[c] for row in rows] for c in columns}
+        params["trace_context_list"] = [row.get("trace_context") for row in rows]
         return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 
     async def notify_work(self, payload: str = "") -> None:

@@ -92,6 +92,8 @@ class ClaimedWorkflow:
     parent_id: str | None = None
     # Cancelled with compensations registered: this run undoes instead of going on.
     cancel_requested: bool = False
+    # The starter's trace context (shardflow/tracing.py), when tracing was configured.
+    trace_context: str | None = None
 
     @property
     def key(self) -> str:

@@ -407,6 +407,7 @@ class WorkerStore:
                 "timeout": None if timeout is None else timedelta(seconds=timeout),
                 "parent_id": start["parent_id"],
                 "parent_key": start["parent_key"],
+                "trace_context": start.get("trace_context"),
             },
         )
         if created:

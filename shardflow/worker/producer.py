@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from shardflow import tracing
 from shardflow.config import WorkerSettings
 from shardflow.errors import NodeUnavailable
 from shardflow.storage.records import ClaimedWorkflow
@@ -139,6 +140,7 @@ class ClaimLoop(Service):
             return 0, False
         batch: list[ClaimedWorkflow] = []
         started = time.monotonic()
+        started_ns = time.time_ns()
         try:
             if self.store.claims_by_partition:
                 batch = await self._claim_where_hinted(reserved, lease)
@@ -150,6 +152,9 @@ class ClaimLoop(Service):
             await self.slots.give_back(reserved - len(batch), node=self.store.node)
         if self._on_claim is not None:
             self._on_claim(time.monotonic() - started, len(batch))
+        tracing.claim_span(
+            self.store.node, started_ns, [(w.workflow_id, w.trace_context) for w in batch]
+        )
         for work in batch:
             self._execute(self.store, work, 1)
         self.claimed_total += len(batch)

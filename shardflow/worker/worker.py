@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
 
+from shardflow import tracing
 from shardflow.client import Client
 from shardflow.config import ClusterConfig
 from shardflow.engine.app import App
@@ -365,7 +366,19 @@ class Worker:
 
     async def _run_one(self, store: NodeStore, work: ClaimedWorkflow, slots: int) -> None:
         try:
-            result = await self._runner.run(store, work)
+            with tracing.span(
+                f"shardflow.run {work.name}",
+                parent=work.trace_context,
+                kind="consumer",
+                attributes={
+                    tracing.WORKFLOW_ID: work.workflow_id,
+                    tracing.WORKFLOW: work.name,
+                    tracing.NODE: store.node,
+                    "shardflow.partition": work.partition,
+                    "shardflow.claim_count": work.claim_count,
+                },
+            ):
+                result = await self._runner.run(store, work)
             outcome = result.outcome
             self.outcomes[outcome] += 1
             self.metrics.run_ended(store.node, work.name, outcome)

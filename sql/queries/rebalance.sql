@@ -29,7 +29,7 @@ COPY (
            CASE WHEN status = 'running' THEN '-infinity'::timestamptz
                 ELSE lease_expires_at END AS lease_expires_at,
            claimed_at, created_at, updated_at, completed_at, lease_expiries, signal_seq,
-           waiting_for, parent_id, parent_key, parent_told, cancel_requested
+           waiting_for, parent_id, parent_key, parent_told, cancel_requested, trace_context
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -38,7 +38,8 @@ COPY {schema}.workflows (
     partition, workflow_id, name, app, routing_key, status, input, output, error, run_at,
     deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
     lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries,
-    signal_seq, waiting_for, parent_id, parent_key, parent_told, cancel_requested
+    signal_seq, waiting_for, parent_id, parent_key, parent_told, cancel_requested,
+    trace_context
 ) FROM STDIN;
 
 -- name: copy_out_steps

@@ -60,7 +60,7 @@ WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
 RETURNING w.partition, w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested,
           w.name, w.input,
           w.deadline_at, w.claim_count,
-          w.retry_step_seq, w.retry_attempts, w.claimed_at;
+          w.retry_step_seq, w.retry_attempts, w.claimed_at, w.trace_context;
 
 -- name: claim_ready
 -- The backlog claim (the previous claim came back full): up to n runnable workflows (never
@@ -113,7 +113,7 @@ WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
 RETURNING w.partition, w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested,
           w.name, w.input,
           w.deadline_at, w.claim_count,
-          w.retry_step_seq, w.retry_attempts, w.claimed_at;
+          w.retry_step_seq, w.retry_attempts, w.claimed_at, w.trace_context;
 
 -- name: claim
 -- With suspect = false, claims workflows that never lost a lease. Suspects (their worker
@@ -148,7 +148,7 @@ WHERE w.partition = %(partition)s AND w.workflow_id = c.workflow_id
 RETURNING w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested, w.name, w.input,
           w.deadline_at,
           w.claim_count,
-          w.retry_step_seq, w.retry_attempts, w.claimed_at;
+          w.retry_step_seq, w.retry_attempts, w.claimed_at, w.trace_context;
 
 -- name: step_record
 WITH fence AS (

@@ -11,9 +11,10 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
-     parent_key)
+     parent_key, trace_context)
 SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
-       %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s
+       %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s,
+       %(trace_context)s
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
@@ -121,13 +122,14 @@ WITH fence AS (
     FOR SHARE
 )
 INSERT INTO {schema}.workflows
-    (partition, workflow_id, name, app, routing_key, status, input, deadline_at)
+    (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
+     trace_context)
 SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
-       now() + r.timeout
+       now() + r.timeout, r.trace_context
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
-            %(input_list)s::text[], %(timeout_list)s::interval[])
-     AS r (partition, workflow_id, name, app, routing_key, input, timeout)
+            %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[])
+     AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context)
 WHERE r.partition IN (SELECT partition FROM fence)
 -- One global order for the unique-index entries: two batches naming the same ids cannot wait
 -- on each other in opposite orders.

@@ -5,13 +5,14 @@
 -- Citus places every shard itself, so there is no partition this cluster does not own (the
 -- fence of the plain query locks ownership rows of many partitions, which Citus refuses).
 INSERT INTO {schema}.workflows
-    (partition, workflow_id, name, app, routing_key, status, input, deadline_at)
+    (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
+     trace_context)
 SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
-       now() + r.timeout
+       now() + r.timeout, r.trace_context
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
-            %(input_list)s::text[], %(timeout_list)s::interval[])
-     AS r (partition, workflow_id, name, app, routing_key, input, timeout)
+            %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[])
+     AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context)
 ORDER BY r.partition, r.workflow_id
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
