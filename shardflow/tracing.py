@@ -33,6 +33,14 @@ WORKFLOW = "shardflow.workflow"
 NODE = "shardflow.node"
 
 
+def enabled() -> bool:
+    """Whether an SDK tracer provider is installed (otherwise the API's proxy is in place and
+    every span would be a no-op: skip them, they are not free on the hot path)."""
+    return trace is not None and not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
 def _tracer() -> Any:
     # The provider may be installed after import (opentelemetry-instrument, the app's own
     # set-up): look it up at each use; the API caches what it can.
@@ -42,7 +50,7 @@ def _tracer() -> Any:
 def current_context() -> str | None:
     """The trace context of the current span, to store with a workflow; None when no span
     is recording (no SDK configured, or nothing traced here): then nothing is stored."""
-    if trace is None or not trace.get_current_span().get_span_context().is_valid:
+    if not enabled() or not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -66,7 +74,7 @@ def span(
 ) -> Iterator[None]:
     """A span around the block (the current one for code inside it); with ``parent``, a child
     of that stored trace context. Exceptions are recorded on it and re-raised."""
-    if trace is None:
+    if not enabled():
         yield
         return
     with _tracer().start_as_current_span(
@@ -81,7 +89,7 @@ def span(
 def claim_span(node: str, started_ns: int, claimed: Sequence[tuple[str, str | None]]) -> None:
     """Record a claim that began at ``started_ns`` (time.time_ns) and took ``claimed``
     (workflow id, stored trace context): a span of its own, linked to each workflow's trace."""
-    if trace is None or not claimed:
+    if not claimed or not enabled():
         return
     links = []
     for _, stored in claimed:
