@@ -657,8 +657,10 @@ class Client:
         name: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        node: str | None = None,
     ) -> WorkflowPage:
-        """Workflows across all nodes, newest first, optionally filtered; paginated."""
+        """Workflows across all nodes (or one ``node``), newest first, optionally filtered;
+        paginated."""
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         if not 1 <= limit <= 1000:
@@ -666,6 +668,12 @@ class Client:
         after = _decode_cursor(cursor) if cursor else None
         placement = self.placement
         names = list(placement.counts())
+        if node is not None:
+            if node not in names:
+                raise InvalidInput(
+                    f"no node {node!r} in the placement; the nodes are {', '.join(names)}"
+                )
+            names = [node]
         answers = await asyncio.gather(
             *(
                 ClientStore(self._connector_for(n)).list_workflows(

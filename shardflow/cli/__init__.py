@@ -5,7 +5,14 @@ Each command family lives in its own module; importing them registers their comm
 
 from __future__ import annotations
 
-from shardflow.cli import admin_cmds, bench_cmds, cluster_cmds, top_cmds, workflow_cmds
+from shardflow.cli import (
+    admin_cmds,
+    bench_cmds,
+    cluster_cmds,
+    dashboard_cmds,
+    top_cmds,
+    workflow_cmds,
+)
 from shardflow.cli.base import cli, main
 from shardflow.cli.workflow_cmds import load_app
 
@@ -14,6 +21,7 @@ __all__ = [
     "bench_cmds",
     "cli",
     "cluster_cmds",
+    "dashboard_cmds",
     "load_app",
     "main",
     "top_cmds",

@@ -15,6 +15,7 @@ from shardflow.storage.queries import (
     roles_script_text,
 )
 from shardflow.storage.records import (
+    FailureGroup,
     NodeIdentity,
     Ownership,
     QueueDepth,
@@ -175,6 +176,14 @@ class AdminStore:
         Citus: in ``partitions``). The same statement as the workers' metrics sampler."""
         rows = await self.db.run("queue_depth", {"partitions": partitions or []})
         return QueueDepth(**rows[0])
+
+    async def failure_groups(
+        self, *, limit: int = 100, partitions: list[int] | None = None
+    ) -> list[FailureGroup]:
+        """Failed and dead-lettered workflows here, grouped by name, error type and failed
+        step, largest group first (on Citus: in ``partitions``)."""
+        rows = await self.db.run("failure_groups", {"limit": limit, "partitions": partitions or []})
+        return [FailureGroup(node=self.db.name, **r) for r in rows]
 
     async def live_workers(self) -> dict[str, int]:
         """app -> number of live workers registered on this node."""

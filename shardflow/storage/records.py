@@ -134,3 +134,17 @@ class QueueDepth:
     runnable: int
     waiting: int
     oldest_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailureGroup:
+    """Failed (or dead-lettered) workflows of one node sharing name, error type and step."""
+
+    node: str
+    status: str
+    name: str
+    error_type: str
+    step_name: str
+    workflows: int
+    latest: datetime | None
+    example_id: str

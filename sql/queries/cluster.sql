@@ -78,3 +78,17 @@ WHERE w.status = 'running' AND w.lease_expires_at > now()
   AND greatest(w.claimed_at, s.last_recorded) < now() - %(quiet)s::interval
 ORDER BY last_progress_at
 LIMIT %(limit)s;
+
+-- name: failure_groups
+-- The dashboard's failures page: failed and dead-lettered workflows of this node grouped by
+-- workflow name, error type and the step that failed (named in a StepFailedError's message),
+-- with the newest example of each group.
+SELECT status, name, coalesce(error->>'type', '') AS error_type,
+       coalesce(substring(error->>'message' FROM '^step ''([^'']+)'' failed'), '') AS step_name,
+       count(*) AS workflows, max(completed_at) AS latest,
+       (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id
+FROM {schema}.workflows
+WHERE status IN ('failed', 'dead')
+GROUP BY 1, 2, 3, 4
+ORDER BY count(*) DESC, 2
+LIMIT %(limit)s;

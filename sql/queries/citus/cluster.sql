@@ -40,3 +40,15 @@ WHERE w.partition = ANY(%(partitions)s::integer[])
   AND greatest(w.claimed_at, s.last_recorded) < now() - %(quiet)s::interval
 ORDER BY last_progress_at
 LIMIT %(limit)s;
+
+-- name: failure_groups
+-- As on a plain node, for the partitions whose shards this worker node holds.
+SELECT status, name, coalesce(error->>'type', '') AS error_type,
+       coalesce(substring(error->>'message' FROM '^step ''([^'']+)'' failed'), '') AS step_name,
+       count(*) AS workflows, max(completed_at) AS latest,
+       (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id
+FROM {schema}.workflows
+WHERE status IN ('failed', 'dead') AND partition = ANY(%(partitions)s::integer[])
+GROUP BY 1, 2, 3, 4
+ORDER BY count(*) DESC, 2
+LIMIT %(limit)s;

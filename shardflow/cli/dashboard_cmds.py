@@ -1,0 +1,60 @@
+"""``shardflow dashboard``: the web dashboard (shardflow/dashboard/)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import TextIO
+
+import click
+
+from shardflow.cli.base import CliState, cli, pass_state
+
+TOKEN_ENV = "SHARDFLOW_DASHBOARD_TOKEN"
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--allow-actions",
+    is_flag=True,
+    help="Allow cancel and requeue (behind a confirmation, audited). Default: read-only.",
+)
+@click.option(
+    "--token-file",
+    type=click.File("r", encoding="utf-8"),
+    help=f"Require this bearer token (read from the file, or ${TOKEN_ENV}); never on the "
+    "command line.",
+)
+@pass_state
+def dashboard(
+    state: CliState, host: str, port: int, allow_actions: bool, token_file: TextIO | None
+) -> None:
+    """Serve the web dashboard: cluster, workflows, failures, actions, /metrics."""
+    import uvicorn
+
+    from shardflow.dashboard import create_app
+
+    token = (token_file.read().strip() if token_file else None) or os.environ.get(TOKEN_ENV)
+    if token is not None and len(token) < 16:
+        raise click.BadParameter("use a token of at least 16 characters", param_hint="token")
+    if not _loopback(host) and token is None:
+        click.echo(
+            f"warning: serving on {host} without a token: anyone who reaches it can read "
+            f"every workflow; set --token-file or ${TOKEN_ENV}",
+            err=True,
+        )
+    app = create_app(state.config(), allow_actions=allow_actions, token=token)
+    mode = "actions allowed" if allow_actions else "read-only"
+    click.echo(f"dashboard on http://{host}:{port}/ ({mode})", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,60 @@
+"""The dashboard's /metrics: the cluster as its nodes hold it, read at scrape time.
+
+Workers export what they do (worker/metrics.py); this is what the database says: workflows by
+status, the runnable queue and its oldest wait, partitions, whether each node answers. One
+``cluster status`` read per scrape, into a registry of its own (nothing kept in between).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from shardflow.cluster.admin import cluster_status
+from shardflow.config import ClusterConfig
+from shardflow.storage.records import STATUSES
+
+
+async def exposition(config: ClusterConfig) -> tuple[bytes, str]:
+    status = await cluster_status(config)
+    registry = CollectorRegistry()
+    up = Gauge(
+        "shardflow_node_up", "1 when the node answered this scrape.", ["node"], registry=registry
+    )
+    workflows = Gauge(
+        "shardflow_cluster_workflows",
+        "Workflows a node holds, by status (dead: dead-lettered).",
+        ["node", "status"],
+        registry=registry,
+    )
+    depth = Gauge(
+        "shardflow_cluster_queue_depth",
+        "Workflows runnable now on a node, not yet claimed.",
+        ["node"],
+        registry=registry,
+    )
+    oldest = Gauge(
+        "shardflow_cluster_queue_oldest_age_seconds",
+        "How long a node's oldest runnable workflow has waited for a worker.",
+        ["node"],
+        registry=registry,
+    )
+    partitions = Gauge(
+        "shardflow_cluster_partitions", "Partitions a node owns.", ["node"], registry=registry
+    )
+    moves = Gauge(
+        "shardflow_cluster_partitions_to_move",
+        "Partitions (on Citus: shard moves) a rebalance would move now.",
+        registry=registry,
+    )
+    moves.set(status.partitions_to_move)
+    for node in status.nodes:
+        up.labels(node.name).set(1 if node.reachable else 0)
+        if not node.reachable:
+            continue
+        partitions.labels(node.name).set(node.partitions_owned)
+        for state in STATUSES:
+            workflows.labels(node.name, state).set(node.workflows.get(state, 0))
+        if node.queue is not None:
+            depth.labels(node.name).set(node.queue.runnable)
+            oldest.labels(node.name).set(node.queue.oldest_seconds)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
