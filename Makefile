@@ -14,7 +14,7 @@ SOAK_SECONDS ?= 1800
 CITUS_SRC ?= ../shared/citus/citus-13.2.2-src.tar.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak bench bench-interaction bench-citus bench-rebalance bench-dbos clean
+.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak bench bench-interaction bench-dashboard bench-citus bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -95,6 +95,9 @@ bench-dbos: install ## W on shardflow and on DBOS (own virtualenv .venv-dbos) in
 
 bench-citus: install ## W on Citus (direct and through the coordinator) next to plain nodes, same run; prints ratios
 	$(BIN)/python benchmarks/citus_vs_plain.py --runs $(BENCH_RUNS) --out bench-results
+
+bench-dashboard: install ## Dashboard page times with 200,000 workflows on 3 nodes (target 300 ms)
+	$(BIN)/python benchmarks/dashboard.py --out bench-results/dashboard.json
 
 bench-rebalance: install ## Benchmark moving partitions onto a new node under load
 	mkdir -p bench-results
