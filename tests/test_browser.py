@@ -28,6 +28,7 @@ from shardflow.cluster.admin import cluster_status
 from shardflow.config import ClusterConfig
 from shardflow.connectors import node_connector
 from shardflow.storage import WorkerStore
+from shardflow.worker.reaper import DEAD_ERROR
 from tests.helpers import REPO, run
 
 pytestmark = pytest.mark.plain_only("one browser run is enough: the pages are the same")
@@ -129,7 +130,7 @@ def _seed(config: ClusterConfig) -> dict[str, str]:
                     partition=partition, limit=1, owner="gone", lease=timedelta(microseconds=1)
                 )
                 assert [w.workflow_id for w in claimed] == [ids["dead"]]
-                _, dead = await store.requeue_expired(max_expiries=1, dead_error="poisoned")
+                _, dead = await store.requeue_expired(max_expiries=1, dead_error=DEAD_ERROR)
                 assert ids["dead"] in dead
             await client.start(fulfil, ids["pending"], workflow_id=ids["pending"])
 

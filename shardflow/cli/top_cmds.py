@@ -83,4 +83,11 @@ async def _failures(
     except ShardflowError:
         return before.failures if before is not None else []  # a node is down: shown above
     found.sort(key=lambda r: r.completed_at or r.created_at or _EPOCH, reverse=True)
-    return found[:_FAILURES_SHOWN]
+    # The list leaves errors out (they can be large): read the few shown in full.
+    try:
+        return [
+            await client.get(r.workflow_id, routing_key=r.routing_key)
+            for r in found[:_FAILURES_SHOWN]
+        ]
+    except ShardflowError:
+        return found[:_FAILURES_SHOWN]

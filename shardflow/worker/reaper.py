@@ -20,7 +20,7 @@ from shardflow.worker.service import Service, jittered
 
 log = logging.getLogger("shardflow.worker")
 
-_DEAD_ERROR = json.dumps(
+DEAD_ERROR = json.dumps(
     {
         "type": "DeadLettered",
         "module": "shardflow",
@@ -66,7 +66,7 @@ class Reaper(Service):
                 ):
                     continue
                 requeued, dead = await self.store.requeue_expired(
-                    max_expiries=self.max_expiries, dead_error=_DEAD_ERROR
+                    max_expiries=self.max_expiries, dead_error=DEAD_ERROR
                 )
                 if time.monotonic() >= self._prune_at:
                     self._prune_at = time.monotonic() + _PRUNE_SECONDS
