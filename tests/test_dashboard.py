@@ -22,6 +22,7 @@ from shardflow.cluster.admin import cluster_status
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
 from shardflow.dashboard import create_app
+from shardflow.dashboard.history import History, chart
 from shardflow.routing import Placement
 from tests import apps
 from tests.helpers import run
@@ -298,3 +299,33 @@ def test_pages_of_a_cluster_with_a_waiting_workflow(config: ClusterConfig) -> No
                 await client.cancel(wf_id)
 
         run(cancel())
+
+
+def test_the_last_hour_is_sampled_per_node(config: ClusterConfig) -> None:
+    """Two samples around finished work: a throughput and a p99 per node, drawn as lines."""
+    history = History(config, interval=10)
+
+    async def go() -> None:
+        await history.sample()
+        async with Client(config, app=board_app) as client, Worker(board_app, config):
+            handles = await client.start_many(payment, [1] * 30)
+            for handle in handles:
+                assert await handle.result(timeout=30) == 1
+        await history.sample()
+
+    run(go())
+    status = run(cluster_status(config))
+    assert set(history.points) == {n.name for n in status.nodes}
+    points = [history.latest(n.name) for n in status.nodes]
+    assert all(p is not None and p.ended_per_second is not None for p in points)
+    assert sum(p.ended_per_second or 0 for p in points if p) > 0
+    assert any(p is not None and p.p99_seconds is not None for p in points)
+    drawn = chart(
+        {n: [(p.at, p.ended_per_second or 0) for p in history.points[n]] for n in history.points},
+        {},
+        unit="ended/s",
+    )
+    assert drawn.count("<polyline") == len(status.nodes)
+    with TestClient(create_app(config, sample_seconds=60)) as web:
+        page = web.get("/")
+    assert "Last hour" in page.text and page.text.count('<svg class="chart"') == 2

@@ -14,6 +14,7 @@ a named statement with parameters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.datastructures import URL
 from starlette.middleware import Middleware
@@ -38,6 +40,7 @@ from shardflow.cluster.admin import cluster_status
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
 from shardflow.dashboard import metrics as dashboard_metrics
+from shardflow.dashboard.history import History, chart
 from shardflow.engine.codec import check_identifier
 from shardflow.engine.context import START_CHILD_STEP_PREFIX
 from shardflow.errors import InvalidInput, NodeUnavailable, ShardflowError, WorkflowNotFound
@@ -66,8 +69,16 @@ PALETTE = (
 class Dashboard:
     """The app's state: configuration, one client for the whole process, the templates."""
 
-    def __init__(self, config: ClusterConfig, *, allow_actions: bool, token: str | None):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        allow_actions: bool,
+        token: str | None,
+        sample_seconds: float,
+    ):
         self.config = config
+        self.history = History(config, interval=sample_seconds)
         self.allow_actions = allow_actions
         self.token = token
         # Forms of actions carry it: a page of another site cannot post one.
@@ -109,6 +120,15 @@ async def cluster_page(request: Request) -> Response:
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     partitions = [(p, placement.owner(p)) for p in range(placement.partition_count)]
     dead = sum(n.workflows.get("dead", 0) for n in status.nodes)
+    history = d.history
+    throughput = {
+        n: [(p.at, p.ended_per_second) for p in points if p.ended_per_second is not None]
+        for n, points in history.points.items()
+    }
+    p99 = {
+        n: [(p.at, p.p99_seconds) for p in points if p.p99_seconds is not None]
+        for n, points in history.points.items()
+    }
     return d.page(
         request,
         "cluster.html",
@@ -116,6 +136,11 @@ async def cluster_page(request: Request) -> Response:
         colours=colours,
         partitions=partitions,
         dead=dead,
+        latest={n: history.latest(n) for n in names},
+        sample_seconds=history.interval,
+        slowest=history.slowest(),
+        throughput_chart=Markup(chart(throughput, colours, unit="ended/s")),
+        latency_chart=Markup(chart(p99, colours, unit="s p99")),
     )
 
 
@@ -352,16 +377,27 @@ async def login(request: Request) -> Response:
 
 
 def create_app(
-    config: ClusterConfig, *, allow_actions: bool = False, token: str | None = None
+    config: ClusterConfig,
+    *,
+    allow_actions: bool = False,
+    token: str | None = None,
+    sample_seconds: float = 10.0,
 ) -> Starlette:
-    dashboard = Dashboard(config, allow_actions=allow_actions, token=token)
+    """The dashboard app; ``sample_seconds``: how often the charts' history is sampled."""
+    dashboard = Dashboard(
+        config, allow_actions=allow_actions, token=token, sample_seconds=sample_seconds
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await dashboard.client.connect()
+        stopping = asyncio.Event()
+        sampler = asyncio.create_task(dashboard.history.run(stopping))
         try:
             yield
         finally:
+            stopping.set()
+            await sampler
             await dashboard.client.close()
 
     app = Starlette(

@@ -185,6 +185,17 @@ class AdminStore:
         rows = await self.db.run("failure_groups", {"limit": limit, "partitions": partitions or []})
         return [FailureGroup(node=self.db.name, **r) for r in rows]
 
+    async def recent_latencies(
+        self, *, window: timedelta, limit: int, partitions: list[int] | None = None
+    ) -> list[float]:
+        """Start -> end seconds of the newest finished workflows started within ``window``
+        (at most ``limit``; on Citus: in ``partitions``)."""
+        rows = await self.db.run(
+            "recent_latencies",
+            {"window": window, "limit": limit, "partitions": partitions or []},
+        )
+        return [float(r["seconds"]) for r in rows]
+
     async def live_workers(self) -> dict[str, int]:
         """app -> number of live workers registered on this node."""
         return {r["app"]: int(r["workers"]) for r in await self.db.run("workers_live")}

@@ -92,3 +92,13 @@ WHERE status IN ('failed', 'dead')
 GROUP BY 1, 2, 3, 4
 ORDER BY count(*) DESC, 2
 LIMIT %(limit)s;
+
+-- name: recent_latencies
+-- The dashboard's latency sample: start -> end in seconds of the newest finished workflows
+-- started within `window`, at most `limit` of them (a range scan of the newest-first index,
+-- bounded whatever the table's size).
+SELECT extract(epoch FROM completed_at - created_at)::float8 AS seconds
+FROM {schema}.workflows
+WHERE created_at > now() - %(window)s::interval AND completed_at IS NOT NULL
+ORDER BY created_at DESC
+LIMIT %(limit)s;

@@ -52,3 +52,12 @@ WHERE status IN ('failed', 'dead') AND partition = ANY(%(partitions)s::integer[]
 GROUP BY 1, 2, 3, 4
 ORDER BY count(*) DESC, 2
 LIMIT %(limit)s;
+
+-- name: recent_latencies
+-- As on a plain node, for the partitions whose shards this worker node holds.
+SELECT extract(epoch FROM completed_at - created_at)::float8 AS seconds
+FROM {schema}.workflows
+WHERE created_at > now() - %(window)s::interval AND completed_at IS NOT NULL
+  AND partition = ANY(%(partitions)s::integer[])
+ORDER BY created_at DESC
+LIMIT %(limit)s;

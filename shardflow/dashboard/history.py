@@ -1,0 +1,140 @@
+"""The dashboard's last hour per node: throughput and latency, sampled in the background.
+
+Every ``interval`` seconds the sampler reads, per node, the count of ended workflows (the
+difference between two samples is the throughput) and the start -> end times of the newest
+finished workflows (a bounded read of the newest-first index, whatever the table's size).
+Kept in memory for an hour; drawn as inline SVG (no JavaScript, no chart library).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shardflow.bench.common import percentile
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.config import ClusterConfig
+from shardflow.errors import ShardflowError
+
+log = logging.getLogger("shardflow.dashboard")
+
+ENDED = ("succeeded", "failed", "cancelled", "dead")
+HOUR = 3600.0
+# The latency sample: workflows started in the last minute, the newest 2,000 of them.
+LATENCY_WINDOW = timedelta(minutes=1)
+LATENCY_SAMPLE = 2000
+
+
+@dataclass(frozen=True)
+class Point:
+    at: float  # time.time()
+    ended_per_second: float | None  # None for a node's first sample
+    p50_seconds: float | None  # None: nothing finished in the window
+    p99_seconds: float | None
+
+
+class History:
+    """Per node, the last hour of points; ``sample()`` adds one per reachable node."""
+
+    def __init__(self, config: ClusterConfig, *, interval: float = 10.0):
+        self.config = config
+        self.interval = interval
+        self.points: dict[str, deque[Point]] = {}
+        self._ended: dict[str, tuple[float, int]] = {}
+
+    async def sample(self) -> None:
+        async with ClusterAdmin(self.config) as admin:
+            placement = await admin.latest_placement()
+            await asyncio.gather(
+                *(self._sample_node(admin, n, placement.partitions_of(n)) for n in admin.node_names)
+            )
+
+    async def _sample_node(self, admin: ClusterAdmin, node: str, partitions: list[int]) -> None:
+        store = admin.admin(node)
+        try:
+            counts = await store.status_counts(partitions=partitions)
+            seconds = await store.recent_latencies(
+                window=LATENCY_WINDOW, limit=LATENCY_SAMPLE, partitions=partitions
+            )
+        except ShardflowError:
+            return  # a gap in its line: the cluster page says the node is down
+        now = time.time()
+        ended = sum(counts.get(s, 0) for s in ENDED)
+        before = self._ended.get(node)
+        self._ended[node] = (now, ended)
+        rate = (ended - before[1]) / (now - before[0]) if before and now > before[0] else None
+        points = self.points.setdefault(node, deque(maxlen=int(HOUR / self.interval) + 1))
+        points.append(
+            Point(
+                at=now,
+                ended_per_second=max(0.0, rate) if rate is not None else None,
+                p50_seconds=statistics.median(seconds) if seconds else None,
+                p99_seconds=percentile(seconds, 0.99) if seconds else None,
+            )
+        )
+
+    def latest(self, node: str) -> Point | None:
+        points = self.points.get(node)
+        return points[-1] if points else None
+
+    def slowest(self) -> str | None:
+        """The node whose latest p99 start -> end is the highest (None: no sample yet)."""
+        latest = {n: p.p99_seconds for n in self.points if (p := self.latest(n)) is not None}
+        ranked = [(p99, n) for n, p99 in latest.items() if p99 is not None]
+        return max(ranked)[1] if len(ranked) > 1 else None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.sample()
+            except ShardflowError as exc:
+                log.warning("dashboard sample failed: %s", exc)
+            except Exception:  # a bug: say so, keep sampling (the pages still work)
+                log.exception("dashboard sampler crashed; it samples again next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval)
+
+
+def chart(
+    series: dict[str, list[tuple[float, float]]],
+    colours: dict[str, str],
+    *,
+    unit: str,
+    width: int = 640,
+    height: int = 160,
+) -> str:
+    """An inline SVG line chart: one polyline per node over the last hour (x: seconds ago)."""
+    now = time.time()
+    values = [v for points in series.values() for _, v in points]
+    top = max(values, default=0.0) or 1.0
+    pad = 28
+    lines = []
+    for node, points in sorted(series.items()):
+        coords = " ".join(
+            f"{pad + (width - pad) * (1 - min(HOUR, now - at) / HOUR):.1f},"
+            f"{height - pad - (height - 2 * pad) * value / top:.1f}"
+            for at, value in points
+        )
+        if coords:
+            colour = colours.get(node, "#888")
+            lines.append(
+                f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{coords}">'
+                f"<title>{html.escape(node)}</title></polyline>"
+            )
+    return (
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img"><rect x="{pad}" y="{pad}" width="{width - pad}" height="{height - 2 * pad}" '
+        f'fill="#fff" stroke="#d5d9e0"/>'
+        f'<text x="{pad}" y="{pad - 8}" font-size="11">{top:.3g} {unit}</text>'
+        f'<text x="{pad}" y="{height - 8}" font-size="11">an hour ago</text>'
+        f'<text x="{width - 4}" y="{height - 8}" font-size="11" text-anchor="end">now</text>'
+        + "".join(lines)
+        + "</svg>"
+    )
