@@ -730,11 +730,21 @@ def _encode_cursor(created_at: datetime, workflow_id: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    bad = InvalidInput("cursor is not one that list() returned; start without it")
     try:
-        created, wf_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), str(wf_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput("cursor is not one that list() returned; start without it") from exc
+        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not (isinstance(decoded, list) and len(decoded) == 2):
+            raise bad
+        created, wf_id = decoded
+        if not (isinstance(created, str) and isinstance(wf_id, str)):
+            raise bad
+        at = datetime.fromisoformat(created)
+        check_identifier(wf_id, what="cursor", max_length=10_000)
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise bad from exc
+    if at.tzinfo is None:
+        raise bad
+    return at, wf_id
 
 
 class WorkflowHandle:

@@ -22,11 +22,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 try:
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
     from opentelemetry.context import Context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _W3C = TraceContextTextMapPropagator()
 except ImportError:  # tracing not installed: every function below does nothing
     trace = None  # type: ignore[assignment]
-    propagate = None  # type: ignore[assignment]
 
 WORKFLOW_ID = "shardflow.workflow_id"
 WORKFLOW = "shardflow.workflow"
@@ -53,7 +55,7 @@ def current_context() -> str | None:
     if not enabled() or not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    _W3C.inject(carrier)  # traceparent and tracestate only: a caller's baggage is not stored
     return json.dumps(carrier, sort_keys=True) if carrier else None
 
 
@@ -65,7 +67,7 @@ def _parent(stored: str | None) -> Any:
         carrier = json.loads(stored)
     except ValueError:
         return None  # written by something else: start a fresh trace rather than fail a run
-    return propagate.extract(carrier) if isinstance(carrier, dict) else None
+    return _W3C.extract(carrier) if isinstance(carrier, dict) else None
 
 
 @contextlib.contextmanager

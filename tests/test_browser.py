@@ -196,7 +196,7 @@ def test_the_dashboard_in_a_browser(
         browser.find_element(By.ID, "cancel").click()
         shot("confirm-cancel")
         browser.find_element(By.ID, "confirm").click()
-        assert "Cancel: cancelled" in browser.find_element(By.ID, "done").text
+        assert browser.find_element(By.ID, "done").text == "Cancelled."
         assert browser.find_element(By.ID, "status").text == "cancelled"
         shot("workflow-cancelled")
         browser.get(url + "/workflows")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from html import unescape
 
 import pytest
@@ -29,6 +30,8 @@ from tests.helpers import run
 
 board_app = App("dashboard-test")
 TOKEN = "a-token-of-enough-length"
+# A cursor in the right shape whose id holds a NUL: ["2026-01-01T00:00:00+00:00", "a\u0000b"]
+NUL_CURSOR = "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgImFcdTAwMDBiIl0="
 
 
 @board_app.step
@@ -193,6 +196,14 @@ def _older(web: TestClient, html: str) -> set[str]:
         ("/workflows/<script>alert(1)</script>", {}, 404, "No such workflow"),
         ("/workflows/" + "y" * 5000, {}, 400, "workflow id"),
         ("/actions/explode/abc", {}, 404, "No such action"),
+        (
+            "/workflows",
+            {"cursor": "WyIyMDI2LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgImFcdTAwMDBiIl0="},
+            400,
+            "cursor",
+        ),
+        ("/workflows", {"cursor": "eyJhIjogMSwgImIiOiAyfQ=="}, 400, "cursor is not one"),
+        ("/workflows", {"key": "x" * 500, "id": "abc"}, 400, "routing key"),
         ("/nowhere", {}, 404, ""),
     ],
 )
@@ -229,10 +240,10 @@ def test_actions_are_refused_read_only_and_audited_when_allowed(
         forged = web.post(f"/actions/cancel/{target}", data={"form_token": "forged"})
         assert forged.status_code == 403
         done = web.post(f"/actions/cancel/{target}", data={"form_token": token.group(1)})
-        assert done.status_code == 200 and "Cancel: cancelled" in done.text
+        assert done.status_code == 200 and "Cancelled." in done.text
         assert re.search(r'id="status">\s*cancelled', done.text)
         again = web.post(f"/actions/requeue/{target}", data={"form_token": token.group(1)})
-        assert "not requeued: it is not dead-lettered" in unescape(again.text)
+        assert "Not requeued: it is not dead-lettered." in unescape(again.text)
 
     async def audited() -> list[dict[str, object]]:
         async with ClusterAdmin(config) as admin:
@@ -303,7 +314,8 @@ def test_pages_of_a_cluster_with_a_waiting_workflow(config: ClusterConfig) -> No
 
 def test_the_last_hour_is_sampled_per_node(config: ClusterConfig) -> None:
     """Two samples around finished work: a throughput and a p99 per node, drawn as lines."""
-    history = History(config, interval=10)
+    # The latency sample: what started in the last five minutes, finished or not.
+    history = History(config, interval=10, latency_started=(timedelta(minutes=5), timedelta(0)))
 
     async def go() -> None:
         await history.sample()
@@ -329,3 +341,37 @@ def test_the_last_hour_is_sampled_per_node(config: ClusterConfig) -> None:
     with TestClient(create_app(config, sample_seconds=60)) as web:
         page = web.get("/")
     assert "Last hour" in page.text and page.text.count('<svg class="chart"') == 2
+
+
+def test_headers_hosts_and_odd_requests(config: ClusterConfig, seeded: dict[str, str]) -> None:
+    app = create_app(config, allow_actions=True, allowed_hosts=["localhost", "testserver"])
+    with TestClient(app) as web:
+        page = web.get("/")
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        assert web.get("/", headers={"host": "evil.example"}).status_code == 400
+        # HEAD shows the confirmation, never acts; a non-ASCII form token is refused cleanly.
+        assert web.head(f"/actions/cancel/{seeded['pending']}").status_code == 200
+        odd = web.post(f"/actions/cancel/{seeded['pending']}", data={"form_token": "é"})
+        assert odd.status_code == 403
+
+
+def test_a_child_under_its_parents_routing_key_is_reached_from_its_parent(
+    config: ClusterConfig,
+) -> None:
+    async def go() -> str:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            parent = await client.start(apps.fan_out, {"count": 2, "spread": True})
+            assert await parent.result(timeout=60) == 3
+            return parent.workflow_id
+
+    parent_id = run(go())
+    with TestClient(create_app(config)) as web:
+        page = web.get(f"/workflows/{parent_id}")
+        links = re.findall(r'<li><a href="([^"]+)">', page.text)
+        assert len(links) == 2 and all("?key=" in link for link in links)
+        child = web.get(unescape(links[0]))
+        assert child.status_code == 200 and "succeeded" in child.text
+        back = re.search(r'<th>parent</th><td><a href="([^"]+)">', child.text)
+        assert back and web.get(unescape(back.group(1))).status_code == 200

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shardflow import App, Client, Worker, WorkflowContext, WorkflowFailed
-from shardflow.cli.top_view import Snapshot, render, rows
+from shardflow.cli.top_view import Snapshot, clean, render, rows
 from shardflow.cluster.admin import ClusterStatus, NodeStatus, cluster_status
 from shardflow.config import ClusterConfig
 from shardflow.storage.records import QueueDepth
@@ -70,6 +70,7 @@ def test_rates_come_from_two_snapshots() -> None:
     assert by_node["a"][3] == "40" and by_node["a"][4] == "1.2m"
     assert by_node["b"][1] == "NO" and "refused" in by_node["b"][3]
     assert by_node["total"][3] == "40" and by_node["total"][7] == "11.0"
+    assert clean("evil\x1b]0;owned\x07id\nnext") == "evil?]0;owned?id?next"
     # The first frame has no rate yet.
     assert rows(before, None)[0][7] == "-"
     frame = render(now, before, interval=2)

@@ -39,13 +39,22 @@ def dashboard(
     token = (token_file.read().strip() if token_file else None) or os.environ.get(TOKEN_ENV)
     if token is not None and len(token) < 16:
         raise click.BadParameter("use a token of at least 16 characters", param_hint="token")
-    if not _loopback(host) and token is None:
+    local = _loopback(host)
+    if not local and token is None:
+        if allow_actions:
+            raise click.UsageError(
+                f"--allow-actions on {host} needs a token (--token-file or ${TOKEN_ENV}): "
+                "otherwise anyone who reaches the port can cancel workflows"
+            )
         click.echo(
             f"warning: serving on {host} without a token: anyone who reaches it can read "
             f"every workflow; set --token-file or ${TOKEN_ENV}",
             err=True,
         )
-    app = create_app(state.config(), allow_actions=allow_actions, token=token)
+    # On localhost only local names are answered: a page elsewhere that points its own DNS
+    # name at 127.0.0.1 (rebinding) cannot read or act through the browser.
+    hosts = ["localhost", "127.0.0.1", "::1", host] if local else None
+    app = create_app(state.config(), allow_actions=allow_actions, token=token, allowed_hosts=hosts)
     mode = "actions allowed" if allow_actions else "read-only"
     click.echo(f"dashboard on http://{host}:{port}/ ({mode})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

@@ -56,6 +56,8 @@ async def _watch(config: ClusterConfig, *, interval: float, frames: int | None, 
             if before is not None:
                 await asyncio.sleep(interval)
             status = await cluster_status(config)
+            # Nodes added or partitions moved since the last frame: read the placement again.
+            await client.refresh_placement(min_version=client.placement.version)
             now = Snapshot(status, failures=await _failures(client, status, before))
             lines = render(now, before, interval=interval)
             click.echo((_CLEAR if tty else ("\n" if shown else "")) + "\n".join(lines))

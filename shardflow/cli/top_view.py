@@ -7,6 +7,7 @@ tests check frames without a terminal.
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +40,12 @@ class Snapshot:
     failures: list[WorkflowRecord] = field(default_factory=list)
     taken: float = field(default_factory=time.monotonic)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def clean(text: str) -> str:
+    """Text from the database made safe for a terminal: ids, names and error messages may
+    hold escape sequences or line breaks; each control character becomes a '?'."""
+    return "".join("?" if unicodedata.category(c).startswith("C") else c for c in text)
 
 
 def _ended(node: NodeStatus) -> int:
@@ -74,7 +81,7 @@ def rows(now: Snapshot, before: Snapshot | None) -> list[tuple[str, ...]]:
     oldest = 0.0
     for node in now.status.nodes:
         if not node.reachable:
-            reason = node.error.split(";")[0][:60]
+            reason = clean(node.error.split(";")[0][:60])
             table.append(
                 (node.name, "NO", f"{node.partitions_placed}?", reason, *[""] * (len(HEADER) - 4))
             )
@@ -158,7 +165,8 @@ def render(now: Snapshot, before: Snapshot | None, *, interval: float) -> list[s
         )
     for work in status.unserved:
         lines.append(
-            f"NO WORKER: {work.workflows:,} x {work.name} (app {work.app!r}) on {work.node}"
+            f"NO WORKER: {work.workflows:,} x {clean(work.name)} (app {clean(work.app)!r}) on "
+            f"{work.node}"
         )
     if now.failures:
         lines.append("newest failures:")
@@ -167,7 +175,9 @@ def render(now: Snapshot, before: Snapshot | None, *, interval: float) -> list[s
             kind = error.get("type", "error")
             message = str(error.get("message", "")).splitlines()[0:1]
             lines.append(
-                f"  {record.workflow_id} ({record.name}, {record.status}): {kind}: "
-                + (message[0][:100] if message else "")
+                clean(
+                    f"  {record.workflow_id} ({record.name}, {record.status}): {kind}: "
+                    + (message[0][:100] if message else "")
+                )
             )
     return lines

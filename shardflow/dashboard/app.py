@@ -22,6 +22,7 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from markupsafe import Markup
@@ -29,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import URL
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -89,6 +91,8 @@ class Dashboard:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
+        self.templates.globals["workflow_url"] = workflow_url
+        self.templates.globals["action_url"] = action_url
 
     def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         html = self.templates.get_template(name).render(
@@ -104,6 +108,26 @@ class Dashboard:
         return self.page(request, "error.html", status_code, title=title, advice=advice)
 
 
+def workflow_url(workflow_id: str, routing_key: str | None = None) -> str:
+    """A workflow page's path: the id as one path segment (every character encoded, so an id
+    holding '/', '?', '#' or '..' stays one id), and its routing key when it has one (it
+    decides where the workflow lives)."""
+    path = "/workflows/" + quote(workflow_id, safe="")
+    return path + ("?" + urlencode({"key": routing_key}) if routing_key else "")
+
+
+def action_url(action: str, workflow_id: str, routing_key: str | None = None) -> str:
+    path = f"/actions/{action}/" + quote(workflow_id, safe="")
+    return path + ("?" + urlencode({"key": routing_key}) if routing_key else "")
+
+
+def _routing_key(request: Request, d: Dashboard) -> str | None:
+    key = request.query_params.get("key") or None
+    if key is not None:
+        check_identifier(key, what="routing key", max_length=d.config.limits.max_id_length)
+    return key
+
+
 def _dashboard(request: Request) -> Dashboard:
     dashboard: Dashboard = request.app.state.dashboard
     return dashboard
@@ -115,7 +139,8 @@ def _dashboard(request: Request) -> Dashboard:
 async def cluster_page(request: Request) -> Response:
     d = _dashboard(request)
     status = await cluster_status(d.config)
-    placement = await d.client.refresh_placement()
+    # A rebalance or a new node since the last page: read the placement again.
+    placement = await d.client.refresh_placement(min_version=d.client.placement.version)
     names = [n.name for n in status.nodes]
     colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
     partitions = [(p, placement.owner(p)) for p in range(placement.partition_count)]
@@ -158,7 +183,8 @@ async def workflows_page(request: Request) -> Response:
     search = (query.get("id") or "").strip()
     if search:
         check_identifier(search, what="workflow id", max_length=d.config.limits.max_id_length)
-        return RedirectResponse(request.url_for("workflow", workflow_id=search), 303)
+        return RedirectResponse(workflow_url(search, _routing_key(request, d)), 303)
+    await d.client.refresh_placement(min_version=d.client.placement.version)  # nodes added?
     status = _choice(query.get("status"), STATUSES, "status")
     node = _choice(query.get("node"), sorted(d.client.placement.counts()), "node")
     name = query.get("name") or None
@@ -198,9 +224,10 @@ async def workflow_page(request: Request) -> Response:
     d = _dashboard(request)
     workflow_id = request.path_params["workflow_id"]
     check_identifier(workflow_id, what="workflow id", max_length=d.config.limits.max_id_length)
-    record = await d.client.get(workflow_id)
-    steps = await d.client.steps(workflow_id)
-    events = await d.client.events(workflow_id)
+    key = _routing_key(request, d)
+    record = await d.client.get(workflow_id, routing_key=key)
+    steps = await d.client.steps(workflow_id, routing_key=key)
+    events = await d.client.events(workflow_id, routing_key=key)
     partition, node = d.client.route(record.routing_key or workflow_id)
     # Time from the previous checkpoint (the first: from the start) to each one.
     durations: dict[int, str] = {}
@@ -212,10 +239,11 @@ async def workflow_page(request: Request) -> Response:
         else:
             durations[step.step_seq] = ""
     children = [
-        str(step.output["workflow_id"])
+        (str(step.output["workflow_id"]), step.output.get("routing_key"))
         for step in steps
         if step.step_name.startswith(START_CHILD_STEP_PREFIX) and isinstance(step.output, dict)
     ]
+    done = DONE.get(request.query_params.get("done", ""))
     return d.page(
         request,
         "workflow.html",
@@ -227,6 +255,7 @@ async def workflow_page(request: Request) -> Response:
         durations=durations,
         abouts={step.step_seq: about(step) for step in steps},
         children=children,
+        done=done,
     )
 
 
@@ -250,6 +279,13 @@ async def failures_page(request: Request) -> Response:
 # -- actions ----------------------------------------------------------------------------
 
 ACTIONS = {"cancel": "Cancel", "requeue": "Requeue"}
+# What an action's outcome says on the workflow page (a code in the URL, fixed text here).
+DONE = {
+    "cancelled": "Cancelled.",
+    "not-cancelled": "Not cancelled: it had already ended.",
+    "requeued": "Requeued: it runs again from its checkpoints.",
+    "not-requeued": "Not requeued: it is not dead-lettered.",
+}
 
 
 async def action_page(request: Request) -> Response:
@@ -260,6 +296,7 @@ async def action_page(request: Request) -> Response:
     if action not in ACTIONS:
         return d.problem(request, 404, "No such action", "The actions are cancel and requeue.")
     check_identifier(workflow_id, what="workflow id", max_length=d.config.limits.max_id_length)
+    key = _routing_key(request, d)
     if not d.allow_actions:
         return d.problem(
             request,
@@ -268,32 +305,35 @@ async def action_page(request: Request) -> Response:
             "This dashboard is read-only. Start it with `shardflow dashboard --allow-actions` "
             "(and a configuration whose user holds the admin role) to cancel or requeue.",
         )
-    record = await d.client.get(workflow_id)
-    if request.method == "GET":
-        return d.page(request, "confirm.html", record=record, action=action, label=ACTIONS[action])
+    record = await d.client.get(workflow_id, routing_key=key)
+    if request.method != "POST":  # GET and HEAD: the confirmation
+        return d.page(
+            request, "confirm.html", record=record, action=action, label=ACTIONS[action], key=key
+        )
     form = await request.form()
-    sent = str(form.get("form_token", ""))
-    if not hmac.compare_digest(sent, d.form_token):
+    sent = str(form.get("form_token", "")).encode()
+    if not hmac.compare_digest(sent, d.form_token.encode()):
         return d.problem(
             request, 403, "Stale form", "Open the workflow page again and confirm from there."
         )
     if action == "cancel":
-        done = await d.client.cancel(workflow_id)
-        outcome = "cancelled" if done else f"not cancelled: it had already ended ({record.status})"
+        done = (
+            "cancelled" if await d.client.cancel(workflow_id, routing_key=key) else "not-cancelled"
+        )
     else:
-        done = await d.client.requeue(workflow_id)
-        outcome = "requeued" if done else f"not requeued: it is not dead-lettered ({record.status})"
+        done = (
+            "requeued" if await d.client.requeue(workflow_id, routing_key=key) else "not-requeued"
+        )
     log.info(
-        "dashboard %s of %s: %s",
+        "dashboard %s of %s from %s: %s",
         action,
         workflow_id,
-        outcome,
+        request.client.host if request.client else "?",
+        done,
         extra={"action": f"dashboard_{action}", "workflow_id": workflow_id},
     )
-    url = request.url_for("workflow", workflow_id=workflow_id).include_query_params(
-        done=f"{ACTIONS[action]}: {outcome}"
-    )
-    return RedirectResponse(str(url), 303)
+    url = workflow_url(workflow_id, key)
+    return RedirectResponse(url + ("&" if "?" in url else "?") + urlencode({"done": done}), 303)
 
 
 async def metrics_page(request: Request) -> Response:
@@ -324,7 +364,7 @@ class Guard(BaseHTTPMiddleware):
                 "it at /login.",
             )
         try:
-            return await call_next(request)
+            response = await call_next(request)
         except WorkflowNotFound as exc:
             return d.problem(request, 404, "No such workflow", f"{exc}.")
         except InvalidInput as exc:
@@ -355,6 +395,25 @@ class Guard(BaseHTTPMiddleware):
                 "Something went wrong",
                 "The dashboard logged the details; retry, and report it if it persists.",
             )
+        return response
+
+
+# On every answer: no framing (clickjacking of the action buttons), no sniffing, no referrer
+# (workflow ids in URLs stay here).
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'; default-src 'self'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
 
 def _authorized(request: Request, token: str) -> bool:
@@ -372,7 +431,9 @@ async def login(request: Request) -> Response:
     if not hmac.compare_digest(given.encode(), d.token.encode()):
         return d.problem(request, 401, "Wrong token", "Check the token file the dashboard reads.")
     response = RedirectResponse("/", 303)
-    response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+    response.set_cookie(
+        COOKIE, given, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
     return response
 
 
@@ -382,8 +443,11 @@ def create_app(
     allow_actions: bool = False,
     token: str | None = None,
     sample_seconds: float = 10.0,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
-    """The dashboard app; ``sample_seconds``: how often the charts' history is sampled."""
+    """The dashboard app; ``sample_seconds``: how often the charts' history is sampled;
+    ``allowed_hosts``: the Host headers it answers (a page of another site that rebinds its
+    DNS name to this address is refused); None answers any."""
     dashboard = Dashboard(
         config, allow_actions=allow_actions, token=token, sample_seconds=sample_seconds
     )
@@ -416,7 +480,15 @@ def create_app(
             Route("/login", login, methods=["GET", "POST"], name="login"),
             Route("/health", health),
         ],
-        middleware=[Middleware(Guard)],
+        middleware=[
+            *(
+                [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)]
+                if allowed_hosts
+                else []
+            ),
+            Middleware(SecurityHeaders),
+            Middleware(Guard),
+        ],
         lifespan=lifespan,
     )
     app.state.dashboard = dashboard

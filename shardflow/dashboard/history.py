@@ -27,8 +27,9 @@ log = logging.getLogger("shardflow.dashboard")
 
 ENDED = ("succeeded", "failed", "cancelled", "dead")
 HOUR = 3600.0
-# The latency sample: workflows started in the last minute, the newest 2,000 of them.
-LATENCY_WINDOW = timedelta(minutes=1)
+# The latency sample: the newest 2,000 workflows started 20 to 10 seconds ago (one not
+# finished yet counts as running until now: slow ones are in the sample, not left out).
+LATENCY_STARTED = (timedelta(seconds=20), timedelta(seconds=10))
 LATENCY_SAMPLE = 2000
 
 
@@ -43,9 +44,16 @@ class Point:
 class History:
     """Per node, the last hour of points; ``sample()`` adds one per reachable node."""
 
-    def __init__(self, config: ClusterConfig, *, interval: float = 10.0):
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        interval: float = 10.0,
+        latency_started: tuple[timedelta, timedelta] = LATENCY_STARTED,
+    ):
         self.config = config
         self.interval = interval
+        self.latency_started = latency_started
         self.points: dict[str, deque[Point]] = {}
         self._ended: dict[str, tuple[float, int]] = {}
 
@@ -61,7 +69,7 @@ class History:
         try:
             counts = await store.status_counts(partitions=partitions)
             seconds = await store.recent_latencies(
-                window=LATENCY_WINDOW, limit=LATENCY_SAMPLE, partitions=partitions
+                started=self.latency_started, limit=LATENCY_SAMPLE, partitions=partitions
             )
         except ShardflowError:
             return  # a gap in its line: the cluster page says the node is down
@@ -81,8 +89,11 @@ class History:
         )
 
     def latest(self, node: str) -> Point | None:
+        """The node's newest point, unless it is stale (the node stopped answering)."""
         points = self.points.get(node)
-        return points[-1] if points else None
+        if not points or time.time() - points[-1].at > 3 * self.interval:
+            return None
+        return points[-1]
 
     def slowest(self) -> str | None:
         """The node whose latest p99 start -> end is the highest (None: no sample yet)."""

@@ -668,6 +668,7 @@ class WorkflowContext:
         ctx_token = _current_context.set(None)
         started = time.monotonic()
         succeeded = False
+        cancelled = False
         try:
             with tracing.span(
                 f"shardflow.step {step.name}",
@@ -680,10 +681,13 @@ class WorkflowContext:
                 result = await self._call(step, args, kwargs)
             succeeded = True
             return result
+        except asyncio.CancelledError:
+            cancelled = True  # the run stopped (worker stop, lost lease): not the step's doing
+            raise
         finally:
             _current_context.reset(ctx_token)
             _current_step.reset(token)
-            if self._on_step is not None:
+            if self._on_step is not None and not cancelled:
                 self._on_step(step.name, time.monotonic() - started, succeeded)
 
     @staticmethod

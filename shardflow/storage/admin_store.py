@@ -186,13 +186,19 @@ class AdminStore:
         return [FailureGroup(node=self.db.name, **r) for r in rows]
 
     async def recent_latencies(
-        self, *, window: timedelta, limit: int, partitions: list[int] | None = None
+        self,
+        *,
+        started: tuple[timedelta, timedelta],
+        limit: int,
+        partitions: list[int] | None = None,
     ) -> list[float]:
-        """Start -> end seconds of the newest finished workflows started within ``window``
-        (at most ``limit``; on Citus: in ``partitions``)."""
+        """Start -> end seconds (until now for unfinished ones) of the newest workflows
+        started between ``started`` = (oldest, newest) ago (at most ``limit``; on Citus: in
+        ``partitions``)."""
+        oldest, newest = started
         rows = await self.db.run(
             "recent_latencies",
-            {"window": window, "limit": limit, "partitions": partitions or []},
+            {"oldest": oldest, "newest": newest, "limit": limit, "partitions": partitions or []},
         )
         return [float(r["seconds"]) for r in rows]
 

@@ -136,16 +136,19 @@ class NodeConnector:
             )
 
     async def _answers(self) -> bool:
-        """Whether the node takes a direct connection now: one probe at a time, and none
-        within a connect timeout of the last one that succeeded (callers waiting on a busy
-        pool do not each open a connection)."""
+        """Whether the node answers a direct connection now: one probe at a time, and none
+        within a connect timeout of the last answer (callers waiting on a busy pool do not
+        each open a connection). A server that refuses it (too many clients, starting up)
+        answers: it is busy, not gone, and its pool must not be replaced."""
         async with self._revive_lock:
             if time.monotonic() - self._answered_at < self._connect_timeout:
                 return True
             try:
                 await self._probe()
-            except psycopg.OperationalError:
-                return False
+            except psycopg.OperationalError as exc:
+                if exc.sqlstate is None:
+                    return False  # no server there: refused, timed out, unreachable
+                self._down = False
             self._answered_at = time.monotonic()
             return True
 

@@ -47,8 +47,9 @@ class WorkflowRecord:
     completed_at: datetime | None = None
     # The signal name it waits for while released (ctx.wait_for_signal), if any.
     waiting_for: str | None = None
-    # A child workflow's parent.
+    # A child workflow's parent, and the parent's routing key (where it lives).
     parent_id: str | None = None
+    parent_key: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -148,3 +149,4 @@ class FailureGroup:
     workflows: int
     latest: datetime | None
     example_id: str
+    example_key: str | None = None

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shardflow.errors import ConfigurationError, NodeUnavailable
+from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.storage.records import QueueDepth
 from shardflow.worker.service import Service, jittered
 
@@ -75,7 +75,8 @@ class WorkerMetrics:
         self.runs = Counter(
             "shardflow_workflow_runs",
             "Workflow runs that ended in this worker, by how (succeeded, failed, cancelled; "
-            "released: it sleeps or waits; lost: its lease was taken; error: node trouble).",
+            "suspended: it sleeps, waits or backs off; lost: its lease was taken; error: node "
+            "trouble).",
             ["node", "workflow", "outcome"],
             registry=self.registry,
         )
@@ -148,17 +149,23 @@ class StateCollector(Collector):
         )
         pool = GaugeMetricFamily(
             "shardflow_pool_connections",
-            "Connections of this process's pool to a node: busy, idle, and requests waiting.",
+            "Connections of this process's pool to a node, busy or idle.",
             labels=["node", "state"],
+        )
+        waiting_requests = GaugeMetricFamily(
+            "shardflow_pool_requests_waiting",
+            "Calls of this process waiting for a connection to a node (its pool is all busy).",
+            labels=["node"],
         )
         for node, counters in sorted(nodes.items()):
             claimed.add_metric([node], counters.claimed)
             expiries.add_metric([node], counters.requeued + counters.dead)
             requeues.add_metric([node], counters.requeued)
             dead.add_metric([node], counters.dead)
-            for state, value in sorted(counters.pool.items()):
-                pool.add_metric([node, state], value)
-        yield from (claimed, expiries, requeues, dead, pool)
+            for state in ("busy", "idle"):
+                pool.add_metric([node, state], counters.pool.get(state, 0))
+            waiting_requests.add_metric([node], counters.pool.get("waiting", 0))
+        yield from (claimed, expiries, requeues, dead, pool, waiting_requests)
 
         depth = GaugeMetricFamily(
             "shardflow_queue_depth",
@@ -213,9 +220,11 @@ class QueueSampler(Service):
         while True:
             try:
                 self.metrics.sampled[self.store.node] = await self.store.queue_depth()
-            except NodeUnavailable:
+            except ShardflowError as exc:
                 # No number rather than a stale one: the gauge disappears while it is down.
+                # (An optional sampler never stops the worker.)
                 self.metrics.sampled.pop(self.store.node, None)
+                log.debug("queue sample of %s failed: %s", self.store.node, exc)
             if await self.pause(jittered(self.interval)):
                 self.metrics.sampled.pop(self.store.node, None)
                 return

@@ -86,7 +86,8 @@ LIMIT %(limit)s;
 SELECT status, name, coalesce(error->>'type', '') AS error_type,
        coalesce(substring(error->>'message' FROM '^step ''([^'']+)'' failed'), '') AS step_name,
        count(*) AS workflows, max(completed_at) AS latest,
-       (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id
+       (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id,
+       (array_agg(routing_key ORDER BY completed_at DESC NULLS LAST))[1] AS example_key
 FROM {schema}.workflows
 WHERE status IN ('failed', 'dead')
 GROUP BY 1, 2, 3, 4
@@ -94,11 +95,13 @@ ORDER BY count(*) DESC, 2
 LIMIT %(limit)s;
 
 -- name: recent_latencies
--- The dashboard's latency sample: start -> end in seconds of the newest finished workflows
--- started within `window`, at most `limit` of them (a range scan of the newest-first index,
--- bounded whatever the table's size).
-SELECT extract(epoch FROM completed_at - created_at)::float8 AS seconds
+-- The dashboard's latency sample: the newest `limit` workflows started between `oldest` and
+-- `newest` ago (a range scan of the newest-first index, bounded whatever the table's size),
+-- start -> end in seconds; one not finished yet counts as running until now, so slow
+-- ones are not left out. Sleeping or signal-waiting ones that are not due are left out.
+SELECT extract(epoch FROM coalesce(completed_at, now()) - created_at)::float8 AS seconds
 FROM {schema}.workflows
-WHERE created_at > now() - %(window)s::interval AND completed_at IS NOT NULL
+WHERE created_at > now() - %(oldest)s::interval AND created_at <= now() - %(newest)s::interval
+  AND NOT (status = 'pending' AND run_at > now())
 ORDER BY created_at DESC
 LIMIT %(limit)s;

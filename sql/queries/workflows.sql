@@ -22,7 +22,7 @@ RETURNING workflow_id;
 -- name: workflow_get
 SELECT partition, workflow_id, name, app, routing_key, status, input, output, error,
        run_at, deadline_at, claim_count, created_at, updated_at, completed_at,
-       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for, parent_id
+       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for, parent_id, parent_key
 FROM {schema}.workflows
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s;
 

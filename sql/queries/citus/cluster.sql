@@ -46,7 +46,8 @@ LIMIT %(limit)s;
 SELECT status, name, coalesce(error->>'type', '') AS error_type,
        coalesce(substring(error->>'message' FROM '^step ''([^'']+)'' failed'), '') AS step_name,
        count(*) AS workflows, max(completed_at) AS latest,
-       (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id
+       (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id,
+       (array_agg(routing_key ORDER BY completed_at DESC NULLS LAST))[1] AS example_key
 FROM {schema}.workflows
 WHERE status IN ('failed', 'dead') AND partition = ANY(%(partitions)s::integer[])
 GROUP BY 1, 2, 3, 4
@@ -55,9 +56,10 @@ LIMIT %(limit)s;
 
 -- name: recent_latencies
 -- As on a plain node, for the partitions whose shards this worker node holds.
-SELECT extract(epoch FROM completed_at - created_at)::float8 AS seconds
+SELECT extract(epoch FROM coalesce(completed_at, now()) - created_at)::float8 AS seconds
 FROM {schema}.workflows
-WHERE created_at > now() - %(window)s::interval AND completed_at IS NOT NULL
+WHERE created_at > now() - %(oldest)s::interval AND created_at <= now() - %(newest)s::interval
+  AND NOT (status = 'pending' AND run_at > now())
   AND partition = ANY(%(partitions)s::integer[])
 ORDER BY created_at DESC
 LIMIT %(limit)s;
