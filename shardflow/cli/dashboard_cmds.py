@@ -27,9 +27,21 @@ TOKEN_ENV = "SHARDFLOW_DASHBOARD_TOKEN"
     help=f"Require this bearer token (read from the file, or ${TOKEN_ENV}); never on the "
     "command line.",
 )
+@click.option(
+    "--sample-seconds",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="How often the last-hour charts sample each node (a count of workflows by status).",
+)
 @pass_state
 def dashboard(
-    state: CliState, host: str, port: int, allow_actions: bool, token_file: TextIO | None
+    state: CliState,
+    host: str,
+    port: int,
+    allow_actions: bool,
+    token_file: TextIO | None,
+    sample_seconds: float,
 ) -> None:
     """Serve the web dashboard: cluster, workflows, failures, actions, /metrics."""
     import uvicorn
@@ -54,7 +66,13 @@ def dashboard(
     # On localhost only local names are answered: a page elsewhere that points its own DNS
     # name at 127.0.0.1 (rebinding) cannot read or act through the browser.
     hosts = ["localhost", "127.0.0.1", "::1", host] if local else None
-    app = create_app(state.config(), allow_actions=allow_actions, token=token, allowed_hosts=hosts)
+    app = create_app(
+        state.config(),
+        allow_actions=allow_actions,
+        token=token,
+        allowed_hosts=hosts,
+        sample_seconds=sample_seconds,
+    )
     mode = "actions allowed" if allow_actions else "read-only"
     click.echo(f"dashboard on http://{host}:{port}/ ({mode})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
