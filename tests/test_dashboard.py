@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from html import unescape
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -375,3 +376,15 @@ def test_a_child_under_its_parents_routing_key_is_reached_from_its_parent(
         assert child.status_code == 200 and "succeeded" in child.text
         back = re.search(r'<th>parent</th><td><a href="([^"]+)">', child.text)
         assert back and web.get(unescape(back.group(1))).status_code == 200
+
+
+def test_the_cli_refuses_actions_beyond_localhost_without_a_token(config_file: Path) -> None:
+    from click.testing import CliRunner
+
+    from shardflow.cli import cli
+
+    argv = ["--config", str(config_file), "dashboard", "--host", "0.0.0.0", "--allow-actions"]
+    refused = CliRunner().invoke(cli, argv, env={"SHARDFLOW_DASHBOARD_TOKEN": None})
+    assert refused.exit_code == 2 and "needs a token" in refused.output
+    short = CliRunner().invoke(cli, argv, env={"SHARDFLOW_DASHBOARD_TOKEN": "short"})
+    assert short.exit_code == 2 and "at least 16 characters" in short.output

@@ -48,7 +48,7 @@ def dashboard(
 
     from shardflow.dashboard import create_app
 
-    token = (token_file.read().strip() if token_file else None) or os.environ.get(TOKEN_ENV)
+    token = (token_file.read().strip() if token_file else None) or os.environ.get(TOKEN_ENV) or None
     if token is not None and len(token) < 16:
         raise click.BadParameter("use a token of at least 16 characters", param_hint="token")
     local = _loopback(host)
