@@ -265,7 +265,7 @@ async def failures_page(request: Request) -> Response:
     unavailable: list[str] = []
     async with ClusterAdmin(d.config) as admin:
         placement = await admin.latest_placement()
-        for name in admin.node_names:
+        for name in [node.name for node in placement.nodes]:
             try:
                 groups += await admin.admin(name).failure_groups(
                     partitions=placement.partitions_of(name)

@@ -60,8 +60,10 @@ class History:
     async def sample(self) -> None:
         async with ClusterAdmin(self.config) as admin:
             placement = await admin.latest_placement()
+            # The nodes that hold workflows (on Citus not the coordinator).
+            names = [node.name for node in placement.nodes]
             await asyncio.gather(
-                *(self._sample_node(admin, n, placement.partitions_of(n)) for n in admin.node_names)
+                *(self._sample_node(admin, n, placement.partitions_of(n)) for n in names)
             )
 
     async def _sample_node(self, admin: ClusterAdmin, node: str, partitions: list[int]) -> None:

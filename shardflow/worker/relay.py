@@ -63,15 +63,18 @@ class Relay(Service):
 
     async def run(self) -> None:
         ttl = timedelta(seconds=max(self.interval * 3, 1.0))
-        held_until = 0.0  # monotonic; the lease is renewed once half of its TTL has passed
+        held_until = 0.0  # monotonic: ours until then
+        next_try = 0.0  # the lease is renewed, or tried again, once half its TTL has passed
         while not self.stopping.is_set():
             more = False
             try:
-                # A wake-up per ended child must not cost a lease write each (on Citus the
-                # lease table is a reference table: every write is a two-phase commit).
+                # A wake-up per ended child must not cost a lease write each, held or not (on
+                # Citus the lease table is a reference table: every write is a two-phase
+                # commit); another worker's relay delivers while it holds the lease.
                 now = time.monotonic()
-                if now >= held_until - ttl.total_seconds() / 2:
+                if now >= next_try:
                     self.lease_writes += 1
+                    next_try = now + ttl.total_seconds() / 2
                     held = await self._acquire_lease(f"relay:{self.store.node}", ttl)
                     held_until = now + ttl.total_seconds() if held else 0.0
                 if now < held_until:
