@@ -94,7 +94,9 @@ def step_b() -> str:
 @app.workflow
 async def shape_shifter(ctx: WorkflowContext) -> str:
     first = await (step_a() if shape["first_step"] == "step_a" else step_b())
-    await ctx.sleep(0.2)
+    # Long enough that the first worker of the non-determinism test stops before it is due
+    # (under load it used to finish the workflow itself, with the old code).
+    await ctx.sleep(3)
     return first
 
 

@@ -139,7 +139,9 @@ def test_non_determinism_is_detected(config: ClusterConfig) -> None:
                     await client.start(apps.shape_shifter, workflow_id=wf_id)
 
                     async def suspended() -> bool:
-                        return len(await client.steps(wf_id)) == 2
+                        record = await client.get(wf_id)
+                        steps = await client.steps(wf_id)
+                        return record.status == "pending" and len(steps) == 2
 
                     await wait_until(suspended, what="the first run to suspend")
                 apps.shape["first_step"] = "step_b"  # "deploy" incompatible code

@@ -324,10 +324,11 @@ class Worker:
             self.stopped.set()
             return
         self._stop_requested = True
-        if self._membership is not None:
-            await self._membership.stop(timeout=5)
+        # Stop claiming first: nothing new starts while the rest winds down.
         for loop in self._loops.values():
             loop.stopping.set()
+        if self._membership is not None:
+            await self._membership.stop(timeout=5)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace_seconds)
         leftover = dict(self._tasks)
