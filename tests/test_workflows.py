@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -42,6 +43,26 @@ def test_workload_w_runs_and_records_one_checkpoint_per_step(config: ClusterConf
             assert record.completed_at is not None
 
     run(go())
+
+
+def test_a_stopped_worker_and_client_leave_no_connection_pool_open(
+    config: ClusterConfig,
+) -> None:
+    """Every node's relay asks for the worker's delivery client at start: a second one made
+    meanwhile was never closed, and its pool's workers, cancelled while connecting, hung the
+    event loop's shutdown (CI: a test timed out after its body had passed)."""
+
+    async def go() -> None:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            handle = await client.start(apps.three_steps, 1, workflow_id=new_id("pools"))
+            assert await handle.result(timeout=20) == 4
+        # psycopg_pool names its tasks after the pool: shardflow-<node>-worker-N / -scheduler.
+        left = sorted(
+            t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("shardflow-")
+        )
+        assert left == []
+
+    run(go(), timeout=60)
 
 
 def test_completed_steps_are_not_re_executed_on_resume(config: ClusterConfig) -> None:

@@ -103,6 +103,7 @@ class Worker:
         # The relays deliver through a client of this process (opened on first use).
         self._relays: dict[str, Relay] = {}
         self._relay_client: Client | None = None
+        self._relay_client_lock = asyncio.Lock()
         self._stores: dict[str, WorkerStore] = {}
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
@@ -303,10 +304,18 @@ class Worker:
         return relay
 
     async def _delivery_client(self) -> Client:
-        if self._relay_client is None:
-            client = Client(self.config, app=self.app, actor=f"relay:{self.owner}")
-            await client.connect()
-            self._relay_client = client
+        # One client for every node's relay: they ask for it at once when the worker starts,
+        # and a second one made meanwhile was never closed (its pool workers then hung the
+        # event loop's shutdown while connecting).
+        async with self._relay_client_lock:
+            if self._relay_client is None:
+                client = Client(self.config, app=self.app, actor=f"relay:{self.owner}")
+                try:
+                    await client.connect()
+                except BaseException:
+                    await client.close()
+                    raise
+                self._relay_client = client
         return self._relay_client
 
     def request_stop(self) -> None:
