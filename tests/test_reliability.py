@@ -4,7 +4,6 @@ faults on one node through a TCP proxy, a killed LISTEN connection, secrets, the
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import subprocess
 import uuid
@@ -12,7 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -21,7 +19,6 @@ from shardflow.cli import cli
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.storage.conninfo import make_conninfo, parse_conninfo
-from shardflow.storage.deadline import deadline
 from shardflow.worker.listener import Listener
 from tests import apps
 from tests.fault_proxy import FaultProxy
@@ -227,34 +224,6 @@ def test_ambiguous_commit_of_a_checkpoint_is_not_recorded_twice(
             assert apps.executions[(wf_id, "add_one")] == 3
 
     run(go(), timeout=80)
-
-
-def test_a_deadline_severs_a_blackholed_connection_without_a_cancel_request(
-    config: ClusterConfig, data_nodes: list[NodeConfig], caplog: pytest.LogCaptureFixture
-) -> None:
-    """Cancelling a query on a node that stopped answering made psycopg send a cancel request
-    (blackholed too) and wait for the query: 10 s more per call, and the same for every task a
-    worker's stop cancelled. The deadline shuts the socket down instead: the call fails with
-    TimeoutError and psycopg never tries to cancel."""
-
-    async def go() -> None:
-        async with proxied(config, data_nodes[-1]) as (proxy, via_proxy):
-            (dsn,) = [n.dsn for n in via_proxy.nodes if n.name == data_nodes[-1].name]
-            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-            try:
-                proxy.blackhole = True
-                with (
-                    caplog.at_level(logging.WARNING, logger="psycopg"),
-                    pytest.raises(TimeoutError),
-                ):
-                    async with deadline(conn, 0.5):
-                        await conn.execute("select 1")
-                assert conn.broken
-                assert [r.getMessage() for r in caplog.records if r.name == "psycopg"] == []
-            finally:
-                await conn.close()
-
-    run(go(), timeout=30)
 
 
 @pytest.mark.timeout(90)

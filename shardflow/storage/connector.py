@@ -17,7 +17,6 @@ from psycopg.types.json import Jsonb
 from shardflow.errors import ClusterNotInitialized, NodeUnavailable, ShardflowError
 from shardflow.stalls import paused_since
 from shardflow.storage.conninfo import display_address
-from shardflow.storage.deadline import deadline
 from shardflow.storage.pool_log import OUTAGES
 from shardflow.storage.queries import QueryBook
 
@@ -69,9 +68,6 @@ class NodeConnector:
         # Bounds one call (connection + statements): a node that stops answering (a network
         # blackhole) fails fast with NodeUnavailable instead of hanging its callers.
         self._operation_timeout = operation_timeout
-        self._ping_timeout = min(
-            connect_timeout, operation_timeout / 2 if operation_timeout else connect_timeout
-        )
         self._kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(2, int(connect_timeout)),
@@ -115,10 +111,7 @@ class NodeConnector:
         returned = self._returned_at.get(id(conn))
         if returned is not None and time.monotonic() - returned < IDLE_CHECK_SECONDS:
             return
-        # Bounded well within the caller's own timeout: a ping cancelled by it would make
-        # psycopg wait out its cancel request (see storage/deadline.py).
-        async with deadline(conn, self._ping_timeout):
-            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
 
     async def _revive(self, failed: psycopg_pool.AsyncConnectionPool) -> None:
         """After a pool timeout: if the node answers a direct connection now, start a fresh pool.
@@ -208,7 +201,7 @@ class NodeConnector:
             pool, conn = await self._acquire()
         with self.translate_errors(sent=True, started=started):
             try:
-                async with deadline(conn, self._operation_timeout):
+                async with asyncio.timeout(self._operation_timeout):
                     yield conn
             finally:
                 self._returned_at[id(conn)] = time.monotonic()
