@@ -45,6 +45,7 @@ from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.client_store import EventRecord
 from shardflow.storage.connector import PoolExhausted
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
+from shardflow.timebounds import check_time_range
 from shardflow.topology import Topology
 from shardflow.wakeup import WakeUp
 
@@ -658,9 +659,13 @@ class Client:
         limit: int = 50,
         cursor: str | None = None,
         node: str | None = None,
+        created_since: datetime | None = None,
+        created_until: datetime | None = None,
     ) -> WorkflowPage:
         """Workflows across all nodes (or one ``node``), newest first, optionally filtered;
-        paginated."""
+        paginated. ``created_since`` (inclusive) and ``created_until`` (exclusive) bound the
+        start time; both must be timezone-aware."""
+        check_time_range(created_since, created_until)
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         if not 1 <= limit <= 1000:
@@ -681,6 +686,8 @@ class Client:
                     name=name,
                     limit=limit,
                     after=after,
+                    created_since=created_since,
+                    created_until=created_until,
                     partitions=placement.partitions_of(n),
                 )
                 for n in names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,11 @@ def test_list_arguments_checked(config: ClusterConfig) -> None:
                 await client.list(limit=0)
             with pytest.raises(InvalidInput, match="cursor"):
                 await client.list(cursor="not-a-cursor")
+            with pytest.raises(InvalidInput, match="timezone-aware"):
+                await client.list(created_since=datetime(2026, 1, 1))
+            with pytest.raises(InvalidInput, match="must be before"):
+                now = datetime.now(UTC)
+                await client.list(created_since=now, created_until=now - timedelta(hours=1))
 
     run(go())
 

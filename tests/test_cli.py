@@ -56,6 +56,12 @@ def test_start_get_list_cancel(config_file: Path) -> None:
     assert code == 0 and '"status": "pending"' in out
     code, out = invoke(config_file, "list", "--name", "echo", "--status", "pending")
     assert code == 0 and wf_id in out
+    code, out = invoke(config_file, "list", "--name", "echo", "--since", "10m")
+    assert code == 0 and wf_id in out
+    code, out = invoke(config_file, "list", "--name", "echo", "--until", "1h")
+    assert code == 0 and wf_id not in out
+    code, out = invoke(config_file, "list", "--since", "yesterday")
+    assert code != 0 and "--since must be a duration ago like 30s" in out
     code, out = invoke(config_file, "cancel", wf_id)
     assert code == 0 and "cancelled" in out
     code, out = invoke(config_file, "start", "echo", "--app", "tests.apps:app", "--input", "{")

@@ -164,6 +164,16 @@ def test_the_list_filters_and_pages(config: ClusterConfig, seeded: dict[str, str
             second = web.get(unescape(following.group(1)))
             assert second.status_code == 200
             assert len(_ids(first.text)) == 25 and not _ids(first.text) & _ids(second.text)
+            recent = web.get("/workflows", params={"name": "parked", "limit": "25", "since": "1h"})
+            assert set(many) & _ids(recent.text)
+            # "1h" ago moves with the clock: the next page keeps this page's instant.
+            recent_next = re.search(r'id="next" href="([^"]+)"', recent.text)
+            assert recent_next
+            next_href = unescape(recent_next.group(1))
+            assert re.search(r"since=\d{4}-\d\d-\d\dT", next_href), next_href
+            assert web.get(next_href).status_code == 200
+            old = web.get("/workflows", params={"name": "parked", "until": "2000-01-01"})
+            assert old.status_code == 200 and "No workflows match." in old.text
             later = _ids(second.text) | _older(web, second.text)
             assert set(many) <= _ids(first.text) | later
             found = web.get("/workflows", params={"id": seeded["ok"]}, follow_redirects=False)
@@ -194,6 +204,9 @@ def _older(web: TestClient, html: str) -> set[str]:
         ("/workflows", {"cursor": "not-a-cursor"}, 400, "cursor is not one"),
         ("/workflows", {"node": "node99"}, 400, "node must be one of"),
         ("/workflows", {"name": "x" * 500}, 400, "workflow name"),
+        ("/workflows", {"since": "yesterday"}, 400, "since must be a duration ago"),
+        ("/workflows", {"until": "2026-99-01"}, 400, "until must be a duration ago"),
+        ("/workflows", {"since": "1h", "until": "2h"}, 400, "must be before"),
         ("/workflows/<script>alert(1)</script>", {}, 404, "No such workflow"),
         ("/workflows/" + "y" * 5000, {}, 400, "workflow id"),
         ("/actions/explode/abc", {}, 404, "No such action"),

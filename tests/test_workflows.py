@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -261,6 +262,46 @@ def test_routing_key_co_locates_and_is_needed_to_find(config: ClusterConfig) -> 
             partitions = {(await h.get()).partition for h in handles}
             assert len(partitions) == 1
             assert [await h.result(timeout=20) for h in handles] == list(range(5))
+
+    run(go())
+
+
+def test_list_by_time_range_across_nodes(config: ClusterConfig) -> None:
+    """created_since is inclusive, created_until exclusive, on every node; the bounds are the
+    nodes' own start times, so the two batches split exactly at the second one's first."""
+
+    async def go() -> None:
+        async with Client(config, app=apps.app) as client:
+            earlier = [new_id("range-a") for _ in range(8)]
+            later = [new_id("range-b") for _ in range(8)]
+            await client.start_many(apps.no_input, [None] * 8, workflow_ids=earlier)
+            ends = [(await client.get(i)).created_at for i in earlier]
+            later_handles = []
+            for wf_id in later:  # one at a time: every start is after the earlier batch's
+                later_handles.append(await client.start(apps.no_input, workflow_id=wf_id))
+            starts = [(await h.get()).created_at for h in later_handles]
+            assert all(s is not None for s in starts + ends)
+            boundary = min(s for s in starts if s is not None)
+            assert boundary > max(e for e in ends if e is not None)
+            assert len({client.route(i)[1] for i in earlier + later}) > 1
+
+            async def listed(**bounds: datetime) -> set[str]:
+                found: set[str] = set()
+                cursor = None
+                while True:
+                    page = await client.list(name="no_input", limit=7, cursor=cursor, **bounds)
+                    found |= {r.workflow_id for r in page.items}
+                    if (cursor := page.next_cursor) is None:
+                        return found
+
+            since = await listed(created_since=boundary)
+            assert set(later) <= since and not set(earlier) & since
+            until = await listed(
+                created_since=boundary - timedelta(minutes=5), created_until=boundary
+            )
+            assert set(earlier) <= until and not set(later) & until
+            for wf_id in earlier + later:
+                await client.cancel(wf_id)
 
     run(go())
 

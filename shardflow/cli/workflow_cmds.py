@@ -22,6 +22,7 @@ from shardflow.engine.app import App
 from shardflow.engine.context import CHILD_SIGNAL
 from shardflow.errors import WorkflowFailed
 from shardflow.storage.records import STATUSES
+from shardflow.timebounds import parse_time_bound
 from shardflow.worker import Worker
 
 # -- worker and workflows ------------------------------------------------------------------
@@ -225,17 +226,38 @@ def result(state: CliState, workflow_id: str, routing_key: str | None, timeout: 
     help="Only this status. A sleeping or retrying workflow is pending (until its run_at).",
 )
 @click.option("--name", help="Only workflows of this name.")
+@click.option(
+    "--since",
+    help="Only workflows started at or after this: 15m, 2h, 7d (ago) or an ISO 8601 time (UTC "
+    "unless it has an offset).",
+)
+@click.option("--until", help="Only workflows started before this (same forms as --since).")
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor", help="Continue after the page that printed it.")
 @pass_state
 def list_cmd(
-    state: CliState, status: str | None, name: str | None, limit: int, cursor: str | None
+    state: CliState,
+    status: str | None,
+    name: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    cursor: str | None,
 ) -> None:
     """List workflows across all nodes, newest first: id, name, app, status, started."""
 
     async def go() -> None:
+        created_since = parse_time_bound(since, what="--since") if since else None
+        created_until = parse_time_bound(until, what="--until") if until else None
         async with Client(state.config()) as client:
-            page = await client.list(status=status, name=name, limit=limit, cursor=cursor)
+            page = await client.list(
+                status=status,
+                name=name,
+                limit=limit,
+                cursor=cursor,
+                created_since=created_since,
+                created_until=created_until,
+            )
             for r in page.items:
                 line = f"{r.workflow_id}\t{r.name}\t{r.app}\t{r.status}\t{r.created_at}"
                 if r.waiting_for == CHILD_SIGNAL:

@@ -47,6 +47,7 @@ from shardflow.engine.codec import check_identifier
 from shardflow.engine.context import START_CHILD_STEP_PREFIX
 from shardflow.errors import InvalidInput, NodeUnavailable, ShardflowError, WorkflowNotFound
 from shardflow.storage.records import STATUSES, FailureGroup
+from shardflow.timebounds import parse_time_bound
 
 log = logging.getLogger("shardflow.dashboard")
 
@@ -193,19 +194,37 @@ async def workflows_page(request: Request) -> Response:
     size_text = query.get("limit") or "50"
     if size_text not in {str(s) for s in PAGE_SIZES}:
         raise InvalidInput(f"limit must be one of {', '.join(map(str, PAGE_SIZES))}")
+    since_text = (query.get("since") or "").strip()
+    until_text = (query.get("until") or "").strip()
+    since = parse_time_bound(since_text, what="since") if since_text else None
+    until = parse_time_bound(until_text, what="until") if until_text else None
     page = await d.client.list(
         status=status,
         name=name,
         node=node,
         limit=int(size_text),
         cursor=query.get("cursor") or None,
+        created_since=since,
+        created_until=until,
     )
     nodes = {r.workflow_id: d.client.route(r.routing_key or r.workflow_id)[1] for r in page.items}
-    filters = {k: v for k, v in {"status": status, "name": name, "node": node}.items() if v}
+    filters = {
+        k: v
+        for k, v in {
+            "status": status,
+            "name": name,
+            "node": node,
+            "since": since_text,
+            "until": until_text,
+        }.items()
+        if v
+    }
     next_url = None
     if page.next_cursor:
+        # "15m" ago moves with the clock: the next page keeps the instant this page used.
+        fixed = {k: v.isoformat() for k, v in {"since": since, "until": until}.items() if v}
         next_url = URL("/workflows").include_query_params(
-            **filters, limit=size_text, cursor=page.next_cursor
+            **{**filters, **fixed}, limit=size_text, cursor=page.next_cursor
         )
     return d.page(
         request,

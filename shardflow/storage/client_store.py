@@ -126,6 +126,8 @@ class ClientStore:
         limit: int,
         after: tuple[datetime, str] | None,
         partitions: list[int],
+        created_since: datetime | None = None,
+        created_until: datetime | None = None,
     ) -> list[WorkflowRecord]:
         """The newest workflows of this node (on Citus: of its ``partitions``)."""
         rows = await self.db.run(
@@ -137,6 +139,8 @@ class ClientStore:
                 "limit": limit,
                 "after_created": after[0] if after else None,
                 "after_id": after[1] if after else None,
+                "created_since": created_since,
+                "created_until": created_until,
             },
         )
         return [WorkflowRecord(**r) for r in rows]

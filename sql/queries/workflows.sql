@@ -33,6 +33,8 @@ SELECT partition, workflow_id, name, app, routing_key, status, run_at, created_a
 FROM {schema}.workflows
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND (%(created_since)s::timestamptz IS NULL OR created_at >= %(created_since)s::timestamptz)
+  AND (%(created_until)s::timestamptz IS NULL OR created_at < %(created_until)s::timestamptz)
   AND (%(after_created)s::timestamptz IS NULL
        OR (created_at, workflow_id) < (%(after_created)s::timestamptz, %(after_id)s::text))
 ORDER BY created_at DESC, workflow_id DESC

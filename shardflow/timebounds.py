@@ -1,0 +1,46 @@
+"""Time bounds typed by people: ``15m`` (that long ago) or an ISO 8601 instant.
+
+The CLI's ``list --since/--until`` and the dashboard's time-range filter both read them, so
+both accept the same text and refuse the same mistakes with the same advice.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from shardflow.errors import InvalidInput
+
+_AGO = re.compile(r"^(\d{1,9})\s*([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_FORMS = "a duration ago like 30s, 15m, 2h, 7d, 1w, or an ISO 8601 time like 2026-12-06T14:00"
+
+
+def parse_time_bound(text: str, *, what: str, now: datetime | None = None) -> datetime:
+    """The instant ``text`` names, timezone-aware. A time without an offset is UTC (the
+    database's clock, whatever the machine's local zone is)."""
+    cleaned = text.strip()
+    match = _AGO.match(cleaned.lower())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return (now or datetime.now(UTC)) - timedelta(seconds=amount * _UNIT_SECONDS[unit])
+    try:
+        instant = datetime.fromisoformat(cleaned)
+    except ValueError:
+        raise InvalidInput(f"{what} must be {_FORMS}; got {text!r}") from None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+def check_time_range(since: datetime | None, until: datetime | None) -> None:
+    """Refuse naive datetimes (their meaning depends on the machine) and empty ranges."""
+    for label, value in (("created_since", since), ("created_until", until)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidInput(
+                f"{label} must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime "
+                "means different instants on different machines"
+            )
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput(
+            f"created_since ({since.isoformat()}) must be before created_until "
+            f"({until.isoformat()}); swap them or widen the range"
+        )
