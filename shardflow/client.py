@@ -496,6 +496,7 @@ class Client:
         *,
         signal_id: str | None = None,
         routing_key: str | None = None,
+        audited: bool = False,
     ) -> bool:
         """Send signal ``name`` with ``payload`` (JSON) to a pending or running workflow.
 
@@ -503,6 +504,8 @@ class Client:
         kept; a workflow waiting for ``name`` is woken at once. With ``signal_id``, a resend
         of the same id stores nothing and returns False (also once the workflow has ended).
         SignalRefused if the workflow has ended, WorkflowNotFound if there is none.
+        ``audited``: an operator's signal (CLI, dashboard), written to the audit log under
+        this client's actor with the signal.
         """
         check_name(name, what="signal name")
         max_length = self.config.limits.max_id_length
@@ -516,7 +519,12 @@ class Client:
         )
 
         return await self._send_signal(
-            workflow_id, name, encoded.text, signal_id=signal_id, routing_key=routing_key
+            workflow_id,
+            name,
+            encoded.text,
+            signal_id=signal_id,
+            routing_key=routing_key,
+            actor=self.actor if audited else None,
         )
 
     async def _send_signal(
@@ -527,13 +535,19 @@ class Client:
         *,
         signal_id: str,
         routing_key: str | None,
+        actor: str | None = None,
     ) -> bool:
         """Store a signal whose name and JSON payload text were checked (or are shardflow's
-        own: a child's end told to its parent)."""
+        own: a child's end told to its parent); audited under ``actor`` if given."""
 
         async def send(store: ClientStore, partition: int) -> bool:
             sent = await store.send_signal(
-                partition, workflow_id, name=name, signal_id=signal_id, payload=payload
+                partition,
+                workflow_id,
+                name=name,
+                signal_id=signal_id,
+                payload=payload,
+                actor=actor,
             )
             if sent is None:
                 record = await store.get_workflow(partition, workflow_id)

@@ -194,7 +194,9 @@ CREATE TABLE {schema}.workers (
     workflow_names text[] NOT NULL,
     started_at timestamptz NOT NULL,
     seen_at timestamptz NOT NULL,
-    expires_at timestamptz NOT NULL
+    expires_at timestamptz NOT NULL,
+    -- node -> workflows it claimed there since it started (migration 0009).
+    claims jsonb NOT NULL DEFAULT '{{}}'::jsonb
 );
 
 -- The journal of partition moves, kept on the source node (the one giving the partition up).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import timedelta
 from html import unescape
 from pathlib import Path
@@ -20,14 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from shardflow import App, Client, Worker, WorkflowContext, WorkflowFailed
-from shardflow.cluster.admin import cluster_status
+from shardflow.cluster.admin import ClusterStatus, NodeStatus, cluster_status
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
 from shardflow.dashboard import create_app
 from shardflow.dashboard.history import History, chart
 from shardflow.routing import Placement
 from tests import apps
-from tests.helpers import run
+from tests.helpers import run, wait_until
 
 board_app = App("dashboard-test")
 TOKEN = "a-token-of-enough-length"
@@ -108,6 +108,9 @@ def test_the_cluster_page_shows_what_the_nodes_hold(
         assert int(text(cells["failed"])) == node.workflows.get("failed", 0)
         assert int(text(cells["succeeded"])) == node.workflows.get("succeeded", 0)
         assert int(text(cells["runnable"])) >= 0
+        in_use, allowed = (int(n) for n in text(cells["connections"]).split("/"))
+        assert node.connections is not None and allowed == node.connections.allowed
+        assert 0 < in_use <= allowed  # this page's own connection at least
     owners = dict(re.findall(r'<span title="partition (\d+): ([^"]+)"', page.text))
     placement = run(_placement(config))
     assert owners == {str(p): placement.owner(p) for p in range(placement.partition_count)}
@@ -267,6 +270,68 @@ def test_actions_are_refused_read_only_and_audited_when_allowed(
     assert any(e["action"] == "cancel" and "dashboard" in str(e["actor"]) for e in entries)
 
 
+def test_a_signal_from_the_workflow_page_reaches_its_wait_and_is_audited(
+    config: ClusterConfig,
+) -> None:
+    async def waiting() -> str:
+        async with Client(config, app=apps.app) as client:
+            return (await client.start(apps.approval, 600)).workflow_id
+
+    async def audited(wf_id: str) -> list[dict[str, object]]:
+        async with ClusterAdmin(config) as admin:
+            return [e for e in await admin.audit_log(limit=500) if e["target"] == wf_id]
+
+    wf_id = run(waiting())
+    with TestClient(create_app(config, allow_actions=True)) as web:
+        assert 'id="signal"' in web.get(f"/workflows/{wf_id}").text
+        confirm = web.get(f"/actions/signal/{wf_id}")
+        token = re.search(r'name="form_token" value="([^"]+)"', confirm.text)
+        assert confirm.status_code == 200 and token
+        form = {"form_token": token.group(1), "name": "approve"}
+        bad = web.post(f"/actions/signal/{wf_id}", data={**form, "payload": "{by: ops}"})
+        assert bad.status_code == 400 and "not valid JSON" in unescape(bad.text)
+        reserved = web.post(f"/actions/signal/{wf_id}", data={**form, "name": "shardflow.x"})
+        assert reserved.status_code == 400 and "reserves" in unescape(reserved.text)
+        assert run(audited(wf_id)) == [], "a refused signal writes nothing"
+        sent = {**form, "payload": '{"by": "ops"}', "signal_id": "approve-once"}
+        done = web.post(f"/actions/signal/{wf_id}", data=sent)
+        assert done.status_code == 200 and "Signal sent" in unescape(done.text)
+        again = web.post(f"/actions/signal/{wf_id}", data=sent)
+        assert "Not sent again" in unescape(again.text)
+
+    async def finish() -> object:
+        async with Worker(apps.app, config), Client(config, app=apps.app) as client:
+            return await client.result(wf_id, timeout=30)
+
+    assert run(finish()) == {"approved": True, "by": "ops"}
+    entries = run(audited(wf_id))
+    assert [e["action"] for e in entries] == ["signal"]
+    assert "dashboard" in str(entries[0]["actor"])
+    with TestClient(create_app(config, allow_actions=True)) as web:
+        page = web.get(f"/actions/signal/{wf_id}").text
+        token = re.search(r'name="form_token" value="([^"]+)"', page)
+        assert token, "a new dashboard process has a new form token"
+        ended = web.post(
+            f"/actions/signal/{wf_id}", data={"form_token": token.group(1), "name": "approve"}
+        )
+        assert ended.status_code == 400 and "succeeded" in unescape(ended.text)
+
+
+def test_rebalance_progress_counts_moves_done_of_all_due() -> None:
+    nodes = [
+        NodeStatus(name="n1", address="a", reachable=True, moves_done_last_hour=3),
+        NodeStatus(name="n2", address="b", reachable=True, unfinished_moves=1),
+    ]
+    moving = ClusterStatus(
+        placement_version=2, nodes=nodes, partitions_to_move=4, stalled_after_seconds=60
+    )
+    assert moving.rebalance_in_progress and moving.rebalance_progress() == (3, 8)
+    idle = ClusterStatus(
+        placement_version=2, nodes=nodes[:1], partitions_to_move=0, stalled_after_seconds=60
+    )
+    assert not idle.rebalance_in_progress and idle.rebalance_progress() is None
+
+
 def test_the_token_gate(config: ClusterConfig) -> None:
     with TestClient(create_app(config, token=TOKEN)) as web:
         assert web.get("/").status_code == 401
@@ -300,6 +365,22 @@ def test_metrics_add_up_to_the_database(config: ClusterConfig, seeded: dict[str,
     assert {s.labels["node"] for s in samples if s.name == "shardflow_node_up"} == {
         n.name for n in status.nodes
     }
+    for node in status.nodes:
+        assert node.connections is not None
+        (allowed,) = [
+            s.value
+            for s in samples
+            if s.name == "shardflow_cluster_connections"
+            and s.labels == {"node": node.name, "state": "allowed"}
+        ]
+        assert allowed == node.connections.allowed
+        moved = [
+            s.value
+            for s in samples
+            if s.name == "shardflow_rebalance_partitions_moved_total"
+            and s.labels == {"node": node.name}
+        ]
+        assert moved == ([] if config.backend == "citus" else [node.moves_done])
 
 
 def test_pages_of_a_cluster_with_a_waiting_workflow(config: ClusterConfig) -> None:
@@ -331,13 +412,24 @@ def test_the_last_hour_is_sampled_per_node(config: ClusterConfig) -> None:
     # The latency sample: what started in the last five minutes, finished or not.
     history = History(config, interval=10, latency_started=(timedelta(minutes=5), timedelta(0)))
 
+    async def claims_written(worker: Worker) -> int:
+        async with ClusterAdmin(config) as admin:
+            placement = await admin.latest_placement()
+            names = sorted(n.name for n in placement.nodes)
+            counts = [await admin.admin(n).worker_claims(n) for n in names]
+        return sum(c.get(worker.owner, 0) for c in counts)
+
     async def go() -> None:
         await history.sample()
-        async with Client(config, app=board_app) as client, Worker(board_app, config):
+        async with Client(config, app=board_app) as client, Worker(board_app, config) as worker:
             handles = await client.start_many(payment, [1] * 30)
             for handle in handles:
                 assert await handle.result(timeout=30) == 1
-        await history.sample()
+            # The heartbeat writes the worker's claims per node; sample once it has.
+            await wait_until(
+                lambda: _at_least(claims_written(worker), 30), what="the claims' heartbeat"
+            )
+            await history.sample()
 
     run(go())
     status = run(cluster_status(config))
@@ -345,6 +437,7 @@ def test_the_last_hour_is_sampled_per_node(config: ClusterConfig) -> None:
     points = [history.latest(n.name) for n in status.nodes]
     assert all(p is not None and p.ended_per_second is not None for p in points)
     assert sum(p.ended_per_second or 0 for p in points if p) > 0
+    assert sum(p.claims_per_second or 0 for p in points if p) > 0
     assert any(p is not None and p.p99_seconds is not None for p in points)
     drawn = chart(
         {n: [(p.at, p.ended_per_second or 0) for p in history.points[n]] for n in history.points},
@@ -401,3 +494,7 @@ def test_the_cli_refuses_actions_beyond_localhost_without_a_token(config_file: P
     assert refused.exit_code == 2 and "needs a token" in refused.output
     short = CliRunner().invoke(cli, argv, env={"SHARDFLOW_DASHBOARD_TOKEN": "short"})
     assert short.exit_code == 2 and "at least 16 characters" in short.output
+
+
+async def _at_least(count: Awaitable[int], minimum: int) -> bool:
+    return await count >= minimum

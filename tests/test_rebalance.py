@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from shardflow import Client, Worker, WorkflowNotFound
-from shardflow.cluster.admin import init_cluster
+from shardflow.cluster.admin import cluster_status, init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import PlannedMove, Rebalancer
@@ -86,6 +86,7 @@ async def assert_consistent(config: ClusterConfig) -> int:
 @pytest.mark.timeout(150)
 def test_add_a_fourth_node_under_load(cluster: LocalCluster, config: ClusterConfig) -> None:
     async def go() -> None:
+        moved_before = sum(n.moves_done for n in (await cluster_status(config)).nodes)
         async with Worker(apps.app, config) as worker, Client(config, app=apps.app) as client:
             async with Load(client, apps.three_steps) as load:
                 new_node = cluster.add_node()
@@ -111,6 +112,11 @@ def test_add_a_fourth_node_under_load(cluster: LocalCluster, config: ClusterConf
             f"max {freezes[-1] * 1000:.1f} ms"
         )
         await assert_consistent(config)
+        # The dashboard's partitions-moved counter and progress read the move journal.
+        after = await cluster_status(config)
+        assert sum(n.moves_done for n in after.nodes) == moved_before + len(report.moves)
+        assert sum(n.moves_done_last_hour for n in after.nodes) >= len(report.moves)
+        assert after.rebalance_progress() is None, "no rebalance in progress any more"
 
     run(go(), timeout=140)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from shardflow.cli.base import CliState, cli, pass_state, run_async
-from shardflow.cluster.admin import cluster_status, init_cluster
+from shardflow.cluster.admin import ClusterStatus, cluster_status, init_cluster
 from shardflow.cluster.citus import CitusAdmin, shard_count
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
@@ -195,7 +195,7 @@ def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | No
     width = max([10, *(len(s.name) for s in status.nodes)])
     click.echo(
         f"{'node':<{width}} {'address':<26} {'up':<4} {'weight':>6} {'parts':>5} "
-        f"{'moving':>6}  workflows"
+        f"{'moving':>6} {'conns':>9}  workflows"
     )
     for s in status.nodes:
         counts = " ".join(f"{k}={v}" for k, v in s.workflows.items()) or "-"
@@ -205,14 +205,17 @@ def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | No
             # Its partitions are unavailable while it is down: show what the placement gives it.
             parts = f"{s.partitions_placed}?"
         weight = "-" if s.weight is None else str(s.weight)
+        # The server's client connections open / allowed: near the limit, starts fail.
+        conns = f"{s.connections.in_use}/{s.connections.allowed}" if s.connections else "-"
         click.echo(
             f"{s.name:<{width}} {s.address:<26} {'yes' if s.reachable else 'NO':<4} "
-            f"{weight:>6} {parts:>5} {s.partitions_moving:>6}  {counts}"
+            f"{weight:>6} {parts:>5} {s.partitions_moving:>6} {conns:>9}  {counts}"
         )
     click.echo(
         f"placement v{status.placement_version}; "
         + (
-            "REBALANCE IN PROGRESS (interrupted? run `shardflow cluster rebalance`)"
+            f"REBALANCE IN PROGRESS{_progress(status)} "
+            "(interrupted? run `shardflow cluster rebalance`)"
             if status.rebalance_in_progress
             else "no move in progress"
         )
@@ -481,3 +484,11 @@ def _forget_local_citus_node(directory: str, node: str) -> None:
     for candidate in local.nodes():
         if citus_node_name("127.0.0.1", candidate.port) == node:
             local.forget_node(candidate.name)
+
+
+def _progress(status: ClusterStatus) -> str:
+    progress = status.rebalance_progress()
+    if progress is None:
+        return ""
+    what = "shard moves" if status.backend == "citus" else "partition moves (last hour)"
+    return f", {progress[0]} of {progress[1]} {what} done"

@@ -296,13 +296,19 @@ def signal_cmd(
     signal_id: str | None,
     routing_key: str | None,
 ) -> None:
-    """Send signal NAME to a pending or running workflow (it is kept until a wait takes it)."""
+    """Send signal NAME to a pending or running workflow (it is kept until a wait takes it).
+    Written to the audit log under your actor (SHARDFLOW_ACTOR or user@host)."""
     payload = _json_option("--payload", payload_json, "--payload-file", payload_file)
 
     async def go() -> None:
         async with Client(state.config()) as client:
             stored = await client.signal(
-                workflow_id, name, payload, signal_id=signal_id, routing_key=routing_key
+                workflow_id,
+                name,
+                payload,
+                signal_id=signal_id,
+                routing_key=routing_key,
+                audited=True,
             )
             click.echo("sent" if stored else "already sent (same --signal-id): nothing changed")
 

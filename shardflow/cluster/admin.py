@@ -19,8 +19,15 @@ from shardflow.connectors import node_connector
 from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.routing import Placement, PlacementNode, target_placement
 from shardflow.storage import AdminStore
+from shardflow.storage.citus_store import RebalanceProgress
 from shardflow.storage.conninfo import public_conninfo
-from shardflow.storage.records import NodeIdentity, QueueDepth, StalledWorkflow, UnservedWork
+from shardflow.storage.records import (
+    ConnectionUse,
+    NodeIdentity,
+    QueueDepth,
+    StalledWorkflow,
+    UnservedWork,
+)
 
 
 @asynccontextmanager
@@ -146,6 +153,11 @@ class NodeStatus:
     workers: dict[str, int] = field(default_factory=dict)
     # Pending work: runnable now (and the oldest one's wait), and not yet due.
     queue: QueueDepth | None = None
+    # The node's server: client connections open and allowed (on Citus the coordinator's).
+    connections: ConnectionUse | None = None
+    # Plain: partition moves this node gave partitions away in, ever and in the last hour.
+    moves_done: int = 0
+    moves_done_last_hour: int = 0
 
 
 @dataclass
@@ -163,11 +175,25 @@ class ClusterStatus:
     stalled_total: int = 0
     unserved: list[UnservedWork] = field(default_factory=list)
     rebalance_in_progress: bool = False
+    # Citus: the background rebalance job under way (its shard moves done of total).
+    citus_rebalance: RebalanceProgress | None = None
 
     def __post_init__(self) -> None:
-        self.rebalance_in_progress = any(
+        self.rebalance_in_progress = self.citus_rebalance is not None or any(
             n.unfinished_moves or n.partitions_moving for n in self.nodes
         )
+
+    def rebalance_progress(self) -> tuple[int, int] | None:
+        """(moved, of) while a rebalance is in progress, else None. Citus: its job's shard
+        moves; plain: partitions moved in the last hour, of those plus the moves unfinished
+        and those still due for balance."""
+        if not self.rebalance_in_progress:
+            return None
+        if self.citus_rebalance is not None:
+            return self.citus_rebalance.done, self.citus_rebalance.total
+        moved = sum(n.moves_done_last_hour for n in self.nodes)
+        unfinished = sum(n.unfinished_moves for n in self.nodes)
+        return moved, moved + unfinished + self.partitions_to_move
 
     def to_json(self) -> dict[str, Any]:
         """Everything the text view shows, for machines (timestamps as ISO 8601)."""
@@ -215,6 +241,7 @@ async def cluster_status(
             placement_version=placement.version if placement else None,
             nodes=[node for node, _, _, _ in found],
             partitions_to_move=await _moves_due(admin, placement),
+            citus_rebalance=await _citus_job(admin),
             backend=config.backend,
             stalled_after_seconds=quiet,
             stalled=sorted(
@@ -235,6 +262,18 @@ async def _moves_due(admin: ClusterAdmin, placement: Placement | None) -> int:
         except ShardflowError:
             return 0
     return len(plan_moves(placement))
+
+
+async def _citus_job(admin: ClusterAdmin) -> RebalanceProgress | None:
+    if admin.config.backend != "citus":
+        return None
+    try:
+        citus = CitusAdmin(admin).citus
+        job = await citus.rebalance_running()
+        progress = await citus.rebalance_progress(job) if job is not None else None
+    except ShardflowError:
+        return None  # the coordinator is down: its node row says so
+    return None if progress is None or progress.finished else progress
 
 
 def _status_nodes(
@@ -264,7 +303,10 @@ async def _node_status(
         status.workflows = await store.status_counts(partitions=placed)
         status.workers = await store.live_workers()
         status.queue = await store.queue_depth(partitions=placed)
+        status.connections = await store.connection_use()
         status.unfinished_moves = len(await admin.mover(name).active_moves())
+        if admin.config.backend != "citus":  # Citus moves shards itself: no journal
+            status.moves_done, status.moves_done_last_hour = await admin.mover(name).moves_done()
         stalled, total = await store.stalled(
             quiet=timedelta(seconds=quiet), limit=_LISTED, partitions=placed
         )

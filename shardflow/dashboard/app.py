@@ -4,9 +4,9 @@ Starlette routes and Jinja2 templates (autoescaped), no JavaScript build: pages 
 scripts. It reads the cluster through the same client and admin code as the CLI, so it works
 on plain nodes and on Citus alike.
 
-Safety: read-only unless started with ``allow_actions``; actions (cancel, requeue) go through
-a confirmation form carrying a per-process token (no cross-site posts) and are written to the
-audit log under the dashboard's actor. With a ``token``, every request needs it (an
+Safety: read-only unless started with ``allow_actions``; actions (cancel, requeue, signal) go
+through a confirmation form carrying a per-process token (no cross-site posts) and are written
+to the audit log under the dashboard's actor. With a ``token``, every request needs it (an
 ``Authorization: Bearer`` header, or the cookie the login form sets). Errors render a page
 with what to do, never a traceback; inputs are validated before any query, and every query is
 a named statement with parameters.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 from markupsafe import Markup
 from starlette.applications import Starlette
-from starlette.datastructures import URL
+from starlette.datastructures import URL, FormData
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -43,9 +44,15 @@ from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
 from shardflow.dashboard import metrics as dashboard_metrics
 from shardflow.dashboard.history import History, chart
-from shardflow.engine.codec import check_identifier
+from shardflow.engine.codec import check_identifier, check_name
 from shardflow.engine.context import START_CHILD_STEP_PREFIX
-from shardflow.errors import InvalidInput, NodeUnavailable, ShardflowError, WorkflowNotFound
+from shardflow.errors import (
+    InvalidInput,
+    NodeUnavailable,
+    ShardflowError,
+    SignalRefused,
+    WorkflowNotFound,
+)
 from shardflow.storage.records import STATUSES, FailureGroup
 from shardflow.timebounds import parse_time_bound
 
@@ -297,13 +304,15 @@ async def failures_page(request: Request) -> Response:
 
 # -- actions ----------------------------------------------------------------------------
 
-ACTIONS = {"cancel": "Cancel", "requeue": "Requeue"}
+ACTIONS = {"cancel": "Cancel", "requeue": "Requeue", "signal": "Signal"}
 # What an action's outcome says on the workflow page (a code in the URL, fixed text here).
 DONE = {
     "cancelled": "Cancelled.",
     "not-cancelled": "Not cancelled: it had already ended.",
     "requeued": "Requeued: it runs again from its checkpoints.",
     "not-requeued": "Not requeued: it is not dead-lettered.",
+    "signalled": "Signal sent: a wait for it takes it (now, if one waits).",
+    "not-signalled": "Not sent again: a signal with that id was sent before.",
 }
 
 
@@ -313,7 +322,9 @@ async def action_page(request: Request) -> Response:
     action = request.path_params["action"]
     workflow_id = request.path_params["workflow_id"]
     if action not in ACTIONS:
-        return d.problem(request, 404, "No such action", "The actions are cancel and requeue.")
+        return d.problem(
+            request, 404, "No such action", "The actions are cancel, requeue and signal."
+        )
     check_identifier(workflow_id, what="workflow id", max_length=d.config.limits.max_id_length)
     key = _routing_key(request, d)
     if not d.allow_actions:
@@ -322,7 +333,8 @@ async def action_page(request: Request) -> Response:
             403,
             "Actions are off",
             "This dashboard is read-only. Start it with `shardflow dashboard --allow-actions` "
-            "(and a configuration whose user holds the admin role) to cancel or requeue.",
+            "(and a configuration whose user holds the admin role) to cancel, requeue or "
+            "signal.",
         )
     record = await d.client.get(workflow_id, routing_key=key)
     if request.method != "POST":  # GET and HEAD: the confirmation
@@ -339,6 +351,8 @@ async def action_page(request: Request) -> Response:
         done = (
             "cancelled" if await d.client.cancel(workflow_id, routing_key=key) else "not-cancelled"
         )
+    elif action == "signal":
+        done = await _signal(d, workflow_id, key, form)
     else:
         done = (
             "requeued" if await d.client.requeue(workflow_id, routing_key=key) else "not-requeued"
@@ -353,6 +367,29 @@ async def action_page(request: Request) -> Response:
     )
     url = workflow_url(workflow_id, key)
     return RedirectResponse(url + ("&" if "?" in url else "?") + urlencode({"done": done}), 303)
+
+
+async def _signal(d: Dashboard, workflow_id: str, key: str | None, form: FormData) -> str:
+    """The signal form's fields, checked before anything is sent: a name, a JSON payload
+    (empty: none) and an optional id that makes a resend a no-op."""
+    name = str(form.get("name", "")).strip()
+    check_name(name, what="signal name")
+    text = str(form.get("payload", "")).strip()
+    try:
+        payload = json.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"the payload is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+            f'{exc.colno}); write JSON like {{"approved": true}}, or leave it empty'
+        ) from None
+    signal_id = str(form.get("signal_id", "")).strip() or None
+    try:
+        stored = await d.client.signal(
+            workflow_id, name, payload, signal_id=signal_id, routing_key=key, audited=True
+        )
+    except SignalRefused as exc:
+        raise InvalidInput(str(exc)) from None
+    return "signalled" if stored else "not-signalled"
 
 
 async def metrics_page(request: Request) -> Response:

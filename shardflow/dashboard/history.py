@@ -1,7 +1,8 @@
 """The dashboard's last hour per node: throughput and latency, sampled in the background.
 
 Every ``interval`` seconds the sampler reads, per node, the count of ended workflows (the
-difference between two samples is the throughput) and the start -> end times of the newest
+difference between two samples is the throughput), the claims each live worker made there
+(from its heartbeat: the claims/s) and the start -> end times of the newest
 finished workflows (a bounded read of the newest-first index, whatever the table's size).
 Kept in memory for an hour; drawn as inline SVG (no JavaScript, no chart library).
 """
@@ -37,6 +38,7 @@ LATENCY_SAMPLE = 2000
 class Point:
     at: float  # time.time()
     ended_per_second: float | None  # None for a node's first sample
+    claims_per_second: float | None  # None for a node's first sample
     p50_seconds: float | None  # None: nothing finished in the window
     p99_seconds: float | None
 
@@ -56,6 +58,8 @@ class History:
         self.latency_started = latency_started
         self.points: dict[str, deque[Point]] = {}
         self._ended: dict[str, tuple[float, int]] = {}
+        # node -> (when, live worker -> its claims there): rates are per worker differences.
+        self._claims: dict[str, tuple[float, dict[str, int]]] = {}
 
     async def sample(self) -> None:
         async with ClusterAdmin(self.config) as admin:
@@ -70,6 +74,7 @@ class History:
         store = admin.admin(node)
         try:
             counts = await store.status_counts(partitions=partitions)
+            claims = await store.worker_claims(node)
             seconds = await store.recent_latencies(
                 started=self.latency_started, limit=LATENCY_SAMPLE, partitions=partitions
             )
@@ -80,11 +85,19 @@ class History:
         before = self._ended.get(node)
         self._ended[node] = (now, ended)
         rate = (ended - before[1]) / (now - before[0]) if before and now > before[0] else None
+        claims_before = self._claims.get(node)
+        self._claims[node] = (now, claims)
+        claim_rate = None
+        if claims_before and now > claims_before[0]:
+            # A worker new since the last sample counts from zero: it started in between.
+            claimed = sum(n - claims_before[1].get(owner, 0) for owner, n in claims.items())
+            claim_rate = max(0, claimed) / (now - claims_before[0])
         points = self.points.setdefault(node, deque(maxlen=int(HOUR / self.interval) + 1))
         points.append(
             Point(
                 at=now,
                 ended_per_second=max(0.0, rate) if rate is not None else None,
+                claims_per_second=claim_rate,
                 p50_seconds=statistics.median(seconds) if seconds else None,
                 p99_seconds=percentile(seconds, 0.99) if seconds else None,
             )

@@ -7,7 +7,11 @@ status, the runnable queue and its oldest wait, partitions, whether each node an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from shardflow.cluster.admin import cluster_status
 from shardflow.config import ClusterConfig
@@ -47,6 +51,19 @@ async def exposition(config: ClusterConfig) -> tuple[bytes, str]:
         registry=registry,
     )
     moves.set(status.partitions_to_move)
+    # A counter the journal keeps (not this process): a family of its own, no _created.
+    moved = CounterMetricFamily(
+        "shardflow_rebalance_partitions_moved",
+        "Partition moves finished, by the node that gave the partition up (plain nodes; "
+        "Citus moves shards itself).",
+        labels=["node"],
+    )
+    connections = Gauge(
+        "shardflow_cluster_connections",
+        "Client connections open on a node's server (state=in_use) and allowed (state=allowed).",
+        ["node", "state"],
+        registry=registry,
+    )
     for node in status.nodes:
         up.labels(node.name).set(1 if node.reachable else 0)
         if not node.reachable:
@@ -57,4 +74,20 @@ async def exposition(config: ClusterConfig) -> tuple[bytes, str]:
         if node.queue is not None:
             depth.labels(node.name).set(node.queue.runnable)
             oldest.labels(node.name).set(node.queue.oldest_seconds)
+        if node.connections is not None:
+            connections.labels(node.name, "in_use").set(node.connections.in_use)
+            connections.labels(node.name, "allowed").set(node.connections.allowed)
+        if status.backend != "citus":
+            moved.add_metric([node.name], node.moves_done)
+    registry.register(_Families([moved]))
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Families(Collector):
+    """Metric families built for one scrape."""
+
+    def __init__(self, families: list[CounterMetricFamily]):
+        self.families = families
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        return self.families

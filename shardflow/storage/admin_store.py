@@ -15,6 +15,7 @@ from shardflow.storage.queries import (
     roles_script_text,
 )
 from shardflow.storage.records import (
+    ConnectionUse,
     FailureGroup,
     NodeIdentity,
     Ownership,
@@ -201,6 +202,15 @@ class AdminStore:
             {"oldest": oldest, "newest": newest, "limit": limit, "partitions": partitions or []},
         )
         return [float(r["seconds"]) for r in rows]
+
+    async def worker_claims(self, node: str) -> dict[str, int]:
+        """Live worker -> workflows it claimed on ``node`` since it started (its last beat)."""
+        rows = await self.db.run("worker_claims", {"node": node})
+        return {r["owner"]: int(r["claimed"]) for r in rows}
+
+    async def connection_use(self) -> ConnectionUse:
+        """Client connections this node's server has open, and how many it allows."""
+        return ConnectionUse(**(await self.db.run("connection_use"))[0])
 
     async def live_workers(self) -> dict[str, int]:
         """app -> number of live workers registered on this node."""

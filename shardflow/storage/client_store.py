@@ -209,12 +209,14 @@ class ClientStore:
         name: str,
         signal_id: str,
         payload: str | None,
+        actor: str | None = None,
     ) -> SignalSent | None:
         """Store a signal for a pending or running workflow (``payload`` is JSON text,
         validated by the caller), and make the workflow runnable if it waits for ``name``.
         A resend of a stored ``signal_id`` stores nothing, even once the workflow has ended.
         None when the workflow is absent or has ended; PartitionMoved when this node does not
-        own the partition."""
+        own the partition. With ``actor`` (an operator's signal), a stored signal is written
+        to the audit log in the same transaction."""
         key = {"partition": partition, "workflow_id": workflow_id}
         try:
             async with self.db.transaction() as conn:
@@ -246,6 +248,14 @@ class ClientStore:
                 )
                 if not stored:
                     raise _AlreadySent()
+                if actor is not None:
+                    arguments = {"partition": partition, "node": self.db.name, "name": name}
+                    audit = {"actor": actor, "action": "signal", "target": workflow_id}
+                    await self.db.fetch(
+                        conn,
+                        "audit_insert",
+                        {**audit, "arguments": jsonb({**arguments, "signal_id": signal_id})},
+                    )
                 return SignalSent(stored=True, woken=bool(woken))
         except _AlreadySent:
             return SignalSent(stored=False, woken=False)

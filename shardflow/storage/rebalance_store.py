@@ -87,6 +87,11 @@ class RebalanceStore:
             {"move_id": move_id, "phase": phase, "rows_copied": rows_copied},
         )
 
+    async def moves_done(self) -> tuple[int, int]:
+        """Moves this node gave partitions away in: (ever, in the last hour)."""
+        row = (await self.db.run("move_journal_done"))[0]
+        return int(row["total"]), int(row["last_hour"])
+
     async def active_moves(self) -> list[MoveRecord]:
         return [
             MoveRecord(**{**r, "move_id": str(r["move_id"])})

@@ -138,6 +138,14 @@ class QueueDepth:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ConnectionUse:
+    """A server's client connections: open now, and allowed (less superuser-reserved)."""
+
+    in_use: int
+    allowed: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class FailureGroup:
     """Failed (or dead-lettered) workflows of one node sharing name, error type and step."""
 

@@ -498,10 +498,23 @@ class WorkerStore:
         return len(await self.db.run("lease_renew", params))
 
     async def register_worker(
-        self, *, owner: str, app_name: str, workflow_names: Sequence[str], ttl: timedelta
+        self,
+        *,
+        owner: str,
+        app_name: str,
+        workflow_names: Sequence[str],
+        ttl: timedelta,
+        claims: dict[str, int] | None = None,
     ) -> None:
-        """Say (on each heartbeat) that ``owner`` is alive and which workflows it runs."""
-        params = {"owner": owner, "app": app_name, "names": sorted(workflow_names), "ttl": ttl}
+        """Say (on each heartbeat) that ``owner`` is alive, which workflows it runs, and how
+        many it has claimed per node since it started."""
+        params = {
+            "owner": owner,
+            "app": app_name,
+            "names": sorted(workflow_names),
+            "ttl": ttl,
+            "claims": json.dumps(claims or {}, sort_keys=True),
+        }
         await self.db.run("worker_register", params)
 
     async def unregister_worker(self, *, owner: str) -> None:

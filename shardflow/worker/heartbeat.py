@@ -34,6 +34,7 @@ class HeartbeatThread:
         held: Callable[[], dict[str, list[tuple[int, str]]]],
         app_name: str = "",
         workflow_names: Sequence[str] = (),
+        claimed: Callable[[], dict[str, int]] | None = None,
     ):
         self.config = config
         self.owner = owner
@@ -41,6 +42,8 @@ class HeartbeatThread:
         self.workflow_names = list(workflow_names)
         # node -> (partition, lease token) of the work this worker runs now (read each beat).
         self._held = held
+        # node -> workflows claimed there since the worker started (read each beat).
+        self._claimed = claimed or dict
         self.started = threading.Event()
         self.renewals = 0
         self._stop = threading.Event()
@@ -128,6 +131,7 @@ class HeartbeatThread:
                     owner=self.owner,
                     app_name=self.app_name,
                     workflow_names=self.workflow_names,
+                    claims=self._claimed(),
                     # Live for three beats: one missed beat does not make it look gone.
                     ttl=timedelta(seconds=3 * self.config.worker.heartbeat_seconds),
                 )

@@ -116,6 +116,7 @@ class Worker:
             held=self._held_leases,
             app_name=app.name,
             workflow_names=list(app.workflows),
+            claimed=self._claimed_per_node,
         )
         self._started = False
         self._stop_requested = False
@@ -360,6 +361,10 @@ class Worker:
         await self.topology.close()
         self.stopped.set()
         log.info("worker stopped", extra={"action": "worker_stopped", "owner": self.owner})
+
+    def _claimed_per_node(self) -> dict[str, int]:
+        """node -> workflows claimed there since the start (heartbeat thread: see above)."""
+        return {name: loop.claimed_total for name, loop in list(self._loops.items())}
 
     def _held_leases(self) -> dict[str, list[tuple[int, str]]]:
         """node -> (partition, lease token) of running work. Called from the heartbeat thread:

@@ -105,3 +105,20 @@ WHERE created_at > now() - %(oldest)s::interval AND created_at <= now() - %(newe
   AND NOT (status = 'pending' AND run_at > now())
 ORDER BY created_at DESC
 LIMIT %(limit)s;
+
+-- name: worker_claims
+-- The workflows each live worker claimed on node `node` since it started, as its heartbeat
+-- last wrote them (the dashboard's claims/s is the difference of two reads, worker by worker,
+-- so a worker starting or stopping does not make the rate jump).
+SELECT owner, coalesce((claims ->> %(node)s::text)::bigint, 0) AS claimed
+FROM {schema}.workers
+WHERE expires_at > now();
+
+-- name: connection_use
+-- Client connections this server has open (every database: they share max_connections) and
+-- how many it allows non-superusers.
+SELECT count(*)::int AS in_use,
+       (current_setting('max_connections')::int
+        - current_setting('superuser_reserved_connections')::int) AS allowed
+FROM pg_stat_activity
+WHERE backend_type = 'client backend';

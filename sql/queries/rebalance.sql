@@ -130,3 +130,11 @@ UNION
 SELECT partition FROM {schema}.events GROUP BY partition
 UNION
 SELECT partition FROM {schema}.outbox GROUP BY partition;
+
+-- name: move_journal_done
+-- Partition moves this node (their source) finished: ever, and in the last hour (the
+-- dashboard's rebalance progress and the partitions-moved counter).
+SELECT count(*)::bigint AS total,
+       count(*) FILTER (WHERE updated_at > now() - interval '1 hour')::bigint AS last_hour
+FROM {schema}.partition_moves
+WHERE phase = 'done';

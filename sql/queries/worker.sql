@@ -347,11 +347,12 @@ SELECT partition, workflow_id, -1 FROM ended;
 -- name: worker_register
 -- The heartbeat says which app and workflow names this worker runs, on every beat. now() sits
 -- in VALUES and DO UPDATE uses EXCLUDED: Citus refuses now() inside ON CONFLICT DO UPDATE.
-INSERT INTO {schema}.workers (owner, app, workflow_names, started_at, seen_at, expires_at)
-VALUES (%(owner)s, %(app)s, %(names)s, now(), now(), now() + %(ttl)s::interval)
+INSERT INTO {schema}.workers (owner, app, workflow_names, started_at, seen_at, expires_at, claims)
+VALUES (%(owner)s, %(app)s, %(names)s, now(), now(), now() + %(ttl)s::interval,
+        %(claims)s::jsonb)
 ON CONFLICT (owner) DO UPDATE
 SET app = EXCLUDED.app, workflow_names = EXCLUDED.workflow_names,
-    seen_at = EXCLUDED.seen_at, expires_at = EXCLUDED.expires_at;
+    seen_at = EXCLUDED.seen_at, expires_at = EXCLUDED.expires_at, claims = EXCLUDED.claims;
 
 -- name: worker_unregister
 DELETE FROM {schema}.workers WHERE owner = %(owner)s;
