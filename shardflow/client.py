@@ -476,10 +476,17 @@ class Client:
         that registered compensations runs them first (it stays pending until then), and
         cancellation cascades to the children it started, on every node.
         """
-        await self.get(workflow_id, routing_key=routing_key)
+        record = await self.get(workflow_id, routing_key=routing_key)
+        # Kept like a run that ended: its workflow's retention if this client's app defines
+        # it, else the cluster's.
+        default = self.config.retention_seconds
+        definition = self.app.workflows.get(record.name) if self.app is not None else None
+        retention = definition.retention_seconds(default) if definition else default
 
         async def cancel(store: ClientStore, partition: int) -> bool:
-            done = await store.cancel_workflow(partition, workflow_id, actor=self.actor)
+            done = await store.cancel_workflow(
+                partition, workflow_id, actor=self.actor, retention=retention
+            )
             if done:
                 self._wake(store, {partition})  # a saga's worker undoes it now
             return done

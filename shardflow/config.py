@@ -21,6 +21,7 @@ from shardflow.storage.conninfo import (
     parse_conninfo,
     redact,
 )
+from shardflow.timebounds import retention_seconds
 
 ENV_PREFIX = "SHARDFLOW_"
 BACKENDS = ("plain", "citus")
@@ -65,8 +66,14 @@ class WorkerSettings:
     # it the run is abandoned loudly and its lease left to expire, so another worker resumes
     # the workflow instead of a live worker renewing a stuck run forever.
     write_timeout_seconds: float = 30.0
+    # Retention: one worker per node removes finished workflows past their retention every
+    # gc_seconds, gc_batch at a time (each batch one short transaction on one partition).
+    gc_seconds: float = 60.0
+    gc_batch: int = 500
 
     def __post_init__(self) -> None:
+        if self.gc_seconds <= 0 or self.gc_batch < 1:
+            raise ConfigurationError("worker.gc_seconds must be > 0 and worker.gc_batch at least 1")
         if self.concurrency < 1:
             raise ConfigurationError("worker.concurrency must be at least 1")
         if self.max_lease_expiries < 1:
@@ -133,8 +140,13 @@ class ClusterConfig:
     # The watchdog: `cluster status` reports a running workflow whose lease is being renewed
     # but that has recorded nothing for longer than this (seconds) as stalled.
     stall_seconds: float = 300.0
+    # How long finished (succeeded, failed, cancelled) workflows are kept, unless their
+    # workflow says otherwise (@app.workflow(retention=...)): "30s", "15m", "2h", "7d", "1w"
+    # or "forever". Dead-lettered ones are kept until requeued or purged.
+    retention: str = "7d"
 
     def __post_init__(self) -> None:
+        retention_seconds(self.retention, what="retention", error=ConfigurationError)
         if not _NAME_RE.match(self.schema):
             raise ConfigurationError(
                 f"schema {self.schema!r} is invalid: use lower-case letters, digits and '_'"
@@ -159,6 +171,11 @@ class ClusterConfig:
             raise ConfigurationError(f"profile must be one of {PROFILES}, got {self.profile!r}")
         if self.profile == "production":
             object.__setattr__(self, "nodes", tuple(_require_tls(n) for n in self.nodes))
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """The default retention of finished workflows in seconds (None: for ever)."""
+        return retention_seconds(self.retention, what="retention", error=ConfigurationError)
 
     def node(self, name: str) -> NodeConfig:
         """The node called ``name``, or ConfigurationError naming the known ones."""
@@ -202,6 +219,7 @@ class ClusterConfig:
             f"backend = {_toml_value(self.backend)}",
             f"citus_routing = {_toml_value(self.citus_routing)}",
             f"stall_seconds = {self.stall_seconds}",
+            f"retention = {_toml_value(self.retention)}",
         ]
         for section in ("worker", "limits"):
             lines += ["", f"[{section}]"]

@@ -1,7 +1,9 @@
-"""Time bounds typed by people: ``15m`` (that long ago) or an ISO 8601 instant.
+"""Durations and time bounds typed by people: ``15m`` (that long, or that long ago) or an
+ISO 8601 instant.
 
-The CLI's ``list --since/--until`` and the dashboard's time-range filter both read them, so
-both accept the same text and refuse the same mistakes with the same advice.
+The CLI's ``list --since/--until`` and the dashboard's time-range filter read bounds, the
+retention settings read durations: all accept the same text and refuse the same mistakes
+with the same advice.
 """
 
 from __future__ import annotations
@@ -9,11 +11,43 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from shardflow.errors import InvalidInput
+from shardflow.errors import InvalidInput, ShardflowError
 
 _AGO = re.compile(r"^(\d{1,9})\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FORMS = "a duration ago like 30s, 15m, 2h, 7d, 1w, or an ISO 8601 time like 2026-12-06T14:00"
+
+
+FOREVER = "forever"
+
+
+def parse_duration(
+    text: str, *, what: str, error: type[ShardflowError] = InvalidInput
+) -> timedelta:
+    """A duration like ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``."""
+    match = _AGO.match(text.strip().lower())
+    if not match:
+        raise error(f"{what} must be a duration like 30s, 15m, 2h, 7d or 1w; got {text!r}")
+    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def retention_seconds(
+    value: str | timedelta | None, *, what: str, error: type[ShardflowError] = InvalidInput
+) -> float | None:
+    """How long a finished workflow is kept, in seconds; None keeps it for ever."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == FOREVER):
+        return None
+    if isinstance(value, timedelta):
+        span = value
+    elif isinstance(value, str) and _AGO.match(value.strip().lower()):
+        span = parse_duration(value, what=what, error=error)
+    else:
+        raise error(
+            f"{what} must be a duration like 30s, 15m, 2h, 7d or 1w, or {FOREVER!r}; got {value!r}"
+        )
+    if span < timedelta(0):
+        raise error(f"{what} must not be negative; got {value!r}")
+    return span.total_seconds()
 
 
 def parse_time_bound(text: str, *, what: str, now: datetime | None = None) -> datetime:

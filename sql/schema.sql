@@ -73,6 +73,8 @@ CREATE TABLE {schema}.workflows (
     cancel_requested boolean NOT NULL DEFAULT false,
     -- The caller's trace context when tracing is configured (migration 0008).
     trace_context text,
+    -- When it may be removed: set as it ends, from its retention; NULL keeps it (0010).
+    purge_at timestamptz,
     PRIMARY KEY (partition, workflow_id)
 );
 
@@ -106,6 +108,10 @@ CREATE INDEX workflows_lease_expiry_idx
 -- Listing across the cluster, newest first.
 CREATE INDEX workflows_created_idx
     ON {schema}.workflows (created_at DESC, workflow_id DESC);
+
+-- The collector's scan (retention): removable rows only, oldest first per partition.
+CREATE INDEX workflows_purge_idx
+    ON {schema}.workflows (partition, purge_at) WHERE purge_at IS NOT NULL;
 
 -- The relay's scan: ended children whose parent has not been told.
 CREATE INDEX workflows_untold_parents_idx

@@ -1,4 +1,4 @@
-"""``shardflow roles``, ``migrate``, ``config`` and ``audit``."""
+"""``shardflow roles``, ``migrate``, ``config``, ``audit`` and ``gc``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from shardflow.cli.base import CliState, cli, pass_state, run_async
 from shardflow.cluster.admin import migrate_all
 from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.retention import collect_garbage
 
 
 @cli.group()
@@ -87,3 +88,33 @@ def audit(state: CliState, limit: int) -> None:
                 )
 
     run_async(go())
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Count what is due; remove nothing.")
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 100_000),
+    help="Workflows per delete (default: worker.gc_batch).",
+)
+@pass_state
+def gc(state: CliState, dry_run: bool, batch: int | None) -> None:
+    """Remove finished workflows past their retention, on every node, now.
+
+    Workers do this every worker.gc_seconds (one per node); retention is the config's
+    `retention` ("7d" by default) or the workflow's @app.workflow(retention=...).
+    Dead-lettered, pending and running workflows are never removed.
+    """
+    results = run_async(collect_garbage(state.config(), dry_run=dry_run, batch=batch))
+    failed = False
+    for r in results:
+        if r.error:
+            failed = True
+            click.echo(f"{r.node}: not collected: {r.error}", err=True)
+        elif dry_run:
+            click.echo(f"{r.node}: {r.due} finished workflows due for removal")
+        else:
+            rate = f", {r.removed / r.seconds:,.0f}/s" if r.removed and r.seconds > 0 else ""
+            click.echo(f"{r.node}: removed {r.removed} in {r.seconds:.2f}s{rate}")
+    if failed:
+        raise click.ClickException("some nodes were not collected; run it again once they answer")

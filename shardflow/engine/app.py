@@ -11,9 +11,11 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, overload
 
 from shardflow.errors import ConfigurationError, InvalidInput, UnknownWorkflow
+from shardflow.timebounds import retention_seconds
 
 WorkflowFn = Callable[..., Awaitable[Any]]
 
@@ -30,6 +32,16 @@ class WorkflowDef:
     # The input parameter has no default: starting without an input is refused at start.
     input_required: bool = False
     timeout: float | None = None
+    # How long a finished run is kept: "7d", a timedelta or "forever"; None: the cluster's
+    # `retention` setting.
+    retention: str | timedelta | None = None
+
+    def retention_seconds(self, default: float | None) -> float | None:
+        """Seconds a finished run of it is kept (None: for ever); ``default`` is the
+        cluster's setting."""
+        if self.retention is None:
+            return default
+        return retention_seconds(self.retention, what=f"retention of workflow {self.name!r}")
 
     def check_input(self, given: bool) -> None:
         """Refuse, before anything is written, a start whose input the function cannot take.
@@ -139,7 +151,12 @@ class App:
 
     @overload
     def workflow(
-        self, /, *, name: str | None = None, timeout: float | None = None
+        self,
+        /,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        retention: str | timedelta | None = None,
     ) -> Callable[[WorkflowFn], WorkflowDef]: ...
 
     def workflow(
@@ -149,13 +166,17 @@ class App:
         *,
         name: str | None = None,
         timeout: float | None = None,
+        retention: str | timedelta | None = None,
     ) -> WorkflowDef | Callable[[WorkflowFn], WorkflowDef]:
         """Register an ``async def`` workflow taking ``(ctx)`` or ``(ctx, input)``.
 
         ``timeout`` (seconds from start) fails the workflow with WorkflowTimeout when exceeded.
+        ``retention`` ("1d", a timedelta, "forever"): how long a finished run is kept before
+        the collector removes it; None: the cluster's ``retention`` setting.
         """
         if timeout is not None and timeout <= 0:
             raise ConfigurationError("workflow timeout must be positive seconds, or None")
+        retention_seconds(retention, what="workflow retention", error=ConfigurationError)
 
         def register(func: WorkflowFn) -> WorkflowDef:
             if not inspect.iscoroutinefunction(func):
@@ -178,6 +199,7 @@ class App:
                 takes_input=len(params) == 2,
                 input_required=len(params) == 2 and params[1].default is params[1].empty,
                 timeout=timeout,
+                retention=retention,
             )
             self._workflows[wf.name] = wf
             return wf

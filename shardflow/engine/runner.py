@@ -62,8 +62,11 @@ class WorkflowRunner:
         route: Callable[[str], Awaitable[int]] | None = None,
         max_id_length: int = 200,
         on_step: StepObserver | None = None,
+        default_retention: float | None = None,
     ):
         self.app = app
+        # Seconds a finished run is kept when its workflow names no retention (None: ever).
+        self.default_retention = default_retention
         self.on_step = on_step
         self.max_payload_bytes = max_payload_bytes
         # The partition of a routing key: where a child workflow will live.
@@ -154,8 +157,19 @@ class WorkflowRunner:
         finally:
             unbind_context(token)
         # The last checkpoints and the terminal state share one commit.
-        await ctx.settle(finish={"status": "succeeded", "output": output.text, "error": None})
+        await self._end(ctx, "succeeded", output.text, None)
         return RunResult(Outcome.SUCCEEDED)
+
+    async def _end(
+        self, ctx: WorkflowContext, status: str, output: str | None, error: str | None
+    ) -> None:
+        """Record the run's end with its last checkpoints in one commit, and its retention:
+        seconds until the collector may remove it (None: never)."""
+        definition = self.app.get_workflow(ctx.workflow_name)
+        retention = definition.retention_seconds(self.default_retention)
+        await ctx.settle(
+            finish={"status": status, "output": output, "error": error, "retention": retention}
+        )
 
     async def _release(
         self, ctx: WorkflowContext, work: ClaimedWorkflow, store: RunStore, release: Release
@@ -205,7 +219,7 @@ class WorkflowRunner:
         error["compensations"] = ran
         if failures:
             error["compensation_failures"] = failures
-        await ctx.settle(finish={"status": "failed", "output": None, "error": error_text(error)})
+        await self._end(ctx, "failed", None, error_text(error))
         return RunResult(Outcome.FAILED)
 
     async def _undo_and_cancel(
@@ -224,12 +238,12 @@ class WorkflowRunner:
         }
         if failures:
             error["compensation_failures"] = failures
-        await ctx.settle(finish={"status": "cancelled", "output": None, "error": error_text(error)})
+        await self._end(ctx, "cancelled", None, error_text(error))
         return RunResult(Outcome.CANCELLED)
 
     async def _fail(self, ctx: WorkflowContext, exc: BaseException) -> RunResult:
         error = error_text(encode_error(exc))
-        await ctx.settle(finish={"status": "failed", "output": None, "error": error})
+        await self._end(ctx, "failed", None, error)
         return RunResult(Outcome.FAILED)
 
 

@@ -145,7 +145,9 @@ class ClientStore:
         )
         return [WorkflowRecord(**r) for r in rows]
 
-    async def cancel_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
+    async def cancel_workflow(
+        self, partition: int, workflow_id: str, *, actor: str, retention: float | None = None
+    ) -> bool:
         """Cancel a pending or running workflow; False when it was already terminal or absent.
 
         One that registered compensations (a saga) is made runnable with cancel_requested
@@ -155,7 +157,13 @@ class ClientStore:
         children's starts not yet delivered are dropped.
         """
         return await self._audited_change(
-            "workflow_cancel", "cancel", partition, workflow_id, actor, cascade=True
+            "workflow_cancel",
+            "cancel",
+            partition,
+            workflow_id,
+            actor,
+            cascade=True,
+            extra={"retention": retention},
         )
 
     async def requeue_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
@@ -173,15 +181,17 @@ class ClientStore:
         actor: str,
         *,
         cascade: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> bool:
         key = {"partition": partition, "workflow_id": workflow_id}
+        params = {**key, **(extra or {})}
         async with self.db.transaction() as conn:
             if cascade:
                 # A saga is not ended by its cancellation: a worker first undoes it.
                 counted = await self.db.fetch(conn, "compensations_registered", key)
                 if counted[0]["registered"]:
                     query = "workflow_cancel_to_undo"
-            if await self.db.fetch(conn, query, key):
+            if await self.db.fetch(conn, query, params):
                 if cascade:
                     await self._cancel_children(conn, partition, workflow_id)
                 await self.db.fetch(

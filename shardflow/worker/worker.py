@@ -29,7 +29,9 @@ from shardflow.stalls import watch_running_loop
 from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
 from shardflow.storage.relay_store import RelayStore
+from shardflow.storage.retention_store import RetentionStore
 from shardflow.topology import Topology
+from shardflow.worker.collector import Collector
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
 from shardflow.worker.membership import MembershipWatcher
@@ -99,6 +101,7 @@ class Worker:
             route=self._partition_of,
             max_id_length=config.limits.max_id_length,
             on_step=self.metrics.step_finished,
+            default_retention=config.retention_seconds,
         )
         # The relays deliver through a client of this process (opened on first use).
         self._relays: dict[str, Relay] = {}
@@ -243,6 +246,7 @@ class Worker:
                 on_failure=self._service_failed,
             ),
             self._relay_for(name, store),
+            self._collector_for(name, store),
         ]
         if self._metrics_server is not None:
             self._node_services[name].append(
@@ -303,6 +307,18 @@ class Worker:
         store.on_outbox = relay.wake
         self._relays[name] = relay
         return relay
+
+    def _collector_for(self, name: str, store: WorkerStore) -> Collector:
+        async def acquire(service: str, ttl: timedelta) -> bool:
+            return await store.acquire_service_lease(service=service, holder=self.owner, ttl=ttl)
+
+        return Collector(
+            store=RetentionStore(self.topology.connector(name), lambda: store.partitions),
+            acquire_lease=acquire,
+            interval=self.settings.gc_seconds,
+            batch=self.settings.gc_batch,
+            on_failure=self._service_failed,
+        )
 
     async def _delivery_client(self) -> Client:
         # One client for every node's relay: they ask for it at once when the worker starts,

@@ -48,6 +48,7 @@ WITH fence AS (
 )
 UPDATE {schema}.workflows
 SET status = 'cancelled', completed_at = now(), updated_at = now(),
+    purge_at = now() + make_interval(secs => %(retention)s::float8),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND status IN ('pending', 'running')

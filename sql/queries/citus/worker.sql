@@ -91,6 +91,7 @@ RETURNING partition, workflow_id, step_seq;
 UPDATE {schema}.workflows
 SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
     completed_at = now(), updated_at = now(), lease_expiries = 0,
+    purge_at = now() + make_interval(secs => %(retention)s::float8),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND lease_token = %(lease_token)s AND status = 'running'
