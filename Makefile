@@ -11,10 +11,11 @@ LOAD_USERS ?= 20
 LOAD_TIME ?= 30s
 BENCH_RUNS ?= 3
 SOAK_SECONDS ?= 1800
+RETENTION_SOAK_SECONDS ?= 3600
 CITUS_SRC ?= ../shared/citus/citus-13.2.2-src.tar.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak bench bench-interaction bench-dashboard bench-citus bench-rebalance bench-dbos clean
+.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak soak-retention bench-gc bench bench-interaction bench-dashboard bench-citus bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -79,6 +80,14 @@ chaos: install ## The long fault scenarios only (worker churn, latency isolation
 
 soak: install ## Open-loop load at 50% and 90% of the measured maximum, SOAK_SECONDS each (30 min); every workflow must end
 	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --out bench-results
+
+soak-retention: install ## Steady load with a 2-minute retention, RETENTION_SOAK_SECONDS (1 h); the tables' size must stay flat
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/retention_soak.py --seconds $(RETENTION_SOAK_SECONDS) --out bench-results
+
+bench-gc: install ## The collector's rate: finished workflows past their retention removed per second, 3 nodes
+	mkdir -p bench-results
+	$(BIN)/shardflow bench gc --nodes 3 --json bench-results/gc.json
 
 bench: install ## Throughput, latency, start_many and scaling benchmarks; JSON + PNG in bench-results/
 	$(BIN)/pip install -q -e '.[bench]'

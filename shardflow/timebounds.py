@@ -65,9 +65,15 @@ def parse_time_bound(text: str, *, what: str, now: datetime | None = None) -> da
     return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
 
 
-def check_time_range(since: datetime | None, until: datetime | None) -> None:
-    """Refuse naive datetimes (their meaning depends on the machine) and empty ranges."""
-    for label, value in (("created_since", since), ("created_until", until)):
+def check_time_range(
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    labels: tuple[str, str] = ("created_since", "created_until"),
+) -> None:
+    """Refuse naive datetimes (their meaning depends on the machine) and empty ranges;
+    ``labels`` name the two bounds as the caller's user typed them."""
+    for label, value in zip(labels, (since, until), strict=True):
         if value is not None and value.tzinfo is None:
             raise InvalidInput(
                 f"{label} must be timezone-aware (e.g. datetime.now(UTC)); a naive datetime "
@@ -75,6 +81,6 @@ def check_time_range(since: datetime | None, until: datetime | None) -> None:
             )
     if since is not None and until is not None and since >= until:
         raise InvalidInput(
-            f"created_since ({since.isoformat()}) must be before created_until "
+            f"{labels[0]} ({since.isoformat()}) must be before {labels[1]} "
             f"({until.isoformat()}); swap them or widen the range"
         )

@@ -67,6 +67,64 @@ def bench_rebalance(
         Path(json_path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+@bench.command("gc")
+@click.option("--nodes", default=3, show_default=True)
+@click.option("--partitions", default=64, show_default=True)
+@click.option(
+    "--per-partition",
+    default=2000,
+    show_default=True,
+    help="Finished workflows past their retention (3 checkpoints each) loaded per partition.",
+)
+@click.option("--batch", default=500, show_default=True, help="Workflows per delete.")
+@click.option("--repeat", default=3, show_default=True, help="Runs; the median is printed.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Append every run's result to this JSON file (a list).",
+)
+def bench_gc(
+    nodes: int,
+    partitions: int,
+    per_partition: int,
+    batch: int,
+    repeat: int,
+    json_path: str | None,
+) -> None:
+    """Load finished workflows past their retention, then time one collector pass on every
+    node (what `shardflow gc` does): workflows and rows removed per second."""
+    from shardflow.bench.common import bench_directory
+    from shardflow.bench.report import append_results
+    from shardflow.bench.retention import run_gc_bench
+
+    results = []
+    for _ in range(repeat):
+        root = bench_directory(None)
+        try:
+            result = run_async(
+                run_gc_bench(
+                    nodes=nodes,
+                    partitions=partitions,
+                    per_partition=per_partition,
+                    batch=batch,
+                    root=root,
+                )
+            )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        results.append(result.as_dict())
+        click.echo(json.dumps(results[-1]))
+    rates = sorted(r["workflows_per_second"] for r in results)
+    rows = sorted(r["rows_per_second"] for r in results)
+    click.echo(
+        f"gc: median {rates[len(rates) // 2]:,.0f} workflows/s ({rows[len(rows) // 2]:,.0f} "
+        f"rows/s) over {repeat} runs; runs {', '.join(f'{r:,.0f}' for r in rates)}"
+    )
+    if json_path:
+        append_results(Path(json_path), results)
+
+
 @bench.command("run")
 @click.argument("workload", type=click.Choice(["w", "fanout", "sleepy"]), default="w")
 @click.option("--nodes", default=1, show_default=True, help="Database nodes in the cluster.")

@@ -22,7 +22,7 @@ from shardflow.engine.app import App
 from shardflow.engine.context import CHILD_SIGNAL
 from shardflow.errors import WorkflowFailed
 from shardflow.storage.records import STATUSES
-from shardflow.timebounds import parse_time_bound
+from shardflow.timebounds import check_time_range, parse_time_bound
 from shardflow.worker import Worker
 
 # -- worker and workflows ------------------------------------------------------------------
@@ -249,6 +249,7 @@ def list_cmd(
     async def go() -> None:
         created_since = parse_time_bound(since, what="--since") if since else None
         created_until = parse_time_bound(until, what="--until") if until else None
+        check_time_range(created_since, created_until, labels=("--since", "--until"))
         async with Client(state.config()) as client:
             page = await client.list(
                 status=status,

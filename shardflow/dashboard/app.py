@@ -54,7 +54,7 @@ from shardflow.errors import (
     WorkflowNotFound,
 )
 from shardflow.storage.records import STATUSES, FailureGroup
-from shardflow.timebounds import parse_time_bound
+from shardflow.timebounds import check_time_range, parse_time_bound
 
 log = logging.getLogger("shardflow.dashboard")
 
@@ -205,6 +205,7 @@ async def workflows_page(request: Request) -> Response:
     until_text = (query.get("until") or "").strip()
     since = parse_time_bound(since_text, what="since") if since_text else None
     until = parse_time_bound(until_text, what="until") if until_text else None
+    check_time_range(since, until, labels=("since", "until"))
     page = await d.client.list(
         status=status,
         name=name,

@@ -22,16 +22,26 @@ class BenchStore:
     def __init__(self, connector: NodeConnector):
         self.db = connector
 
-    async def fill(self, partition: int, count: int) -> None:
-        """``count`` finished workflows with 3 checkpoints each, straight into ``partition``."""
+    async def fill(self, partition: int, count: int, *, due: bool = False) -> None:
+        """``count`` finished workflows with 3 checkpoints each, straight into ``partition``
+        (``due``: past their retention already)."""
         await self.db.run(
             "bench_fill",
             {
                 "partition": partition,
                 "count": count,
+                "due": due,
                 "token": "00000000-0000-0000-0000-000000000000",
             },
         )
+
+    async def table_sizes(self) -> dict[str, int]:
+        """Bytes on disk per shardflow table (indexes and TOAST included)."""
+        rows = await self.db.run("bench_table_sizes", {"schema": self.db.schema})
+        return {r["name"]: int(r["bytes"]) for r in rows}
+
+    async def workflow_rows(self) -> int:
+        return int((await self.db.run("bench_workflow_rows"))[0]["workflows"])
 
     async def progress(self, prefix: str) -> tuple[int, int, int]:
         """(done, failed, total) of the workflows whose id starts with ``prefix``."""

@@ -158,3 +158,5 @@ class FailureGroup:
     latest: datetime | None
     example_id: str
     example_key: str | None = None
+    # The newest example's error message (its first 300 characters).
+    example_message: str | None = None

@@ -2,12 +2,13 @@
 -- written straight into one partition of its owning node.
 
 -- name: bench_fill
+-- `due`: their retention has passed already (the collector's benchmark removes them).
 WITH w AS (
     INSERT INTO {schema}.workflows
-        (partition, workflow_id, name, app, status, input, output, completed_at)
+        (partition, workflow_id, name, app, status, input, output, completed_at, purge_at)
     SELECT %(partition)s, 'bench-' || %(partition)s || '-' || g, 'bench', 'shardflow-bench',
            'succeeded',
-           '1'::json, '4'::json, now()
+           '1'::json, '4'::json, now(), CASE WHEN %(due)s::boolean THEN now() END
     FROM generate_series(1, %(count)s) AS g
     RETURNING workflow_id
 )
@@ -78,3 +79,16 @@ SELECT (SELECT checkpoints_timed FROM pg_stat_bgwriter)::bigint AS checkpoints_t
        pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8 AS wal_bytes,
        (SELECT coalesce(sum(autovacuum_count), 0) FROM pg_stat_user_tables
         WHERE schemaname = %(schema)s)::bigint AS autovacuums;
+
+-- name: bench_table_sizes
+-- The size on disk of each of shardflow's tables with its indexes and TOAST, and the rows the
+-- planner estimates (the retention soak's curve: flat when the collector keeps up).
+SELECT c.relname::text AS name, pg_total_relation_size(c.oid)::bigint AS bytes,
+       greatest(c.reltuples, 0)::bigint AS rows_estimate
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind = 'r'
+ORDER BY c.relname;
+
+-- name: bench_workflow_rows
+SELECT count(*)::bigint AS workflows FROM {schema}.workflows;

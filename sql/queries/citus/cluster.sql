@@ -47,7 +47,9 @@ SELECT status, name, coalesce(error->>'type', '') AS error_type,
        coalesce(substring(error->>'message' FROM '^step ''([^'']+)'' failed'), '') AS step_name,
        count(*) AS workflows, max(completed_at) AS latest,
        (array_agg(workflow_id ORDER BY completed_at DESC NULLS LAST))[1] AS example_id,
-       (array_agg(routing_key ORDER BY completed_at DESC NULLS LAST))[1] AS example_key
+       (array_agg(routing_key ORDER BY completed_at DESC NULLS LAST))[1] AS example_key,
+       (array_agg(left(error->>'message', 300) ORDER BY completed_at DESC NULLS LAST))[1]
+           AS example_message
 FROM {schema}.workflows
 WHERE status IN ('failed', 'dead') AND partition = ANY(%(partitions)s::integer[])
 GROUP BY 1, 2, 3, 4
