@@ -24,7 +24,9 @@ GRANT USAGE ON SCHEMA {schema} TO {admin}, {worker}, {client};
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {admin};
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {admin}, {client};
 
-GRANT SELECT, UPDATE ON {schema}.workflows TO {worker};
+-- DELETE: the collector removes finished workflows past their retention (their checkpoints,
+-- signals and events go by ON DELETE CASCADE, which runs as the tables' owner).
+GRANT SELECT, UPDATE, DELETE ON {schema}.workflows TO {worker};
 GRANT SELECT, INSERT ON {schema}.steps TO {worker};
 GRANT SELECT ON {schema}.signals TO {worker};
 GRANT UPDATE (received_at_step) ON {schema}.signals TO {worker};
@@ -36,6 +38,8 @@ GRANT SELECT, INSERT, DELETE ON {schema}.outbox TO {worker};
 GRANT INSERT ON {schema}.signals TO {worker};
 GRANT INSERT ON {schema}.audit_log TO {worker};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.service_leases TO {worker};
+-- The heartbeat registers the worker (app, names, claims per node); the reaper prunes.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.workers TO {worker};
 GRANT SELECT ON {schema}.placements, {schema}.node_identity, {schema}.partition_ownership
     TO {worker};
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
@@ -43,7 +47,7 @@ GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
 GRANT SELECT, INSERT ON {schema}.workflows TO {client};
 GRANT UPDATE (status, run_at, error, updated_at, completed_at, lease_token, lease_owner,
               lease_expires_at, lease_expiries, signal_seq, parent_told, cancel_requested,
-              waiting_for)
+              waiting_for, purge_at)
     ON {schema}.workflows TO {client};
 GRANT SELECT, INSERT, DELETE ON {schema}.outbox TO {client};
 GRANT SELECT, INSERT ON {schema}.signals TO {client};

@@ -3,6 +3,7 @@ schema, the placement or the ownership rows."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +15,12 @@ from click.testing import CliRunner
 from shardflow import Client, Worker
 from shardflow.cli import cli
 from shardflow.cluster.local import LocalCluster
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.retention import collect_garbage
 from shardflow.config import ClusterConfig, NodeConfig
 from shardflow.storage.conninfo import make_conninfo, parse_conninfo
 from tests import apps
-from tests.helpers import run
+from tests.helpers import run, wait_until
 
 pytestmark = pytest.mark.plain_only(
     "login roles reach the plain nodes over their Unix sockets; Citus workers are reached at "
@@ -57,18 +60,38 @@ def role_configs(
                 conn.execute(f"DROP ROLE IF EXISTS {login}")
 
 
-def test_runtime_runs_with_least_privilege(role_configs: dict[str, ClusterConfig]) -> None:
+def test_runtime_runs_with_least_privilege(
+    role_configs: dict[str, ClusterConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shardflow")
+
     async def go() -> None:
         async with (
-            Worker(apps.app, role_configs["worker"]),
+            Worker(apps.app, role_configs["worker"]) as worker,
             Client(role_configs["client"], app=apps.app) as client,
         ):
             handles = [await client.start(apps.three_steps, i) for i in range(12)]
             assert [await h.result(timeout=30) for h in handles] == [i + 3 for i in range(12)]
             handle = await client.start(apps.sleepy, 30, workflow_id=f"lp-{uuid.uuid4().hex}")
             assert await handle.cancel()  # cancel (and its audit row) as the client role
+            # The heartbeat registers the worker (and its claims) as the worker role.
+            async with ClusterAdmin(role_configs["worker"]) as admin:
+                placement = await admin.latest_placement()
+                node = placement.nodes[0].name
+                await wait_until(
+                    lambda: _registered(admin, node, worker.owner), what="the registration"
+                )
+        # The collector's pass, as the worker role (a worker runs it every gc_seconds).
+        collected = await collect_garbage(role_configs["worker"])
+        assert [r.error for r in collected if r.error] == []
 
     run(go())
+    refused = [r.getMessage() for r in caplog.records if "permission denied" in r.getMessage()]
+    assert refused == []
+
+
+async def _registered(admin: ClusterAdmin, node: str, owner: str) -> bool:
+    return owner in await admin.admin(node).worker_claims(node)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +131,6 @@ def test_ids_past_two_to_the_31(config: ClusterConfig) -> None:
         async with Client(config, app=apps.app) as client:
             handle = await client.start(apps.echo, 1)
             assert await handle.cancel()
-        from shardflow.cluster.membership import ClusterAdmin
 
         async with ClusterAdmin(config) as admin:
             rows = await admin.audit_log(limit=500)

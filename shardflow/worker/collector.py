@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from shardflow.errors import NodeUnavailable
+from shardflow.errors import NodeUnavailable, ShardflowError
 from shardflow.storage.retention_store import RetentionStore, collect
 from shardflow.worker.service import Service, jittered
 
@@ -55,6 +55,16 @@ class Collector(Service):
                 )
             except NodeUnavailable:
                 continue  # the claim loop reports the outage; try again next round
+            except ShardflowError as exc:
+                # Running work matters more than removing old work: say so, keep the worker.
+                log.error(
+                    "could not remove finished workflows on %s: %s; they are kept until this "
+                    "works (a missing grant? run `shardflow roles create` after a migration)",
+                    self.store.node,
+                    exc,
+                    extra={"action": "gc_failed", "node": self.store.node},
+                )
+                continue
             if removed:
                 self.removed_total += removed
                 seconds = time.monotonic() - started
