@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,18 @@ def browser() -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
+
+
+def _after_click(browser: object, element_id: str) -> Any:
+    """The element of the page a click navigated to, once that page has loaded: a click
+    returns before the navigation it starts has finished (the old page may still be there)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, 15).until(
+        expected_conditions.presence_of_element_located((By.ID, element_id))
+    )
 
 
 def _serve(config_file: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -174,7 +187,7 @@ def test_the_dashboard_in_a_browser(
             if link.text == ids["failed"]
         )
         example.click()
-        assert browser.find_element(By.ID, "workflow-id").text == ids["failed"]
+        assert _after_click(browser, "workflow-id").text == ids["failed"]
         assert "LookupError" in browser.page_source and "Traceback" in browser.page_source
         shot("workflow-failed")
 
@@ -194,9 +207,10 @@ def test_the_dashboard_in_a_browser(
     try:
         browser.get(url + f"/workflows/{ids['pending']}")
         browser.find_element(By.ID, "cancel").click()
+        _after_click(browser, "confirm")
         shot("confirm-cancel")
         browser.find_element(By.ID, "confirm").click()
-        assert browser.find_element(By.ID, "done").text == "Cancelled."
+        assert _after_click(browser, "done").text == "Cancelled."
         assert browser.find_element(By.ID, "status").text == "cancelled"
         shot("workflow-cancelled")
         browser.get(url + "/workflows")
