@@ -237,6 +237,8 @@ class Client:
         name = definition.name
         # The worker's run continues this trace (None: nothing traced, nothing stored).
         trace_context = tracing.current_context()
+        # How long it is kept once ended: fixed now, whoever ends it (a worker, a cancel).
+        retention = definition.retention_seconds(self.config.retention_seconds)
 
         async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
             row = {
@@ -248,6 +250,7 @@ class Client:
                 "input": text,
                 "timeout": timeout,
                 "trace_context": trace_context,
+                "retention": retention,
             }
             # Concurrent starts to one node share a statement and a commit.
             if await self._start_batcher(store.db.name).submit(row):
@@ -263,6 +266,7 @@ class Client:
                 input=text,
                 timeout=timeout,
                 trace_context=trace_context,
+                retention=retention,
             )
             if outcome.created:
                 self._wake(store, {partition})
@@ -324,6 +328,7 @@ class Client:
             by_node.setdefault(node, []).append((partition, wf_id, text))
 
         trace_context = tracing.current_context()
+        retention = definition.retention_seconds(self.config.retention_seconds)
 
         async def insert(node: str, rows: list[tuple[int, str, str | None]]) -> set[Hashable]:
             store = ClientStore(self._connector_for(node))
@@ -339,6 +344,7 @@ class Client:
                             "input": text,
                             "timeout": timeout,
                             "trace_context": trace_context,
+                            "retention": retention,
                         }
                         for partition, wf_id, text in rows
                     ]
@@ -417,7 +423,8 @@ class Client:
                 raise WorkflowNotFound(
                     f"no workflow {workflow_id!r}"
                     + (f" with routing key {routing_key!r}" if routing_key else "")
-                    + "; check the id (and routing key)"
+                    + "; check the id (and routing key); a finished workflow is removed once "
+                    "its retention has passed"
                 )
             return record
 
@@ -476,17 +483,10 @@ class Client:
         that registered compensations runs them first (it stays pending until then), and
         cancellation cascades to the children it started, on every node.
         """
-        record = await self.get(workflow_id, routing_key=routing_key)
-        # Kept like a run that ended: its workflow's retention if this client's app defines
-        # it, else the cluster's.
-        default = self.config.retention_seconds
-        definition = self.app.workflows.get(record.name) if self.app is not None else None
-        retention = definition.retention_seconds(default) if definition else default
+        await self.get(workflow_id, routing_key=routing_key)
 
         async def cancel(store: ClientStore, partition: int) -> bool:
-            done = await store.cancel_workflow(
-                partition, workflow_id, actor=self.actor, retention=retention
-            )
+            done = await store.cancel_workflow(partition, workflow_id, actor=self.actor)
             if done:
                 self._wake(store, {partition})  # a saga's worker undoes it now
             return done
@@ -593,6 +593,7 @@ class Client:
                 parent_id=start["parent_id"],
                 parent_key=start["parent_key"],
                 trace_context=start.get("trace_context"),
+                retention=start.get("retention"),
             )
             if outcome.created:
                 self._wake(store, {partition})

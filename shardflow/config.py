@@ -73,7 +73,10 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         if self.gc_seconds <= 0 or self.gc_batch < 1:
-            raise ConfigurationError("worker.gc_seconds must be > 0 and worker.gc_batch at least 1")
+            raise ConfigurationError(
+                f"worker.gc_seconds must be > 0 and worker.gc_batch at least 1 (got "
+                f"{self.gc_seconds} and {self.gc_batch})"
+            )
         if self.concurrency < 1:
             raise ConfigurationError("worker.concurrency must be at least 1")
         if self.max_lease_expiries < 1:

@@ -19,16 +19,22 @@ _FORMS = "a duration ago like 30s, 15m, 2h, 7d, 1w, or an ISO 8601 time like 202
 
 
 FOREVER = "forever"
+# Longer than anything a workflow is kept or looked back at: past it, dates overflow (Python's
+# at year 9999, PostgreSQL's intervals) and a retention would break its node's finish writes.
+_LONGEST = timedelta(days=100 * 365)
 
 
 def parse_duration(
     text: str, *, what: str, error: type[ShardflowError] = InvalidInput
 ) -> timedelta:
-    """A duration like ``30s``, ``15m``, ``2h``, ``7d`` or ``1w``."""
+    """A duration like ``30s``, ``15m``, ``2h``, ``7d`` or ``1w`` (at most 100 years)."""
     match = _AGO.match(text.strip().lower())
     if not match:
         raise error(f"{what} must be a duration like 30s, 15m, 2h, 7d or 1w; got {text!r}")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > _LONGEST.total_seconds():
+        raise error(f"{what} {text!r} is longer than 100 years; for no limit use {FOREVER!r}")
+    return timedelta(seconds=seconds)
 
 
 def retention_seconds(
@@ -45,6 +51,8 @@ def retention_seconds(
         raise error(
             f"{what} must be a duration like 30s, 15m, 2h, 7d or 1w, or {FOREVER!r}; got {value!r}"
         )
+    if span > _LONGEST:
+        raise error(f"{what} {value!r} is longer than 100 years; for no limit use {FOREVER!r}")
     if span < timedelta(0):
         raise error(f"{what} must not be negative; got {value!r}")
     return span.total_seconds()
@@ -54,10 +62,14 @@ def parse_time_bound(text: str, *, what: str, now: datetime | None = None) -> da
     """The instant ``text`` names, timezone-aware. A time without an offset is UTC (the
     database's clock, whatever the machine's local zone is)."""
     cleaned = text.strip()
-    match = _AGO.match(cleaned.lower())
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        return (now or datetime.now(UTC)) - timedelta(seconds=amount * _UNIT_SECONDS[unit])
+    if _AGO.match(cleaned.lower()):
+        try:
+            return (now or datetime.now(UTC)) - parse_duration(cleaned, what=what)
+        except InvalidInput:
+            raise InvalidInput(
+                f"{what} {text!r} reaches back more than 100 years; leave it out to list from "
+                "the first workflow"
+            ) from None
     try:
         instant = datetime.fromisoformat(cleaned)
     except ValueError:

@@ -73,7 +73,9 @@ CREATE TABLE {schema}.workflows (
     cancel_requested boolean NOT NULL DEFAULT false,
     -- The caller's trace context when tracing is configured (migration 0008).
     trace_context text,
-    -- When it may be removed: set as it ends, from its retention; NULL keeps it (0010).
+    -- How long it is kept once ended (fixed at start; NULL: for ever), and when it may be
+    -- removed (set as it ends; NULL keeps it). Migration 0010.
+    retention_seconds double precision,
     purge_at timestamptz,
     PRIMARY KEY (partition, workflow_id)
 );

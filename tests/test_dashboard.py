@@ -417,7 +417,7 @@ def test_the_last_hour_is_sampled_per_node(config: ClusterConfig) -> None:
             placement = await admin.latest_placement()
             names = sorted(n.name for n in placement.nodes)
             counts = [await admin.admin(n).worker_claims(n) for n in names]
-        return sum(c.get(worker.owner, 0) for c in counts)
+        return sum(c[worker.owner].claimed for c in counts if worker.owner in c)
 
     async def go() -> None:
         await history.sample()

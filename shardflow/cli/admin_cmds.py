@@ -117,4 +117,7 @@ def gc(state: CliState, dry_run: bool, batch: int | None) -> None:
             rate = f", {r.removed / r.seconds:,.0f}/s" if r.removed and r.seconds > 0 else ""
             click.echo(f"{r.node}: removed {r.removed} in {r.seconds:.2f}s{rate}")
     if failed:
-        raise click.ClickException("some nodes were not collected; run it again once they answer")
+        raise click.ClickException(
+            "some nodes were not collected (their errors are above): run it again once they "
+            "answer; 'permission denied' means this user needs the worker or admin role"
+        )

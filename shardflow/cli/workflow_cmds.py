@@ -271,7 +271,13 @@ def list_cmd(
             if page.unavailable_nodes:
                 click.echo(f"(nodes not reachable: {', '.join(page.unavailable_nodes)})", err=True)
             if page.next_cursor:
-                click.echo(f"next: --cursor {page.next_cursor}", err=True)
+                # "15m" ago moves with the clock: the next page keeps this page's instants.
+                bounds = "".join(
+                    f" {flag} {value.isoformat()}"
+                    for flag, value in (("--since", created_since), ("--until", created_until))
+                    if value is not None
+                )
+                click.echo(f"next: --cursor {page.next_cursor}{bounds}", err=True)
 
     run_async(go())
 

@@ -38,7 +38,9 @@ async def collect_garbage(
         async def one(name: str) -> NodeCollection:
             # Citus: the node's partitions from the placement; plain: its ownership rows.
             mine = placement.partitions_of(name) if config.backend == "citus" else []
-            store = RetentionStore(admin.connector(name), lambda: mine)
+            store = RetentionStore(
+                admin.connector(name), lambda: mine, citus=config.backend == "citus"
+            )
             started = time.monotonic()
             try:
                 if dry_run:

@@ -23,6 +23,7 @@ from shardflow.bench.common import percentile
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
 from shardflow.errors import ShardflowError
+from shardflow.storage.records import WorkerClaims
 
 log = logging.getLogger("shardflow.dashboard")
 
@@ -58,8 +59,9 @@ class History:
         self.latency_started = latency_started
         self.points: dict[str, deque[Point]] = {}
         self._ended: dict[str, tuple[float, int]] = {}
-        # node -> (when, live worker -> its claims there): rates are per worker differences.
-        self._claims: dict[str, tuple[float, dict[str, int]]] = {}
+        # node -> live worker -> (its last beat read, its rate then): see _claim_rate.
+        self._claims: dict[str, dict[str, tuple[WorkerClaims, float | None]]] = {}
+        self._sampled_at: dict[str, float] = {}
 
     async def sample(self) -> None:
         async with ClusterAdmin(self.config) as admin:
@@ -85,13 +87,7 @@ class History:
         before = self._ended.get(node)
         self._ended[node] = (now, ended)
         rate = (ended - before[1]) / (now - before[0]) if before and now > before[0] else None
-        claims_before = self._claims.get(node)
-        self._claims[node] = (now, claims)
-        claim_rate = None
-        if claims_before and now > claims_before[0]:
-            # A worker new since the last sample counts from zero: it started in between.
-            claimed = sum(n - claims_before[1].get(owner, 0) for owner, n in claims.items())
-            claim_rate = max(0, claimed) / (now - claims_before[0])
+        claim_rate = self._claim_rate(node, claims)
         points = self.points.setdefault(node, deque(maxlen=int(HOUR / self.interval) + 1))
         points.append(
             Point(
@@ -102,6 +98,32 @@ class History:
                 p99_seconds=percentile(seconds, 0.99) if seconds else None,
             )
         )
+
+    def _claim_rate(self, node: str, claims: dict[str, WorkerClaims]) -> float | None:
+        """The node's claims per second: per live worker, the claims between two of its own
+        heartbeats over the time between them (a sample between two beats keeps the last
+        rate: the page's sampling does not alias with the beats). A worker that started
+        since the previous sample counts from its start; one seen for the first time but
+        older (the dashboard just started) has no rate yet. None on a node's first sample."""
+        before = self._claims.get(node, {})
+        first = node not in self._sampled_at
+        previous_sample = self._sampled_at.get(node, 0.0)
+        self._sampled_at[node] = time.time()
+        rates: dict[str, tuple[WorkerClaims, float | None]] = {}
+        for owner, now in claims.items():
+            if owner in before:
+                then, rate = before[owner]
+                if now.seen_at > then.seen_at:
+                    rate = max(0, now.claimed - then.claimed) / (now.seen_at - then.seen_at)
+            elif not first and now.started_at >= previous_sample and now.seen_at > now.started_at:
+                rate = now.claimed / (now.seen_at - now.started_at)
+            else:
+                rate = None
+            rates[owner] = (now, rate)
+        self._claims[node] = rates
+        if first:
+            return None
+        return sum(rate for _, rate in rates.values() if rate is not None)
 
     def latest(self, node: str) -> Point | None:
         """The node's newest point, unless it is stale (the node stopped answering)."""

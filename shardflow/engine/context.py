@@ -174,8 +174,11 @@ class WorkflowContext:
         route: Callable[[str], Awaitable[int]] | None = None,
         max_id_length: int = 200,
         on_step: StepObserver | None = None,
+        default_retention: float | None = None,
     ):
         self._work = work
+        # A child's retention when its workflow names none (the cluster's; None: for ever).
+        self._default_retention = default_retention
         # Told each step body's duration and whether it raised (the worker's metrics).
         self._on_step = on_step
         self._store = store
@@ -384,6 +387,7 @@ class WorkflowContext:
             "parent_key": self._work.key,
             # The child's runs continue this run's trace (None when nothing is traced).
             "trace_context": tracing.current_context(),
+            "retention": workflow.retention_seconds(self._default_retention),
         }
         output = {"workflow_id": child_id, "routing_key": key}
         await self.settle()

@@ -65,7 +65,7 @@ class WorkflowRunner:
         default_retention: float | None = None,
     ):
         self.app = app
-        # Seconds a finished run is kept when its workflow names no retention (None: ever).
+        # Seconds a finished child is kept when its workflow names no retention (None: ever).
         self.default_retention = default_retention
         self.on_step = on_step
         self.max_payload_bytes = max_payload_bytes
@@ -112,6 +112,7 @@ class WorkflowRunner:
             route=self.route,
             max_id_length=self.max_id_length,
             on_step=self.on_step,
+            default_retention=self.default_retention,
         )
         try:
             return await self._run(ctx, definition, work, store)
@@ -163,13 +164,8 @@ class WorkflowRunner:
     async def _end(
         self, ctx: WorkflowContext, status: str, output: str | None, error: str | None
     ) -> None:
-        """Record the run's end with its last checkpoints in one commit, and its retention:
-        seconds until the collector may remove it (None: never)."""
-        definition = self.app.get_workflow(ctx.workflow_name)
-        retention = definition.retention_seconds(self.default_retention)
-        await ctx.settle(
-            finish={"status": status, "output": output, "error": error, "retention": retention}
-        )
+        """Record the run's end with its last checkpoints in one commit."""
+        await ctx.settle(finish={"status": status, "output": output, "error": error})
 
     async def _release(
         self, ctx: WorkflowContext, work: ClaimedWorkflow, store: RunStore, release: Release

@@ -22,6 +22,7 @@ from shardflow.storage.records import (
     QueueDepth,
     StalledWorkflow,
     UnservedWork,
+    WorkerClaims,
 )
 
 
@@ -203,10 +204,15 @@ class AdminStore:
         )
         return [float(r["seconds"]) for r in rows]
 
-    async def worker_claims(self, node: str) -> dict[str, int]:
+    async def worker_claims(self, node: str) -> dict[str, WorkerClaims]:
         """Live worker -> workflows it claimed on ``node`` since it started (its last beat)."""
         rows = await self.db.run("worker_claims", {"node": node})
-        return {r["owner"]: int(r["claimed"]) for r in rows}
+        return {
+            r["owner"]: WorkerClaims(
+                claimed=int(r["claimed"]), seen_at=r["seen_at"], started_at=r["started_at"]
+            )
+            for r in rows
+        }
 
     async def connection_use(self) -> ConnectionUse:
         """Client connections this node's server has open, and how many it allows."""

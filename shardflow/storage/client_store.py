@@ -64,10 +64,12 @@ class ClientStore:
         parent_id: str | None = None,
         parent_key: str | None = None,
         trace_context: str | None = None,
+        retention: float | None = None,
     ) -> InsertOutcome:
         """Insert a pending workflow; an existing id returns the existing row instead.
 
-        ``input`` is JSON text, already validated by the caller.
+        ``input`` is JSON text, already validated by the caller; ``retention``: seconds it is
+        kept once ended (None: for ever).
         """
         params = {
             "partition": partition,
@@ -80,6 +82,7 @@ class ClientStore:
             "parent_id": parent_id,
             "parent_key": parent_key,
             "trace_context": trace_context,
+            "retention": retention,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         # The common case is one round trip: a single autocommit statement.
@@ -97,12 +100,13 @@ class ClientStore:
         """Insert many pending workflows in one statement; returns the ids it created.
 
         Each row has partition, workflow_id, name, app, routing_key, input (JSON text,
-        validated by the caller), timeout and optionally trace_context. Ids that already
-        existed, or whose partition this node does not own, are not in the result.
+        validated by the caller), timeout and optionally trace_context and retention. Ids
+        that already existed, or whose partition this node does not own, are not in the result.
         """
         columns = ("partition", "workflow_id", "name", "app", "routing_key", "input", "timeout")
         params = {f"{c}_list": [row[c] for row in rows] for c in columns}
         params["trace_context_list"] = [row.get("trace_context") for row in rows]
+        params["retention_list"] = [row.get("retention") for row in rows]
         return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 
     async def notify_work(self, payload: str = "") -> None:
@@ -145,9 +149,7 @@ class ClientStore:
         )
         return [WorkflowRecord(**r) for r in rows]
 
-    async def cancel_workflow(
-        self, partition: int, workflow_id: str, *, actor: str, retention: float | None = None
-    ) -> bool:
+    async def cancel_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
         """Cancel a pending or running workflow; False when it was already terminal or absent.
 
         One that registered compensations (a saga) is made runnable with cancel_requested
@@ -163,7 +165,6 @@ class ClientStore:
             workflow_id,
             actor,
             cascade=True,
-            extra={"retention": retention},
         )
 
     async def requeue_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
@@ -181,17 +182,15 @@ class ClientStore:
         actor: str,
         *,
         cascade: bool = False,
-        extra: dict[str, Any] | None = None,
     ) -> bool:
         key = {"partition": partition, "workflow_id": workflow_id}
-        params = {**key, **(extra or {})}
         async with self.db.transaction() as conn:
             if cascade:
                 # A saga is not ended by its cancellation: a worker first undoes it.
                 counted = await self.db.fetch(conn, "compensations_registered", key)
                 if counted[0]["registered"]:
                     query = "workflow_cancel_to_undo"
-            if await self.db.fetch(conn, query, params):
+            if await self.db.fetch(conn, query, key):
                 if cascade:
                     await self._cancel_children(conn, partition, workflow_id)
                 await self.db.fetch(

@@ -138,6 +138,16 @@ class QueueDepth:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WorkerClaims:
+    """A live worker's claims on one node since it started, as of its last heartbeat
+    (``seen_at``; times in epoch seconds of the database clock)."""
+
+    claimed: int
+    seen_at: float
+    started_at: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class ConnectionUse:
     """A server's client connections: open now, and allowed (less superuser-reserved)."""
 

@@ -15,12 +15,20 @@ from shardflow.storage.connector import NodeConnector
 
 
 class RetentionStore:
-    """``partitions()``: on Citus the partitions this node holds now; plain: [] (the node's
-    ownership rows say)."""
+    """``partitions()``: on Citus the partitions this node holds now (none known yet: none
+    collected); plain: [] (the node's ownership rows say)."""
 
-    def __init__(self, connector: NodeConnector, partitions: Callable[[], list[int]]):
+    def __init__(
+        self,
+        connector: NodeConnector,
+        partitions: Callable[[], list[int]],
+        *,
+        citus: bool = False,
+    ):
         self.db = connector
         self._partitions = partitions
+        # On Citus the ownership rows are the whole cluster's: never fall back to them.
+        self._citus = citus
 
     @property
     def node(self) -> str:
@@ -28,7 +36,7 @@ class RetentionStore:
 
     async def partitions(self) -> list[int]:
         listed = self._partitions()
-        if listed:
+        if listed or self._citus:
             return listed
         return [int(r["partition"]) for r in await self.db.run("gc_owned_partitions")]
 

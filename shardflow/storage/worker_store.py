@@ -244,14 +244,14 @@ class WorkerStore:
         finish: dict[str, Any] | None,
     ) -> bool:
         """Write a workflow's checkpoints (step_seq, step_name, status, output, error,
-        attempts) and, if ``finish`` (status, output, error, and retention: seconds it is kept,
-        None or absent for ever), its terminal state: all in one commit, shared with other
-        workflows'. False if the lease or the partition was lost."""
+        attempts) and, if ``finish`` (status, output, error), its terminal state (and when it
+        may be removed, from the retention its start recorded): all in one commit, shared with
+        other workflows'. False if the lease or the partition was lost."""
         key = _lease_key(work)
         return await self._progress.submit(
             Progress(
                 checkpoints=[{**key, **c} for c in checkpoints],
-                finish={**key, "retention": None, **finish} if finish is not None else None,
+                finish={**key, **finish} if finish is not None else None,
             )
         )
 
@@ -409,6 +409,7 @@ class WorkerStore:
                 "parent_id": start["parent_id"],
                 "parent_key": start["parent_key"],
                 "trace_context": start.get("trace_context"),
+                "retention": start.get("retention"),
             },
         )
         if created:
@@ -612,15 +613,7 @@ _CHECKPOINT_COLUMNS = (
     "error",
     "attempts",
 )
-_FINISH_COLUMNS = (
-    "partition",
-    "workflow_id",
-    "lease_token",
-    "status",
-    "output",
-    "error",
-    "retention",
-)
+_FINISH_COLUMNS = ("partition", "workflow_id", "lease_token", "status", "output", "error")
 
 
 def _columns(batch: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:

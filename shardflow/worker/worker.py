@@ -313,7 +313,11 @@ class Worker:
             return await store.acquire_service_lease(service=service, holder=self.owner, ttl=ttl)
 
         return Collector(
-            store=RetentionStore(self.topology.connector(name), lambda: store.partitions),
+            store=RetentionStore(
+                self.topology.connector(name),
+                lambda: store.partitions,
+                citus=self.config.backend == "citus",
+            ),
             acquire_lease=acquire,
             interval=self.settings.gc_seconds,
             batch=self.settings.gc_batch,

@@ -110,9 +110,11 @@ LIMIT %(limit)s;
 
 -- name: worker_claims
 -- The workflows each live worker claimed on node `node` since it started, as its heartbeat
--- last wrote them (the dashboard's claims/s is the difference of two reads, worker by worker,
--- so a worker starting or stopping does not make the rate jump).
-SELECT owner, coalesce((claims ->> %(node)s::text)::bigint, 0) AS claimed
+-- last wrote them, and when (the dashboard's claims/s: per worker, claims between two of its
+-- beats over the time between them, so the rate does not depend on when the page samples).
+SELECT owner, coalesce((claims ->> %(node)s::text)::bigint, 0) AS claimed,
+       extract(epoch FROM seen_at)::float8 AS seen_at,
+       extract(epoch FROM started_at)::float8 AS started_at
 FROM {schema}.workers
 WHERE expires_at > now();
 

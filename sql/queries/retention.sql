@@ -27,12 +27,14 @@ WHERE partition = %(partition)s
 RETURNING workflow_id;
 
 -- name: gc_due
--- How many finished workflows of these partitions the collector may remove now.
+-- How many finished workflows of these partitions the collector may remove now (the same
+-- filter as gc_purge_partition, less the fence: a partition moving now is counted).
 SELECT count(*)::bigint AS due
 FROM {schema}.workflows
 WHERE partition = ANY(%(partitions)s::integer[])
   AND purge_at < now()
-  AND status IN ('succeeded', 'failed', 'cancelled');
+  AND status IN ('succeeded', 'failed', 'cancelled')
+  AND (parent_id IS NULL OR parent_told);
 
 -- name: gc_owned_partitions
 -- The partitions a plain node owns (on Citus the placement says which are the node's).

@@ -293,9 +293,8 @@ WITH batch AS (
     SELECT * FROM unnest(
         %(fin_partition_list)s::integer[], %(fin_workflow_id_list)s::text[],
         %(fin_lease_token_list)s::uuid[], %(fin_status_list)s::text[],
-        %(fin_output_list)s::text[], %(fin_error_list)s::text[],
-        %(fin_retention_list)s::float8[]
-    ) AS f (partition, workflow_id, lease_token, status, output, error, retention)
+        %(fin_output_list)s::text[], %(fin_error_list)s::text[]
+    ) AS f (partition, workflow_id, lease_token, status, output, error)
 ), fence AS MATERIALIZED (
     SELECT partition FROM {schema}.partition_ownership
     WHERE (partition = ANY(%(partition_list)s::integer[])
@@ -332,7 +331,10 @@ WITH batch AS (
     UPDATE {schema}.workflows AS w
     SET status = f.status, output = f.output::json, error = f.error::json,
         completed_at = now(), updated_at = now(), lease_expiries = 0,
-        purge_at = now() + make_interval(secs => f.retention),
+        -- When it may be removed (NULL retention: never). In UTC timestamps, IMMUTABLE: Citus
+        -- refuses timestamptz + interval (STABLE) over a column in an UPDATE.
+        purge_at = timezone('UTC', timezone('UTC', now())
+                                   + make_interval(secs => w.retention_seconds)),
         lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
     FROM finished AS f
     JOIN lease AS l

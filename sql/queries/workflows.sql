@@ -11,10 +11,10 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
-     parent_key, trace_context)
+     parent_key, trace_context, retention_seconds)
 SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
        %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s,
-       %(trace_context)s
+       %(trace_context)s, %(retention)s::float8
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
@@ -48,7 +48,10 @@ WITH fence AS (
 )
 UPDATE {schema}.workflows
 SET status = 'cancelled', completed_at = now(), updated_at = now(),
-    purge_at = now() + make_interval(secs => %(retention)s::float8),
+    -- When it may be removed (NULL retention: never). In UTC timestamps, IMMUTABLE: Citus
+    -- refuses timestamptz + interval (STABLE) over a column in an UPDATE.
+    purge_at = timezone('UTC', timezone('UTC', now())
+                               + make_interval(secs => retention_seconds)),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND status IN ('pending', 'running')
@@ -126,13 +129,15 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-     trace_context)
+     trace_context, retention_seconds)
 SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
-       now() + r.timeout, r.trace_context
+       now() + r.timeout, r.trace_context, r.retention
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
-            %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[])
-     AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context)
+            %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[],
+            %(retention_list)s::float8[])
+     AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context,
+           retention)
 WHERE r.partition IN (SELECT partition FROM fence)
 -- One global order for the unique-index entries: two batches naming the same ids cannot wait
 -- on each other in opposite orders.

@@ -91,7 +91,10 @@ RETURNING partition, workflow_id, step_seq;
 UPDATE {schema}.workflows
 SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
     completed_at = now(), updated_at = now(), lease_expiries = 0,
-    purge_at = now() + make_interval(secs => %(retention)s::float8),
+    -- When it may be removed (NULL retention: never). In UTC timestamps, IMMUTABLE: Citus
+    -- refuses timestamptz + interval (STABLE) over a column in an UPDATE.
+    purge_at = timezone('UTC', timezone('UTC', now())
+                               + make_interval(secs => retention_seconds)),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND lease_token = %(lease_token)s AND status = 'running'
