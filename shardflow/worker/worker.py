@@ -14,6 +14,7 @@ import os
 import socket
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
 from types import TracebackType
@@ -292,13 +293,18 @@ class Worker:
             await self.topology.refresh()
             return self.topology.route(key)[0]
 
-    def _relay_for(self, name: str, store: WorkerStore) -> Relay:
+    def _lease_taker(self, store: WorkerStore) -> Callable[[str, timedelta], Awaitable[bool]]:
+        """Takes or keeps a node-wide singleton service's lease (relay, collector) for us."""
+
         async def acquire(service: str, ttl: timedelta) -> bool:
             return await store.acquire_service_lease(service=service, holder=self.owner, ttl=ttl)
 
+        return acquire
+
+    def _relay_for(self, name: str, store: WorkerStore) -> Relay:
         relay = Relay(
             store=RelayStore(self.topology.connector(name), lambda: store.partitions),
-            acquire_lease=acquire,
+            acquire_lease=self._lease_taker(store),
             client=self._delivery_client,
             holder=self.owner,
             interval=self.settings.poll_seconds,
@@ -309,16 +315,13 @@ class Worker:
         return relay
 
     def _collector_for(self, name: str, store: WorkerStore) -> Collector:
-        async def acquire(service: str, ttl: timedelta) -> bool:
-            return await store.acquire_service_lease(service=service, holder=self.owner, ttl=ttl)
-
         return Collector(
             store=RetentionStore(
                 self.topology.connector(name),
                 lambda: store.partitions,
                 citus=self.config.backend == "citus",
             ),
-            acquire_lease=acquire,
+            acquire_lease=self._lease_taker(store),
             interval=self.settings.gc_seconds,
             batch=self.settings.gc_batch,
             on_failure=self._service_failed,
