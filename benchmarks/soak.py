@@ -41,21 +41,28 @@ def main() -> None:
         help="use this maximum (workflows/s, e.g. an earlier run's) instead of measuring it: "
         "phases of two runs are then offered the same rates",
     )
+    parser.add_argument(
+        "--retention",
+        default="120s",
+        help="finished workflows kept this long in every run ('forever': the tables grow, "
+        "as in the first soaks)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    kept = [] if args.retention == "forever" else ["--retention", args.retention]
 
     if args.maximum is not None:
         closed_top, top = 0.0, args.maximum
         print(f"SOAK maximum: {top:.0f} workflows/s (given, not measured)", flush=True)
     else:
         closed = bench_runs(
-            args.out, "soak-closed", "w", "--count", str(args.max_count), "--repeat", "2"
+            args.out, "soak-closed", "w", "--count", str(args.max_count), "--repeat", "2", *kept
         )
         closed_top = statistics.median(r["workflows_per_second"] for r in closed)
         (overload,) = bench_runs(
             args.out, "soak-max", "w", "--rate", str(closed_top), "--duration", "60",
-            "--drain-timeout", "600",
+            "--drain-timeout", "600", *kept,
         )  # fmt: skip
         top = overload["workflows_per_second"]
         print(
@@ -76,6 +83,7 @@ def main() -> None:
             str(args.seconds),
             "--drain-timeout",
             str(args.drain),
+            *kept,
         )
         phases.append({"fraction": fraction, "rate": rate, **run})
         print(

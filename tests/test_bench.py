@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import REPO
+from shardflow import App, Client, Worker, WorkflowContext
+from shardflow.bench.harvest import RunHarvest
+from shardflow.cluster.membership import ClusterAdmin
+from shardflow.cluster.retention import collect_garbage
+from shardflow.config import ClusterConfig
+from shardflow.errors import WorkflowNotFound
+from tests.helpers import REPO, run, wait_until
 
 
 def bench(*args: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +112,48 @@ def test_checkpoint_lines_are_placed_on_the_run_timeline(tmp_path: Path) -> None
         [1.5, "wal"],
         [60.0, "time"],
     ]
+
+
+harvest_app = App("harvest-test")
+
+
+@harvest_app.workflow(retention="1s")
+async def brief(ctx: WorkflowContext, n: int) -> int:
+    return n
+
+
+def test_harvest_keeps_the_timings_of_removed_workflows(config: ClusterConfig) -> None:
+    """A run with a short retention reads its workflows while they exist: one removed after a
+    look still counts, and a look that sees a row again does not count it twice."""
+    quiet = config.replace(worker=dataclasses.replace(config.worker, gc_seconds=3600))
+    prefix = f"hv{uuid.uuid4().hex[:8]}-"
+    ids = [f"{prefix}{i}" for i in range(12)]
+
+    async def go() -> None:
+        async with (
+            Client(quiet, app=harvest_app) as client,
+            Worker(harvest_app, quiet),
+            ClusterAdmin(quiet) as admin,
+        ):
+            harvest = RunHarvest([admin.bench(n.name) for n in quiet.nodes], prefix, len(ids))
+            for half in (ids[:6], ids[6:]):
+                for handle in await client.start_many(brief, [0] * len(half), workflow_ids=half):
+                    await handle.result(timeout=30)
+                await harvest.look()
+                await harvest.look()  # the overlap reads the same rows again
+
+                async def gone(half: list[str] = half) -> bool:
+                    await collect_garbage(quiet)
+                    for wf_id in half:
+                        with contextlib.suppress(WorkflowNotFound):
+                            await client.get(wf_id)
+                            return False
+                    return True
+
+                await wait_until(gone, what="the collector removing the finished half")
+            assert harvest.ended == 12 and harvest.failed == 0
+            timings = harvest.succeeded()
+            assert len(timings) == 12 and sum(harvest.per_node.values()) == 12
+            assert all(t.created <= t.claimed <= t.completed for t in timings)
+
+    run(go())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -26,16 +27,23 @@ from typing import Any
 
 from shardflow.bench import maintenance, tail, workloads
 from shardflow.bench.common import percentile
+from shardflow.bench.harvest import RunHarvest
 from shardflow.bench.system import CpuCaps, CpuMeter, postmaster_pid, rss_mb
 from shardflow.client import Client
 from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
+from shardflow.config import ClusterConfig
 from shardflow.errors import ConfigurationError
 from shardflow.storage.bench_store import BenchStore, RunTiming
+from shardflow.timebounds import retention_seconds
 
 WORKER_APP = "shardflow.bench.workloads:app"
 START_CHUNK = 500
+# With --retention: the run reads ended workflows every LOOK_SECONDS; each stays at least
+# MIN_RETENTION_SECONDS (several looks, with harvest.OVERLAP_SECONDS of overlap each).
+LOOK_SECONDS = 5.0
+MIN_RETENTION_SECONDS = 60.0
 
 
 @dataclass
@@ -56,6 +64,9 @@ class BenchSettings:
     backend: str = "plain"
     # Citus only: "direct" to the worker holding each shard, or "coordinator".
     citus_routing: str = "direct"
+    # Keep finished workflows this long ("120s"; None: the default 7d): a soak's tables then
+    # stay as small as a production cluster's, and the run reads its timings as it goes.
+    retention: str | None = None
 
     def check(self) -> None:
         if self.workload not in workloads.WORKLOADS:
@@ -72,6 +83,15 @@ class BenchSettings:
             raise ConfigurationError("--backend must be plain or citus")
         if self.backend == "citus" and self.node_cpu:
             raise ConfigurationError("--node-cpu is for the plain backend")
+        if self.retention is not None:
+            seconds = retention_seconds(
+                self.retention, what="--retention", error=ConfigurationError
+            )
+            if seconds is None or seconds < MIN_RETENTION_SECONDS:
+                raise ConfigurationError(
+                    f"--retention must be at least {MIN_RETENTION_SECONDS:.0f}s: the run reads "
+                    "each workflow's timings before the collector removes it"
+                )
 
 
 @dataclass
@@ -173,20 +193,47 @@ async def _commits(nodes: list[BenchStore]) -> int:
 
 
 async def _wait_done(
-    nodes: list[BenchStore], prefix: str, expected: int, workers: _Workers, timeout: float
+    nodes: list[BenchStore],
+    prefix: str,
+    expected: int,
+    workers: _Workers,
+    timeout: float,
+    harvest: RunHarvest | None,
 ) -> tuple[int, int]:
     """Poll until every workflow of the run finished, or ``timeout`` passed: (failed,
-    unfinished)."""
+    unfinished). With a harvest (short retention) what ended is what the harvest has seen:
+    the first ones are gone from the tables by now."""
     deadline = time.monotonic() + timeout
     while True:
         workers.sample_rss()
-        done, failed = await _progress(nodes, prefix)
+        if harvest:
+            await harvest.look()
+            done, failed = harvest.ended, harvest.failed
+        else:
+            done, failed = await _progress(nodes, prefix)
         if done >= expected or time.monotonic() > deadline:
             return failed, max(0, expected - done)
         for p in workers.processes:
             if p.poll() is not None:
                 raise RuntimeError(f"a worker exited with {p.returncode}; see its log")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0 if harvest else 0.1)
+
+
+async def _look_every(harvest: RunHarvest | None, seconds: float) -> None:
+    assert harvest is not None
+    while True:
+        await harvest.look()
+        await asyncio.sleep(seconds)
+
+
+def _with_retention(config: ClusterConfig, retention: str) -> ClusterConfig:
+    """Keep finished workflows ``retention``; the collector runs every quarter of it."""
+    seconds = retention_seconds(retention, what="--retention", error=ConfigurationError)
+    assert seconds is not None
+    gc_seconds = min(config.worker.gc_seconds, seconds / 4)
+    return config.replace(
+        retention=retention, worker=dataclasses.replace(config.worker, gc_seconds=gc_seconds)
+    )
 
 
 async def _submit_closed(client: Client, prefix: str, count: int, workload: str) -> None:
@@ -262,6 +309,8 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             schema="shardflow",
             citus_workers=settings.nodes if settings.backend == "citus" else None,
         ).replace(citus_routing=settings.citus_routing)
+        if settings.retention is not None:
+            config = _with_retention(config, settings.retention)
         local.config_path.write_text(config.to_toml())  # the workers read the routing too
         await init_cluster(config)
         postmasters = [postmaster_pid(node.data_dir) for node in local.nodes()]
@@ -286,6 +335,10 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             meter.start()
             sampler = asyncio.create_task(workers.sample_every(1.0))
             start_errors = 0
+            planned = int(settings.rate * settings.duration) if settings.rate else settings.count
+            assert planned is not None  # check(): --count or --rate
+            harvest = RunHarvest(nodes, prefix, planned) if settings.retention else None
+            looking = asyncio.create_task(_look_every(harvest, LOOK_SECONDS)) if harvest else None
             if settings.rate is not None:
                 expected, start_errors = await _submit_open(
                     client, prefix, settings.rate, settings.duration, settings.workload
@@ -295,8 +348,10 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
                 expected = settings.count
                 await _submit_closed(client, prefix, expected, settings.workload)
             last_start = await _last_start(nodes, prefix)
+            if looking:
+                looking.cancel()
             failed, unfinished = await _wait_done(
-                nodes, prefix, expected - start_errors, workers, settings.drain_timeout
+                nodes, prefix, expected - start_errors, workers, settings.drain_timeout, harvest
             )
             meter.stop()
             sampler.cancel()
@@ -304,7 +359,10 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
             server_work = maintenance.difference(
                 await maintenance.counters(servers), maintenance_before
             )
-            rows, per_node = await _timings(nodes, prefix)
+            if harvest:
+                rows, per_node = harvest.succeeded(), harvest.per_node
+            else:
+                rows, per_node = await _timings(nodes, prefix)
             checkpoints = maintenance.checkpoint_starts(
                 [node.log_file for node in local.nodes()],
                 min((r.created for r in rows), default=0.0),

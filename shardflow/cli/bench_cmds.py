@@ -160,6 +160,11 @@ def bench_gc(
     type=float,
     help="Cap each node at this many CPUs (cgroup v1, root only): the scaling benchmark.",
 )
+@click.option(
+    "--retention",
+    help="Keep finished workflows this long (at least 60s, e.g. 120s): the tables stay small "
+    "as in production; the run reads each workflow's timings before it is removed.",
+)
 @click.option("--repeat", default=1, show_default=True, help="Runs; the median is printed.")
 @click.option(
     "--json",
@@ -180,6 +185,7 @@ def bench_run(
     citus_routing: str,
     drain_timeout: float,
     node_cpu: float | None,
+    retention: str | None,
     repeat: int,
     json_path: str | None,
 ) -> None:
@@ -202,6 +208,7 @@ def bench_run(
         drain_timeout=drain_timeout,
         backend=backend,
         citus_routing=citus_routing,
+        retention=retention,
     )
     settings.check()
     results = []

@@ -4,6 +4,7 @@ back how a run went. A run's workflows are found by their id prefix."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from shardflow.storage.connector import NodeConnector
 
@@ -56,6 +57,11 @@ class BenchStore:
     async def timings(self, prefix: str) -> list[RunTiming]:
         rows = await self.db.run("bench_timings", {"prefix": prefix + "%"})
         return [RunTiming(**r) for r in rows]
+
+    async def finished_since(self, prefix: str, since: float) -> list[dict[str, Any]]:
+        """The run's workflows that ended at or after ``since`` (epoch seconds): id, partition,
+        status and timings."""
+        return await self.db.run("bench_finished_since", {"prefix": prefix + "%", "since": since})
 
     async def signal_resume_seconds(self, prefix: str) -> list[float]:
         """Per received signal of a run: arrival on the node to the wait's checkpoint."""

@@ -92,3 +92,17 @@ ORDER BY c.relname;
 
 -- name: bench_workflow_rows
 SELECT count(*)::bigint AS workflows FROM {schema}.workflows;
+
+-- name: bench_finished_since
+-- A run's workflows that ended at or after `since` (epoch seconds), with their timings: a run
+-- with a short retention reads them while they still exist (bench/harvest.py).
+SELECT workflow_id,
+       partition,
+       status,
+       extract(epoch FROM created_at)::float8 AS created,
+       extract(epoch FROM claimed_at)::float8 AS claimed,
+       extract(epoch FROM completed_at)::float8 AS completed
+FROM {schema}.workflows
+WHERE workflow_id LIKE %(prefix)s
+  AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
+  AND completed_at >= to_timestamp(%(since)s);
