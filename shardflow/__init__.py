@@ -32,9 +32,11 @@ from shardflow.errors import (
     WorkflowFailed,
     WorkflowNotFound,
     WorkflowTimeout,
+    WrongNode,
 )
 from shardflow.storage.records import StepRecord, WorkflowRecord
 from shardflow.sync import SyncClient
+from shardflow.transactional import OwningNode
 from shardflow.worker import Worker
 
 __version__ = "0.1.0"
@@ -52,6 +54,7 @@ __all__ = [
     "NodeConfig",
     "NodeUnavailable",
     "NonDeterminismError",
+    "OwningNode",
     "PartitionMoved",
     "PayloadNotSerializable",
     "PayloadTooLarge",
@@ -74,6 +77,7 @@ __all__ = [
     "WorkflowPage",
     "WorkflowRecord",
     "WorkflowTimeout",
+    "WrongNode",
     "current_step",
     "load_config",
 ]

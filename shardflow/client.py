@@ -20,6 +20,8 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+import psycopg
+
 from shardflow import tracing
 from shardflow.audit import default_actor
 from shardflow.config import ClusterConfig
@@ -38,6 +40,7 @@ from shardflow.errors import (
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
+    WrongNode,
 )
 from shardflow.routing import Placement
 from shardflow.storage import ClientStore, NodeConnector
@@ -47,6 +50,7 @@ from shardflow.storage.connector import PoolExhausted
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 from shardflow.timebounds import check_time_range
 from shardflow.topology import Topology
+from shardflow.transactional import OwningNode, check_open_transaction, insert_in_transaction
 from shardflow.wakeup import WakeUp
 
 log = logging.getLogger("shardflow.client")
@@ -203,12 +207,20 @@ class Client:
         *,
         workflow_id: str | None = None,
         routing_key: str | None = None,
+        connection: psycopg.AsyncConnection[Any] | None = None,
     ) -> WorkflowHandle:
         """Start a workflow, or return the existing one with the same id (idempotent).
 
+        ``connection``: start it inside the caller's open transaction on that connection,
+        which must be to the node that owns the workflow (``node_for(routing_key or id)``):
+        the workflow exists once the caller commits, and never if it rolls back.
+
         Raises InvalidInput subclasses before writing anything, WorkflowConflict when the id
-        exists under another workflow name, NodeUnavailable when the owner is down.
+        exists under another workflow name, NodeUnavailable when the owner is down, WrongNode
+        when ``connection`` is to another node.
         """
+        if connection is not None:
+            connection = check_open_transaction(connection)
         definition = self._definition(workflow)
         name = definition.name
         definition.check_input(input is not None)
@@ -224,7 +236,58 @@ class Client:
             attributes={tracing.WORKFLOW_ID: wf_id, tracing.WORKFLOW: name},
             kind="producer",
         ):
+            if connection is not None:
+                return await self._start_in(
+                    connection, definition, wf_id, routing_key, payload.text, timeout
+                )
             return await self._start(definition, wf_id, routing_key, payload.text, timeout)
+
+    def node_for(self, routing_key: str) -> OwningNode:
+        """The node that owns ``routing_key`` (a workflow id or routing key) now, with
+        connections to it: rows an application keeps there commit atomically with the
+        workflows it starts with ``start(..., connection=conn)``."""
+        check_identifier(
+            routing_key, what="routing_key", max_length=self.config.limits.max_id_length
+        )
+        partition, node = self.route(routing_key)
+        return OwningNode(node, partition, self._connector_for(node))
+
+    async def _start_in(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        definition: WorkflowDef,
+        wf_id: str,
+        routing_key: str | None,
+        text: str | None,
+        timeout: timedelta | None,
+    ) -> WorkflowHandle:
+        """The start as one statement of the caller's transaction on ``conn``."""
+        partition, node = self.route(routing_key or wf_id)
+        params = {
+            "partition": partition,
+            "workflow_id": wf_id,
+            "name": definition.name,
+            "app": definition.app,
+            "routing_key": routing_key,
+            "input": text,
+            "timeout": timeout,
+            "parent_id": None,
+            "parent_key": None,
+            "trace_context": tracing.current_context(),
+            "retention": definition.retention_seconds(self.config.retention_seconds),
+        }
+        store = ClientStore(self._connector_for(node))
+        try:
+            outcome = await insert_in_transaction(
+                store, conn, params, owner=node, citus=self.config.backend == "citus"
+            )
+        except WrongNode:
+            # The next node_for() must name the owner, if the partition just moved.
+            await self.refresh_placement()
+            raise
+        if outcome.record is not None:
+            _check_same_workflow(wf_id, outcome.record, definition)
+        return WorkflowHandle(self, wf_id, routing_key, created=outcome.created)
 
     async def _start(
         self,

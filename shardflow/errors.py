@@ -64,6 +64,11 @@ class PartitionMoved(ShardflowError):
         self.placement_version = placement_version
 
 
+class WrongNode(PartitionMoved):
+    """The connection given to ``start(connection=...)`` is not to the node that owns the
+    workflow's partition. Open the transaction on ``client.node_for(key).connection()``."""
+
+
 class NodeUnavailable(ShardflowError):
     """The node that owns the partition cannot be reached now.
 

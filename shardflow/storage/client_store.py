@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from shardflow.errors import PartitionMoved
 from shardflow.storage.connector import NodeConnector, jsonb
 from shardflow.storage.queries import work_channel
@@ -95,6 +97,30 @@ class ClientStore:
                 return InsertOutcome(created=False, record=WorkflowRecord(**rows[0]))
             await self._raise_moved(conn, partition)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def insert_workflow_in(
+        self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], *, notify: bool
+    ) -> InsertOutcome | None:
+        """The start of ``insert_workflow`` (same ``params``) inside the caller's own open
+        transaction on ``conn``: it commits or rolls back with the caller's rows. None when the
+        node ``conn`` is connected to does not own the partition (nothing was written).
+
+        ``notify``: a NOTIFY in the same transaction, which PostgreSQL delivers at its commit
+        and drops at its rollback (plain nodes; on Citus a NOTIFY would stop a transaction
+        that spans workers from committing, so there the workers' poll finds it).
+        """
+        key = {"partition": params["partition"], "workflow_id": params["workflow_id"]}
+        with self.db.translate_errors():
+            if await self.db.fetch(conn, "workflow_insert", params):
+                if notify:
+                    wake = {
+                        "channel": work_channel(self.db.schema),
+                        "payload": str(key["partition"]),
+                    }
+                    await self.db.fetch(conn, "notify_work", wake)
+                return InsertOutcome(created=True, record=None)
+            rows = await self.db.fetch(conn, "workflow_get", key)
+        return InsertOutcome(created=False, record=WorkflowRecord(**rows[0])) if rows else None
 
     async def insert_many(self, rows: list[dict[str, Any]]) -> set[Hashable]:
         """Insert many pending workflows in one statement; returns the ids it created.
