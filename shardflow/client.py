@@ -42,11 +42,13 @@ from shardflow.errors import (
     WorkflowNotFound,
     WrongNode,
 )
+from shardflow.manage import check_fork, events_of
 from shardflow.routing import Placement
 from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.client_store import EventRecord
 from shardflow.storage.connector import PoolExhausted
+from shardflow.storage.manage_store import ManageStore, RetryPoint
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 from shardflow.timebounds import check_time_range
 from shardflow.topology import Topology
@@ -735,6 +737,65 @@ class Client:
                 partition, workflow_id, actor=self.actor
             ),
         )
+
+    async def retry(self, workflow_id: str, *, routing_key: str | None = None) -> RetryPoint:
+        """Run a failed workflow again from its failed step: the checkpoints from its last
+        failed one on are dropped (from after its last one, when its own code raised), and a
+        worker replays the rest and runs on. Audited. NotRetryable (nothing changed) when it
+        is not failed, is a child, ran compensations, or started children after that step."""
+        key = self._key(workflow_id, routing_key)
+        return await self._routed(
+            key,
+            lambda store, partition: ManageStore(store).retry(
+                partition, workflow_id, actor=self.actor
+            ),
+        )
+
+    async def fork(
+        self,
+        workflow_id: str,
+        *,
+        from_step: int,
+        routing_key: str | None = None,
+        new_workflow_id: str | None = None,
+    ) -> WorkflowHandle:
+        """A new workflow of the same name, app and input that replays the first
+        ``from_step`` checkpoints of ``workflow_id`` (their results, not their effects) and
+        runs on from there; the source is not touched. It keeps the source's routing key (so
+        its node) when it had one. ``new_workflow_id`` defaults to ``ID-fork-XXXXXXXX``.
+        Audited. An existing ``new_workflow_id`` raises WorkflowConflict."""
+        if not isinstance(from_step, int) or isinstance(from_step, bool) or from_step < 0:
+            raise InvalidInput(f"from_step must be a step number >= 0, got {from_step!r}")
+        source_key = self._key(workflow_id, routing_key)
+        fork_id = new_workflow_id or f"{workflow_id}-fork-{uuid.uuid4().hex[:8]}"
+        check_identifier(
+            fork_id, what="new_workflow_id", max_length=self.config.limits.max_id_length
+        )
+        source = await self._routed(
+            source_key,
+            lambda store, partition: ManageStore(store).fork_source(
+                partition, workflow_id, from_step
+            ),
+            read=True,
+        )
+        check_fork(workflow_id, source, from_step)
+        events = events_of(source.steps)
+
+        async def insert(store: ClientStore, partition: int) -> bool:
+            return await ManageStore(store).insert_fork(
+                partition,
+                fork_id,
+                source,
+                events=events,
+                source_id=workflow_id,
+                actor=self.actor,
+            )
+
+        if not await self._routed(source.routing_key or fork_id, insert):
+            raise WorkflowConflict(
+                f"workflow id {fork_id!r} exists already: choose another new_workflow_id"
+            )
+        return WorkflowHandle(self, fork_id, source.routing_key, created=True)
 
     async def list(
         self,

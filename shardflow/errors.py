@@ -42,6 +42,11 @@ class UnknownWorkflow(InvalidInput):
     """No workflow of that name is registered with the application."""
 
 
+class NotRetryable(InvalidInput):
+    """The workflow cannot be retried as it is (its status or its history says why); the
+    message names what to do instead (requeue, fork, start anew). Nothing was changed."""
+
+
 class WorkflowConflict(ShardflowError):
     """The workflow id already exists under another workflow name. Use a different id."""
 

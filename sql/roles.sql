@@ -45,10 +45,17 @@ GRANT SELECT ON {schema}.placements, {schema}.node_identity, {schema}.partition_
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
 
 GRANT SELECT, INSERT ON {schema}.workflows TO {client};
+-- output, deadline_at and the retry state: `retry` makes a failed workflow runnable again;
+-- claim_count: a fork with copied checkpoints counts as claimed once.
 GRANT UPDATE (status, run_at, error, updated_at, completed_at, lease_token, lease_owner,
               lease_expires_at, lease_expiries, signal_seq, parent_told, cancel_requested,
-              waiting_for, purge_at)
+              waiting_for, purge_at, output, deadline_at, retry_step_seq, retry_attempts,
+              claim_count)
     ON {schema}.workflows TO {client};
+-- Retry drops the checkpoints (and events) from the failed step on and makes the signals
+-- taken there unread; fork copies checkpoints and events into the new workflow.
+GRANT INSERT, DELETE ON {schema}.steps, {schema}.events TO {client};
+GRANT UPDATE (received_at_step) ON {schema}.signals TO {client};
 GRANT SELECT, INSERT, DELETE ON {schema}.outbox TO {client};
 GRANT SELECT, INSERT ON {schema}.signals TO {client};
 GRANT SELECT ON {schema}.events TO {client};

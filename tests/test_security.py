@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from shardflow import Client, Worker
+from shardflow import Client, Worker, WorkflowFailed
 from shardflow.cli import cli
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
@@ -74,6 +74,13 @@ def test_runtime_runs_with_least_privilege(
             assert [await h.result(timeout=30) for h in handles] == [i + 3 for i in range(12)]
             handle = await client.start(apps.sleepy, 30, workflow_id=f"lp-{uuid.uuid4().hex}")
             assert await handle.cancel()  # cancel (and its audit row) as the client role
+            # Retry and fork (their deletes, copies and audit rows) as the client role.
+            failing = await client.start(apps.retrying, 10)
+            with pytest.raises(WorkflowFailed):
+                await failing.result(timeout=30)
+            assert (await client.retry(failing.workflow_id)).step_seq == 0
+            fork = await client.fork(handles[0].workflow_id, from_step=2)
+            assert await fork.result(timeout=30) == 3
             # The heartbeat registers the worker (and its claims) as the worker role.
             async with ClusterAdmin(role_configs["worker"]) as admin:
                 placement = await admin.latest_placement()

@@ -1,5 +1,5 @@
 """``shardflow worker``, the workflow commands (start, get, result, list, signal, events,
-cancel, requeue) and ``shardflow demo``."""
+cancel, requeue, retry, fork) and ``shardflow demo``."""
 
 from __future__ import annotations
 
@@ -373,6 +373,56 @@ def requeue(state: CliState, workflow_id: str, routing_key: str | None) -> None:
         async with Client(state.config()) as client:
             done = await client.requeue(workflow_id, routing_key=routing_key)
             click.echo("requeued" if done else "not dead-lettered: nothing to do")
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@pass_state
+def retry(state: CliState, workflow_id: str, routing_key: str | None) -> None:
+    """Run a failed workflow again from its failed step (audited): the checkpoints from its
+    last failed one on are dropped, the rest replay."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            point = await client.retry(workflow_id, routing_key=routing_key)
+            click.echo(f"retrying from step {point.step_seq} ({point.dropped} checkpoints dropped)")
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option(
+    "--from-step",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Replay this many of its checkpoints (0: run it again from the start).",
+)
+@click.option("--id", "new_workflow_id", help="The fork's id (default: ID-fork-XXXXXXXX).")
+@click.option("--routing-key", help="The source's routing key, if it has one.")
+@pass_state
+def fork(
+    state: CliState,
+    workflow_id: str,
+    from_step: int,
+    new_workflow_id: str | None,
+    routing_key: str | None,
+) -> None:
+    """Start a new workflow that replays the first checkpoints of WORKFLOW_ID and runs on from
+    there (audited); the source is not touched. Prints the fork's id."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            handle = await client.fork(
+                workflow_id,
+                from_step=from_step,
+                routing_key=routing_key,
+                new_workflow_id=new_workflow_id,
+            )
+            click.echo(handle.workflow_id)
 
     run_async(go())
 

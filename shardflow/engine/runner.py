@@ -103,7 +103,8 @@ class WorkflowRunner:
         ctx = WorkflowContext(
             work=work,
             store=store,
-            # Checkpoints are written only under a claim: a first claim has none to read.
+            # Checkpoints are written only under a claim (a fork copies some and counts as
+            # claimed once): a first claim has none to read.
             checkpoints=(
                 await store.steps(work.partition, work.workflow_id) if work.claim_count > 1 else []
             ),
