@@ -44,6 +44,9 @@ GRANT SELECT ON {schema}.placements, {schema}.node_identity, {schema}.partition_
     TO {worker};
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
 
+-- The SQL API's catalog: each worker registers what its app can run.
+GRANT SELECT, INSERT, UPDATE ON {schema}.workflow_catalog TO {worker};
+
 GRANT SELECT, INSERT ON {schema}.workflows TO {client};
 -- output, deadline_at and the retry state: `retry` makes a failed workflow runnable again;
 -- claim_count: a fork with copied checkpoints counts as claimed once.
@@ -63,3 +66,10 @@ GRANT SELECT ON {schema}.steps, {schema}.placements, {schema}.node_identity,
     {schema}.partition_ownership TO {client};
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {client};
 GRANT INSERT ON {schema}.audit_log TO {client};
+
+-- The SQL API (migration 0011): the client role only; the functions run with its privileges.
+GRANT SELECT ON {schema}.workflow_catalog TO {client};
+GRANT EXECUTE ON FUNCTION {schema}.start(text, json, text, text, text),
+    {schema}.status(text, text), {schema}.result(text, text),
+    {schema}.signal(text, text, json, text, text), {schema}.owned_partition(text)
+    TO {client};

@@ -236,3 +236,17 @@ CREATE TABLE {schema}.audit_log (
     arguments jsonb NOT NULL DEFAULT '{{}}'::jsonb
 );
 CREATE INDEX audit_log_at_idx ON {schema}.audit_log (at DESC);
+
+-- What the workers of each app can run, registered by every worker on every node it serves:
+-- the SQL API takes a workflow's app, input shape, timeout and retention from here.
+-- The SQL API's functions (shardflow.start, signal, status, result, partition_for) are in
+-- sql/migrations/0011_sql_api.sql: functions are replaced whole, never altered.
+CREATE TABLE {schema}.workflow_catalog (
+    app text NOT NULL,
+    name text NOT NULL,
+    input text NOT NULL CHECK (input IN ('none', 'optional', 'required')),
+    timeout_seconds double precision,
+    retention_seconds double precision,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (app, name)
+);

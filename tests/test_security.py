@@ -28,6 +28,7 @@ pytestmark = pytest.mark.plain_only(
 )
 
 LOGINS = {"worker": "sf_test_worker", "client": "sf_test_client"}
+SQL_STATUS = "SELECT shardflow.status(%s)"  # the SQL API, as an application calls it
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,22 @@ def test_runtime_runs_with_least_privilege(
     run(go())
     refused = [r.getMessage() for r in caplog.records if "permission denied" in r.getMessage()]
     assert refused == []
+    # The SQL API is the client role's only (the worker registered its catalog above).
+    key = f"lp-sql-{uuid.uuid4().hex}"
+    answered = 0
+    for kind in ("client", "worker"):
+        for node in role_configs[kind].nodes:
+            with psycopg.connect(node.dsn, autocommit=True) as conn:
+                if kind == "worker":
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        conn.execute(SQL_STATUS, (key,))
+                    continue
+                try:
+                    assert conn.execute(SQL_STATUS, (key,)).fetchone() == (None,)
+                    answered += 1
+                except psycopg.Error as exc:
+                    assert exc.sqlstate == "SF001"  # another node owns the key
+    assert answered == 1  # its owner answered: no such workflow
 
 
 async def _registered(admin: ClusterAdmin, node: str, owner: str) -> bool:

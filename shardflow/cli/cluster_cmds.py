@@ -17,8 +17,8 @@ from shardflow.cluster.membership import ClusterAdmin
 from shardflow.cluster.rebalance import MoveResult, Rebalancer
 from shardflow.cluster.verify import CheckReport, check_cluster
 from shardflow.config import ClusterConfig, NodeConfig
-from shardflow.errors import ConfigurationError
-from shardflow.routing import Placement
+from shardflow.errors import ConfigurationError, ShardflowError
+from shardflow.routing import Placement, partition_for
 from shardflow.storage.citus_store import RebalanceProgress, citus_node_name
 
 # -- cluster -------------------------------------------------------------------------------
@@ -250,6 +250,34 @@ def cluster_status_cmd(state: CliState, as_json: bool, stalled_after: float | No
                 f"  {u.workflows} x {u.name} (app {u.app!r}) on {u.node}, oldest started "
                 f"{u.oldest:%Y-%m-%d %H:%M:%S}: start a worker whose app defines it"
             )
+
+
+@cluster.command("owner")
+@click.argument("key")
+@click.option("--dsn", "show_dsn", is_flag=True, help="Print only the node's connection string.")
+@pass_state
+def cluster_owner(state: CliState, key: str, show_dsn: bool) -> None:
+    """Which node owns KEY (a workflow id or routing key) now, and its partition: where to call
+    the SQL API (`psql "$(shardflow cluster owner KEY --dsn)"`). The connection string never
+    holds a password (libpq takes it from PGPASSWORD or a password file)."""
+    from shardflow.connectors import dsn_for
+    from shardflow.engine.codec import check_identifier
+
+    config = state.config()
+    try:
+        check_identifier(key, what="KEY", max_length=config.limits.max_id_length)
+    except ShardflowError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+    async def go() -> tuple[str, int, str]:
+        async with ClusterAdmin(config) as admin:
+            placement = await admin.latest_placement()
+        partition = partition_for(key, placement.partition_count)
+        node = placement.node(placement.owner(partition))
+        return node.name, partition, dsn_for(config, node)
+
+    name, partition, dsn = run_async(go())
+    click.echo(dsn if show_dsn else f"{name} partition {partition}")
 
 
 @cluster.command("check")

@@ -124,6 +124,22 @@ class App:
     def workflows(self) -> dict[str, WorkflowDef]:
         return dict(self._workflows)
 
+    def catalog(self, default_retention: float | None) -> list[dict[str, Any]]:
+        """What a worker of this app registers on every node for the SQL API: per workflow
+        its input shape, timeout and retention (``default_retention``: the cluster's)."""
+        return [
+            {
+                "app": self.name,
+                "name": wf.name,
+                "input": "required"
+                if wf.input_required
+                else ("optional" if wf.takes_input else "none"),
+                "timeout_seconds": wf.timeout,
+                "retention_seconds": wf.retention_seconds(default_retention),
+            }
+            for wf in self._workflows.values()
+        ]
+
     def get_workflow(self, name: str) -> WorkflowDef:
         """The workflow registered as ``name``, or UnknownWorkflow listing the known ones."""
         try:

@@ -165,6 +165,7 @@ DISTRIBUTION_ORDER = (
     ("service_leases", "citus_distribute_service_leases"),
     ("workers", "citus_distribute_workers"),
     ("audit_log", "citus_distribute_audit_log"),
+    ("workflow_catalog", "citus_distribute_workflow_catalog"),
 )
 
 

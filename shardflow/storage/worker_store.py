@@ -519,6 +519,11 @@ class WorkerStore:
         }
         await self.db.run("worker_register", params)
 
+    async def register_catalog(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Record what this worker's app can run (app, name, input, timeout_seconds,
+        retention_seconds per workflow): the SQL API starts workflows from it."""
+        await self.db.run("catalog_register", {"entries": json.dumps(list(entries))})
+
     async def unregister_worker(self, *, owner: str) -> None:
         await self.db.run("worker_unregister", {"owner": owner})
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 from shardflow.config import ClusterConfig
 from shardflow.connectors import node_connector
@@ -35,11 +37,15 @@ class HeartbeatThread:
         app_name: str = "",
         workflow_names: Sequence[str] = (),
         claimed: Callable[[], dict[str, int]] | None = None,
+        catalog: Sequence[dict[str, Any]] = (),
     ):
         self.config = config
         self.owner = owner
         self.app_name = app_name
         self.workflow_names = list(workflow_names)
+        # What the app can run, written once per node connector (the SQL API's catalog).
+        self.catalog = list(catalog)
+        self._cataloged: weakref.WeakSet[NodeConnector] = weakref.WeakSet()
         # node -> (partition, lease token) of the work this worker runs now (read each beat).
         self._held = held
         # node -> workflows claimed there since the worker started (read each beat).
@@ -107,7 +113,11 @@ class HeartbeatThread:
                 await asyncio.gather(
                     *(
                         self._beat(
-                            WorkerStore(c), held.get(name, []), lease, register=name in register
+                            WorkerStore(c),
+                            held.get(name, []),
+                            lease,
+                            register=name in register,
+                            catalog=c not in self._cataloged,
                         )
                         for name, c in connectors.items()
                     )
@@ -121,7 +131,13 @@ class HeartbeatThread:
             await asyncio.gather(*(c.close() for c in connectors.values()), return_exceptions=True)
 
     async def _beat(
-        self, store: WorkerStore, held: list[tuple[int, str]], lease: timedelta, *, register: bool
+        self,
+        store: WorkerStore,
+        held: list[tuple[int, str]],
+        lease: timedelta,
+        *,
+        register: bool,
+        catalog: bool,
     ) -> None:
         try:
             if held:
@@ -135,6 +151,9 @@ class HeartbeatThread:
                     # Live for three beats: one missed beat does not make it look gone.
                     ttl=timedelta(seconds=3 * self.config.worker.heartbeat_seconds),
                 )
+                if catalog and self.catalog:
+                    await store.register_catalog(self.catalog)
+                    self._cataloged.add(store.db)
         except ShardflowError as exc:
             log.warning(
                 "heartbeat failed: %s",

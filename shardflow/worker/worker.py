@@ -121,6 +121,7 @@ class Worker:
             app_name=app.name,
             workflow_names=list(app.workflows),
             claimed=self._claimed_per_node,
+            catalog=app.catalog(config.retention_seconds),
         )
         self._started = False
         self._stop_requested = False

@@ -358,6 +358,18 @@ ON CONFLICT (owner) DO UPDATE
 SET app = EXCLUDED.app, workflow_names = EXCLUDED.workflow_names,
     seen_at = EXCLUDED.seen_at, expires_at = EXCLUDED.expires_at, claims = EXCLUDED.claims;
 
+-- name: catalog_register
+-- What this worker's app can run (the SQL API's catalog): written once per node the worker
+-- serves, at its first beat there; a deploy with other timeouts or retentions replaces them.
+INSERT INTO {schema}.workflow_catalog AS c
+    (app, name, input, timeout_seconds, retention_seconds, registered_at)
+SELECT e.app, e.name, e.input, e.timeout_seconds, e.retention_seconds, now()
+FROM json_to_recordset(%(entries)s::json)
+    AS e(app text, name text, input text, timeout_seconds float8, retention_seconds float8)
+ON CONFLICT (app, name) DO UPDATE
+SET input = EXCLUDED.input, timeout_seconds = EXCLUDED.timeout_seconds,
+    retention_seconds = EXCLUDED.retention_seconds, registered_at = EXCLUDED.registered_at;
+
 -- name: worker_unregister
 DELETE FROM {schema}.workers WHERE owner = %(owner)s;
 

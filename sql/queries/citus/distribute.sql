@@ -58,3 +58,7 @@ SELECT create_reference_table('{schema}.workers');
 
 -- name: citus_distribute_audit_log
 SELECT create_reference_table('{schema}.audit_log');
+
+-- name: citus_distribute_workflow_catalog
+-- The SQL API's catalog: small, written once per worker start, read by every start.
+SELECT create_reference_table('{schema}.workflow_catalog');
