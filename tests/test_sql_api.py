@@ -60,11 +60,17 @@ def _other_dsn(client: Client, config: ClusterConfig, key: str) -> tuple[str, st
     return node.name, dsn_for(config, node)
 
 
-def _one(dsn: str, query: str, params: tuple[Any, ...]) -> Any:
+def _one_now(dsn: str, query: str, params: tuple[Any, ...]) -> Any:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(query, params).fetchone()
         assert row is not None
         return row[0]
+
+
+async def _one(dsn: str, query: str, params: tuple[Any, ...]) -> Any:
+    """One SQL call on a thread: the in-process worker's event loop keeps running (it may hold
+    the row the call waits for)."""
+    return await asyncio.to_thread(_one_now, dsn, query, params)
 
 
 async def _catalogued(config: ClusterConfig) -> None:
@@ -125,12 +131,20 @@ def test_start_from_psql_and_read_the_result(config: ClusterConfig) -> None:
             assert done.returncode == 0, done.stderr
             assert done.stdout.strip() == wf_id
             assert await client.result(wf_id, timeout=30) == 4
-            assert _one(dsn, STATUS, (wf_id,)) == "succeeded"
-            assert _one(dsn, RESULT, (wf_id,)) == 4
+            assert await _one(dsn, STATUS, (wf_id,)) == "succeeded"
+            assert await _one(dsn, RESULT, (wf_id,)) == 4
             # Idempotent by id: the same start returns the same workflow.
-            assert _one(dsn, START, ("three_steps", "1", wf_id)) == wf_id
+            assert await _one(dsn, START, ("three_steps", "1", wf_id)) == wf_id
 
     run(go())
+
+
+def _insert_order(dsn: str, wf_id: str, *, commit: bool) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(ORDERS_TABLE)
+        conn.commit()
+        conn.execute("INSERT INTO public.sql_api_orders VALUES (%s, %s)", (wf_id, 5))
+        conn.commit() if commit else conn.rollback()
 
 
 def test_start_from_a_trigger_commits_with_the_row(config: ClusterConfig) -> None:
@@ -140,16 +154,15 @@ def test_start_from_a_trigger_commits_with_the_row(config: ClusterConfig) -> Non
         async with Client(config, app=apps.app) as client, Worker(apps.app, config):
             await _catalogued(config)
             for wf_id, keep in ((committed, True), (rolled_back, False)):
-                dsn = _owner_dsn(client, config, wf_id)
-                with psycopg.connect(dsn) as conn:
-                    conn.execute(ORDERS_TABLE)
-                    conn.commit()
-                    conn.execute("INSERT INTO public.sql_api_orders VALUES (%s, %s)", (wf_id, 5))
-                    conn.commit() if keep else conn.rollback()
+                # Plain: the table lives on the node that owns the workflow. Citus: DDL runs
+                # on the coordinator, and the coordinator reaches every shard.
+                dsn = config.nodes[0].dsn if config.backend == "citus" else None
+                dsn = dsn or _owner_dsn(client, config, wf_id)
+                await asyncio.to_thread(_insert_order, dsn, wf_id, commit=keep)
             assert await client.result(committed, timeout=30) == 8
             assert await client.status(committed) == "succeeded"
             dsn = _owner_dsn(client, config, rolled_back)
-            assert _one(dsn, STATUS, (rolled_back,)) is None
+            assert await _one(dsn, STATUS, (rolled_back,)) is None
 
     run(go())
 
@@ -163,11 +176,11 @@ def test_signal_from_sql(config: ClusterConfig) -> None:
             await client.get_event(wf_id, "stage", timeout=30)
             dsn = _owner_dsn(client, config, wf_id)
             payload = json.dumps({"by": "sql"})
-            assert _one(dsn, SIGNAL, (wf_id, "approve", payload, "once")) is True
-            assert _one(dsn, SIGNAL, (wf_id, "approve", payload, "once")) is False  # a resend
+            assert await _one(dsn, SIGNAL, (wf_id, "approve", payload, "once")) is True
+            assert await _one(dsn, SIGNAL, (wf_id, "approve", payload, "once")) is False  # a resend
             assert await client.result(wf_id, timeout=30) == {"approved": True, "by": "sql"}
             with pytest.raises(psycopg.Error, match="has ended") as ended:
-                _one(dsn, SIGNAL, (wf_id, "approve", payload, "twice"))
+                await _one(dsn, SIGNAL, (wf_id, "approve", payload, "twice"))
             assert ended.value.sqlstate == "SF005"
 
     run(go())
@@ -176,32 +189,38 @@ def test_signal_from_sql(config: ClusterConfig) -> None:
 def test_refusals_name_the_fix_and_write_nothing(config: ClusterConfig) -> None:
     wf_id = f"sqlapi-bad-{uuid.uuid4().hex[:8]}"
 
-    def refused(dsn: str, query: str, params: tuple[Any, ...], code: str, text: str) -> None:
+    async def refused(dsn: str, query: str, params: tuple[Any, ...], code: str, text: str) -> None:
         with pytest.raises(psycopg.Error, match=text) as caught:
-            _one(dsn, query, params)
+            await _one(dsn, query, params)
         assert caught.value.sqlstate == code
 
     async def go() -> None:
         async with Client(config, app=apps.app) as client, Worker(apps.app, config):
             await _catalogued(config)
             dsn = _owner_dsn(client, config, wf_id)
-            refused(dsn, START, ("no_such_flow", "1", wf_id), "SF002", "no worker has registered")
-            refused(dsn, START, ("three_steps", None, wf_id), "SF004", "needs an input")
-            refused(dsn, START, ("no_input", "1", wf_id), "SF004", "takes no input")
-            refused(dsn, START, ("three_steps", "1", " "), "SF004", "workflow_id is empty")
-            refused(dsn, START, ("three_steps", "1", "x" * 201), "SF004", "above the limit")
-            refused(dsn, RESULT, (wf_id,), "SF005", "no workflow")
-            refused(dsn, SIGNAL, (wf_id, "shardflow.x", None, None), "SF004", "reserved")
+            await refused(
+                dsn, START, ("no_such_flow", "1", wf_id), "SF002", "no worker has registered"
+            )
+            await refused(dsn, START, ("three_steps", None, wf_id), "SF004", "needs an input")
+            await refused(dsn, START, ("no_input", "1", wf_id), "SF004", "takes no input")
+            await refused(dsn, START, ("three_steps", "1", " "), "SF004", "workflow_id is empty")
+            await refused(dsn, START, ("three_steps", "1", "x" * 201), "SF004", "above the limit")
+            await refused(dsn, RESULT, (wf_id,), "SF005", "no workflow")
+            await refused(dsn, SIGNAL, (wf_id, "shardflow.x", None, None), "SF004", "reserved")
             if config.backend == "plain":
                 owner = client.route(wf_id)[1]
                 other, other_dsn = _other_dsn(client, config, wf_id)
-                refused(
+                await refused(
                     other_dsn, START, ("three_steps", "1", wf_id), "SF001", f"owned by node {owner}"
                 )
-                refused(other_dsn, STATUS, (wf_id,), "SF001", f"not by this node \\({other}\\)")
-            assert _one(dsn, STATUS, (wf_id,)) is None  # nothing was written
+                await refused(
+                    other_dsn, STATUS, (wf_id,), "SF001", f"not by this node \\({other}\\)"
+                )
+            assert await _one(dsn, STATUS, (wf_id,)) is None  # nothing was written
             await client.start(apps.echo, 1, workflow_id=wf_id)
-            refused(dsn, START, ("three_steps", "1", wf_id), "SF003", "already exists as workflow")
+            await refused(
+                dsn, START, ("three_steps", "1", wf_id), "SF003", "already exists as workflow"
+            )
 
     run(go())
 
