@@ -277,6 +277,7 @@ class Client:
             "parent_key": None,
             "trace_context": tracing.current_context(),
             "retention": definition.retention_seconds(self.config.retention_seconds),
+            "app_version": definition.app_version,
         }
         store = ClientStore(self._connector_for(node))
         try:
@@ -316,6 +317,7 @@ class Client:
                 "timeout": timeout,
                 "trace_context": trace_context,
                 "retention": retention,
+                "app_version": definition.app_version,
             }
             # Concurrent starts to one node share a statement and a commit.
             if await self._start_batcher(store.db.name).submit(row):
@@ -332,6 +334,7 @@ class Client:
                 timeout=timeout,
                 trace_context=trace_context,
                 retention=retention,
+                app_version=definition.app_version,
             )
             if outcome.created:
                 self._wake(store, {partition})
@@ -410,6 +413,7 @@ class Client:
                             "timeout": timeout,
                             "trace_context": trace_context,
                             "retention": retention,
+                            "app_version": definition.app_version,
                         }
                         for partition, wf_id, text in rows
                     ]
@@ -659,6 +663,7 @@ class Client:
                 parent_key=start["parent_key"],
                 trace_context=start.get("trace_context"),
                 retention=start.get("retention"),
+                app_version=start.get("app_version"),
             )
             if outcome.created:
                 self._wake(store, {partition})
@@ -738,6 +743,18 @@ class Client:
             ),
         )
 
+    async def resume(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
+        """Run a stuck workflow again (parked when its code stopped matching its history),
+        once code that matches is deployed: it replays from the start. Audited. False if it
+        is not stuck."""
+        await self.get(workflow_id, routing_key=routing_key)
+        return await self._routed(
+            self._key(workflow_id, routing_key),
+            lambda store, partition: store.resume_workflow(
+                partition, workflow_id, actor=self.actor
+            ),
+        )
+
     async def retry(self, workflow_id: str, *, routing_key: str | None = None) -> RetryPoint:
         """Run a failed workflow again from its failed step: the checkpoints from its last
         failed one on are dropped (from after its last one, when its own code raised), and a
@@ -807,10 +824,11 @@ class Client:
         node: str | None = None,
         created_since: datetime | None = None,
         created_until: datetime | None = None,
+        version: str | None = None,
     ) -> WorkflowPage:
         """Workflows across all nodes (or one ``node``), newest first, optionally filtered;
         paginated. ``created_since`` (inclusive) and ``created_until`` (exclusive) bound the
-        start time; both must be timezone-aware."""
+        start time; both must be timezone-aware. ``version``: started by that App version."""
         check_time_range(created_since, created_until)
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
@@ -834,6 +852,7 @@ class Client:
                     after=after,
                     created_since=created_since,
                     created_until=created_until,
+                    app_version=version,
                     partitions=placement.partitions_of(n),
                 )
                 for n in names

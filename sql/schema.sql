@@ -41,7 +41,8 @@ CREATE TABLE {schema}.workflows (
     routing_key text,
     status text NOT NULL
         CONSTRAINT workflows_status_check
-        CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled', 'dead')),
+        CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled', 'dead',
+                          'stuck')),
     input json,
     output json,
     error json,
@@ -77,6 +78,8 @@ CREATE TABLE {schema}.workflows (
     -- removed (set as it ends; NULL keeps it). Migration 0010.
     retention_seconds double precision,
     purge_at timestamptz,
+    -- The starting App's version (NULL: unversioned). Migration 0012.
+    app_version text,
     PRIMARY KEY (partition, workflow_id)
 );
 

@@ -151,7 +151,10 @@ def test_workflow_can_catch_a_failed_step(config: ClusterConfig) -> None:
     run(go())
 
 
-def test_non_determinism_is_detected(config: ClusterConfig) -> None:
+def test_non_determinism_parks_the_workflow_until_resumed(config: ClusterConfig) -> None:
+    """Code that no longer matches a workflow's history parks it as `stuck` (visible, not
+    failed, nothing recorded past the mismatch); `resume` after a fix runs it to its end."""
+
     async def go() -> None:
         wf_id = new_id("nondet")
         apps.shape["first_step"] = "step_a"
@@ -168,10 +171,24 @@ def test_non_determinism_is_detected(config: ClusterConfig) -> None:
                     await wait_until(suspended, what="the first run to suspend")
                 apps.shape["first_step"] = "step_b"  # "deploy" incompatible code
                 async with Worker(apps.app, config):
-                    with pytest.raises(WorkflowFailed) as info:
-                        await client.result(wf_id, timeout=20)
-            assert info.value.error["type"] == NonDeterminismError.__name__
-            assert "'step_a'" in info.value.error["message"]
+
+                    async def stuck() -> bool:
+                        return (await client.get(wf_id)).status == "stuck"
+
+                    await wait_until(stuck, what="the workflow to be parked")
+                record = await client.get(wf_id)
+                assert record.error is not None and record.completed_at is None
+                assert record.error["type"] == NonDeterminismError.__name__
+                assert "'step_a'" in record.error["message"]
+                assert "ctx.patched" in record.error["message"]
+                assert len(await client.steps(wf_id)) == 2  # nothing past the mismatch
+                listed = await client.list(status="stuck", limit=1000)
+                assert wf_id in {r.workflow_id for r in listed.items}
+                apps.shape["first_step"] = "step_a"  # deploy the fix
+                assert await client.resume(wf_id)
+                assert not await client.resume(wf_id)  # pending now: nothing to do
+                async with Worker(apps.app, config):
+                    assert await client.result(wf_id, timeout=20) == "a"
         finally:
             apps.shape["first_step"] = "step_a"
 

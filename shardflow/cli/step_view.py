@@ -11,6 +11,7 @@ from shardflow.engine.context import (
     COMPENSATE_STEP_PREFIX,
     EVENT_STEP_PREFIX,
     FIRST_TO_END_STEP,
+    PATCH_STEP_PREFIX,
     SIGNAL_STEP_PREFIX,
     SLEEP_STEP,
     START_CHILD_STEP_PREFIX,
@@ -49,6 +50,8 @@ def about(step: StepRecord) -> str | None:
         return f"registered compensation {name[len(COMPENSATE_STEP_PREFIX) :]}"
     if name == CANCELLED_STEP:
         return "cancelled: the registered compensations follow, newest first"
+    if name.startswith(PATCH_STEP_PREFIX):
+        return f"took the new path of patch {name[len(PATCH_STEP_PREFIX) :]!r} (ctx.patched)"
     return None
 
 

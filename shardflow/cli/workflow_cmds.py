@@ -1,5 +1,5 @@
 """``shardflow worker``, the workflow commands (start, get, result, list, signal, events,
-cancel, requeue, retry, fork) and ``shardflow demo``."""
+cancel, requeue, resume, retry, fork) and ``shardflow demo``."""
 
 from __future__ import annotations
 
@@ -232,6 +232,11 @@ def result(state: CliState, workflow_id: str, routing_key: str | None, timeout: 
     "unless it has an offset).",
 )
 @click.option("--until", help="Only workflows started before this (same forms as --since).")
+@click.option(
+    "--version",
+    "app_version",
+    help="Only workflows started by this App(version=...): what still runs under old code.",
+)
 @click.option("--limit", default=20, show_default=True)
 @click.option("--cursor", help="Continue after the page that printed it.")
 @pass_state
@@ -241,10 +246,12 @@ def list_cmd(
     name: str | None,
     since: str | None,
     until: str | None,
+    app_version: str | None,
     limit: int,
     cursor: str | None,
 ) -> None:
-    """List workflows across all nodes, newest first: id, name, app, status, started."""
+    """List workflows across all nodes, newest first: id, name, app, status, started (and
+    the app version that started it, when it had one)."""
 
     async def go() -> None:
         created_since = parse_time_bound(since, what="--since") if since else None
@@ -258,9 +265,12 @@ def list_cmd(
                 cursor=cursor,
                 created_since=created_since,
                 created_until=created_until,
+                version=app_version,
             )
             for r in page.items:
                 line = f"{r.workflow_id}\t{r.name}\t{r.app}\t{r.status}\t{r.created_at}"
+                if r.app_version is not None:
+                    line += f"\tversion {r.app_version}"
                 if r.waiting_for == CHILD_SIGNAL:
                     line += "\twaiting for a child workflow"
                 elif r.waiting_for:
@@ -373,6 +383,22 @@ def requeue(state: CliState, workflow_id: str, routing_key: str | None) -> None:
         async with Client(state.config()) as client:
             done = await client.requeue(workflow_id, routing_key=routing_key)
             click.echo("requeued" if done else "not dead-lettered: nothing to do")
+
+    run_async(go())
+
+
+@cli.command()
+@click.argument("workflow_id")
+@click.option("--routing-key")
+@pass_state
+def resume(state: CliState, workflow_id: str, routing_key: str | None) -> None:
+    """Run a stuck workflow again (parked after a NonDeterminismError), once code that matches
+    its history is deployed; audited."""
+
+    async def go() -> None:
+        async with Client(state.config()) as client:
+            done = await client.resume(workflow_id, routing_key=routing_key)
+            click.echo("resumed" if done else "not stuck: nothing to do")
 
     run_async(go())
 

@@ -35,6 +35,8 @@ class WorkflowDef:
     # How long a finished run is kept: "7d", a timedelta or "forever"; None: the cluster's
     # `retention` setting.
     retention: str | timedelta | None = None
+    # The registering App's version, recorded on every workflow it starts (None: unversioned).
+    app_version: str | None = None
 
     def retention_seconds(self, default: float | None) -> float | None:
         """Seconds a finished run of it is kept (None: for ever); ``default`` is the
@@ -112,9 +114,18 @@ class StepDef:
 class App:
     """A set of workflows and steps that workers run and clients start by name."""
 
-    def __init__(self, name: str = "shardflow"):
+    def __init__(self, name: str = "shardflow", *, version: str | None = None):
         if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
             raise ConfigurationError(f"invalid app name {name!r}: 1-200 characters, no NUL")
+        if version is not None and (
+            not isinstance(version, str) or not 1 <= len(version) <= 200 or "\x00" in version
+        ):
+            raise ConfigurationError(
+                f"invalid app version {version!r}: 1-200 characters (a release, a git sha)"
+            )
+        # Recorded on every workflow this app starts: `shardflow list --version` shows what
+        # still runs under an old deploy.
+        self.version = version
         # Recorded on every workflow this app starts; workers claim only their app's workflows.
         self.name = name
         self._workflows: dict[str, WorkflowDef] = {}
@@ -216,6 +227,7 @@ class App:
                 input_required=len(params) == 2 and params[1].default is params[1].empty,
                 timeout=timeout,
                 retention=retention,
+                app_version=self.version,
             )
             self._workflows[wf.name] = wf
             return wf

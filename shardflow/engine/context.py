@@ -63,6 +63,8 @@ COMPENSATE_STEP_PREFIX = "shardflow.compensate:"
 # relay delivers as a signal of this name (signal id CHILD_SIGNAL + ":" + child id).
 # Where a cancelled saga's undo begins (the compensations follow it).
 CANCELLED_STEP = "shardflow.cancelled"
+# ctx.patched(id) records this marker where a run first took the patched path.
+PATCH_STEP_PREFIX = "shardflow.patch:"
 START_CHILD_STEP_PREFIX = "shardflow.start_child:"
 CHILD_RESULT_STEP_PREFIX = "shardflow.child_result:"
 CHILD_SIGNAL = "shardflow.child"
@@ -200,6 +202,10 @@ class WorkflowContext:
         self._broken: LeaseLost | RunAbandoned | None = None
         # Saga: the undo steps registered so far (step, args, kwargs), oldest first.
         self._compensations: list[tuple[StepDef, tuple[Any, ...], dict[str, Any]]] = []
+        # Set when the code stopped matching the recorded history (the runner parks the run).
+        self.nondeterminism: NonDeterminismError | None = None
+        # ctx.patched() answers of this run, by patch id (asked again: the same answer).
+        self._patches: dict[str, bool] = {}
 
     @property
     def workflow_id(self) -> str:
@@ -227,6 +233,39 @@ class WorkflowContext:
         """The current time, recorded on first run so every replay sees the same value."""
         recorded = await self._deterministic(NOW_STEP, lambda: self.database_now().isoformat())
         return datetime.fromisoformat(recorded)
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of a code change named ``patch_id``.
+
+        A run that reaches this point for the first time takes it (True) and records a
+        marker, so its replays take it too. A run whose recorded history reached this point
+        before the change was deployed finds another checkpoint here: it keeps the old path
+        (False) and the call takes no position in its history, so the old code's checkpoints
+        replay as they were. Asking again in the same run gives the same answer::
+
+            if ctx.patched("charge-v2"):
+                await charge_v2(order)
+            else:
+                await charge(order)
+
+        Once no run from before the change is left (``shardflow list --version OLD``), the
+        old branch can go; keep the ``patched`` call while runs that recorded it exist.
+        """
+        check_name(patch_id, what="patch id")
+        if patch_id in self._patches:
+            return self._patches[patch_id]
+        self._raise_if_broken()
+        seq = self._next_seq
+        name = PATCH_STEP_PREFIX + patch_id
+        recorded = self._recorded.get(seq)
+        if recorded is not None and recorded.step_name != name:
+            self._patches[patch_id] = False  # history from before the change
+            return False
+        self._next_seq += 1
+        if recorded is None:
+            self._record(seq, name, "succeeded", output="true")
+        self._patches[patch_id] = True
+        return True
 
     async def uuid(self) -> uuid.UUID:
         """A random UUID, recorded on first run so every replay sees the same value."""
@@ -388,6 +427,7 @@ class WorkflowContext:
             # The child's runs continue this run's trace (None when nothing is traced).
             "trace_context": tracing.current_context(),
             "retention": workflow.retention_seconds(self._default_retention),
+            "app_version": workflow.app_version,
         }
         output = {"workflow_id": child_id, "routing_key": key}
         await self.settle()
@@ -717,11 +757,14 @@ class WorkflowContext:
     def _replayed(self, seq: int, name: str) -> StepRecord | None:
         recorded = self._recorded.get(seq)
         if recorded is not None and recorded.step_name != name:
-            raise NonDeterminismError(
+            # Kept: the runner parks the workflow even if the code catches the error.
+            self.nondeterminism = NonDeterminismError(
                 f"workflow {self.workflow_id!r}: position {seq} was recorded as step "
                 f"{recorded.step_name!r} but the code now calls {name!r}; in-flight workflows "
-                "need code that calls the same steps in the same order"
+                "need code that calls the same steps in the same order (guard a change with "
+                "ctx.patched())"
             )
+            raise self.nondeterminism
         return recorded
 
     def _record(

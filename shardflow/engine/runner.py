@@ -22,7 +22,7 @@ from shardflow.engine.context import (
     unbind_context,
 )
 from shardflow.engine.ports import RunStore, StepObserver
-from shardflow.errors import UnknownWorkflow, WorkflowTimeout
+from shardflow.errors import NonDeterminismError, UnknownWorkflow, WorkflowTimeout
 from shardflow.storage.records import ClaimedWorkflow
 
 log = logging.getLogger("shardflow.runner")
@@ -40,6 +40,8 @@ class Outcome(StrEnum):
     SUSPENDED = "suspended"
     CANCELLED = "cancelled"
     LOST = "lost"
+    # Parked: the code no longer matches the recorded history (NonDeterminismError).
+    STUCK = "stuck"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class WorkflowRunner:
             return RunResult(Outcome.LOST)
         except RunAbandoned as abandoned:
             raise abandoned.cause from None
+        except NonDeterminismError as exc:  # also from a saga's undo
+            return await self._park(ctx, work, exc)
 
     async def _run(
         self,
@@ -148,16 +152,20 @@ class WorkflowRunner:
             )
         except Release as release:
             return await self._release(ctx, work, store, release)
-        except (LeaseLost, RunAbandoned):
+        except (LeaseLost, RunAbandoned, NonDeterminismError):
             raise
         except TimeoutError as exc:
             if deadline.expired():
                 return await self._fail(ctx, _timeout_error(work))
             return await self._undo_and_fail(ctx, work, store, exc)  # its own (a wait's)
         except Exception as exc:
+            if ctx.nondeterminism is not None:  # the code caught it and raised something else
+                raise ctx.nondeterminism from exc
             return await self._undo_and_fail(ctx, work, store, exc)
         finally:
             unbind_context(token)
+        if ctx.nondeterminism is not None:  # the code caught it and went on regardless
+            raise ctx.nondeterminism
         # The last checkpoints and the terminal state share one commit.
         await self._end(ctx, "succeeded", output.text, None)
         return RunResult(Outcome.SUCCEEDED)
@@ -237,6 +245,23 @@ class WorkflowRunner:
             error["compensation_failures"] = failures
         await self._end(ctx, "cancelled", None, error_text(error))
         return RunResult(Outcome.CANCELLED)
+
+    async def _park(
+        self, ctx: WorkflowContext, work: ClaimedWorkflow, exc: NonDeterminismError
+    ) -> RunResult:
+        """The code does not match the history: park the workflow as ``stuck`` (visible,
+        holding nothing, kept) rather than fail it; `shardflow resume` runs it again once
+        code that matches is deployed. Nothing after the mismatch was recorded."""
+        log.error(
+            "workflow %s parked as stuck: %s; deploy code that matches its history (or guard "
+            "the change with ctx.patched()), then run `shardflow resume %s`",
+            work.workflow_id,
+            exc,
+            work.workflow_id,
+            extra={"action": "parked_stuck", "workflow_id": work.workflow_id},
+        )
+        await self._end(ctx, "stuck", None, error_text(encode_error(exc)))
+        return RunResult(Outcome.STUCK)
 
     async def _fail(self, ctx: WorkflowContext, exc: BaseException) -> RunResult:
         error = error_text(encode_error(exc))

@@ -67,6 +67,7 @@ class ClientStore:
         parent_key: str | None = None,
         trace_context: str | None = None,
         retention: float | None = None,
+        app_version: str | None = None,
     ) -> InsertOutcome:
         """Insert a pending workflow; an existing id returns the existing row instead.
 
@@ -85,6 +86,7 @@ class ClientStore:
             "parent_key": parent_key,
             "trace_context": trace_context,
             "retention": retention,
+            "app_version": app_version,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         # The common case is one round trip: a single autocommit statement.
@@ -133,6 +135,7 @@ class ClientStore:
         params = {f"{c}_list": [row[c] for row in rows] for c in columns}
         params["trace_context_list"] = [row.get("trace_context") for row in rows]
         params["retention_list"] = [row.get("retention") for row in rows]
+        params["app_version_list"] = [row.get("app_version") for row in rows]
         return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 
     async def notify_work(self, payload: str = "") -> None:
@@ -158,6 +161,7 @@ class ClientStore:
         partitions: list[int],
         created_since: datetime | None = None,
         created_until: datetime | None = None,
+        app_version: str | None = None,
     ) -> list[WorkflowRecord]:
         """The newest workflows of this node (on Citus: of its ``partitions``)."""
         rows = await self.db.run(
@@ -171,6 +175,7 @@ class ClientStore:
                 "after_id": after[1] if after else None,
                 "created_since": created_since,
                 "created_until": created_until,
+                "app_version": app_version,
             },
         )
         return [WorkflowRecord(**r) for r in rows]
@@ -197,6 +202,12 @@ class ClientStore:
         """Make a dead-lettered workflow runnable again; False if it is not dead-lettered."""
         return await self._audited_change(
             "workflow_requeue", "requeue", partition, workflow_id, actor
+        )
+
+    async def resume_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
+        """Make a stuck (parked) workflow runnable again; False if it is not stuck."""
+        return await self._audited_change(
+            "workflow_resume", "resume", partition, workflow_id, actor
         )
 
     async def _audited_change(

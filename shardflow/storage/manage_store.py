@@ -27,6 +27,7 @@ class ForkSource:
 
     name: str
     app: str
+    app_version: str | None
     input: Any
     routing_key: str | None
     retention_seconds: float | None
@@ -93,6 +94,7 @@ class ManageStore:
         return ForkSource(
             name=row["name"],
             app=row["app"],
+            app_version=row["app_version"],
             input=row["input"],
             routing_key=row["routing_key"],
             retention_seconds=row["retention_seconds"],
@@ -124,6 +126,7 @@ class ManageStore:
             "parent_key": None,
             "trace_context": None,
             "retention": source.retention_seconds,
+            "app_version": source.app_version,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         async with self.db.transaction() as conn:

@@ -50,6 +50,8 @@ class WorkflowRecord:
     # A child workflow's parent, and the parent's routing key (where it lives).
     parent_id: str | None = None
     parent_key: str | None = None
+    # The version of the App that started it (App(version=...)), if it had one.
+    app_version: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -57,7 +59,8 @@ class WorkflowRecord:
 
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
-STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "dead")
+# "stuck": parked after a NonDeterminismError; not ended (`shardflow resume` runs it again).
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "dead", "stuck")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -410,6 +410,7 @@ class WorkerStore:
                 "parent_key": start["parent_key"],
                 "trace_context": start.get("trace_context"),
                 "retention": start.get("retention"),
+                "app_version": start.get("app_version"),
             },
         )
         if created:

@@ -57,7 +57,7 @@ RETURNING workflow_id;
 
 -- name: manage_fork_source
 -- What a fork copies: the workflow's kind and input, and its first `step_count` checkpoints.
-SELECT w.name, w.app, w.input, w.routing_key, w.retention_seconds,
+SELECT w.name, w.app, w.app_version, w.input, w.routing_key, w.retention_seconds,
        w.deadline_at - w.created_at AS timeout,
        coalesce(json_agg(json_build_object(
                     'step_seq', s.step_seq, 'step_name', s.step_name, 'status', s.status,

@@ -30,7 +30,7 @@ COPY (
                 ELSE lease_expires_at END AS lease_expires_at,
            claimed_at, created_at, updated_at, completed_at, lease_expiries, signal_seq,
            waiting_for, parent_id, parent_key, parent_told, cancel_requested, trace_context,
-           retention_seconds, purge_at
+           retention_seconds, purge_at, app_version
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -40,7 +40,7 @@ COPY {schema}.workflows (
     deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
     lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries,
     signal_seq, waiting_for, parent_id, parent_key, parent_told, cancel_requested,
-    trace_context, retention_seconds, purge_at
+    trace_context, retention_seconds, purge_at, app_version
 ) FROM STDIN;
 
 -- name: copy_out_steps

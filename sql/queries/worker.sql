@@ -330,11 +330,15 @@ WITH batch AS (
 ), ended AS (
     UPDATE {schema}.workflows AS w
     SET status = f.status, output = f.output::json, error = f.error::json,
-        completed_at = now(), updated_at = now(), lease_expiries = 0,
+        -- A 'stuck' workflow (parked) has not ended: no completion time, nothing to purge.
+        completed_at = CASE WHEN f.status = 'stuck' THEN NULL ELSE now() END,
+        updated_at = now(), lease_expiries = 0,
         -- When it may be removed (NULL retention: never). In UTC timestamps, IMMUTABLE: Citus
         -- refuses timestamptz + interval (STABLE) over a column in an UPDATE.
         purge_at = timezone('UTC', timezone('UTC', now())
-                                   + make_interval(secs => w.retention_seconds)),
+                                   + make_interval(secs => CASE WHEN f.status = 'stuck'
+                                                                THEN NULL
+                                                                ELSE w.retention_seconds END)),
         lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
     FROM finished AS f
     JOIN lease AS l

@@ -11,10 +11,10 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
-     parent_key, trace_context, retention_seconds)
+     parent_key, trace_context, retention_seconds, app_version)
 SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
        %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s,
-       %(trace_context)s, %(retention)s::float8
+       %(trace_context)s, %(retention)s::float8, %(app_version)s
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
@@ -22,17 +22,19 @@ RETURNING workflow_id;
 -- name: workflow_get
 SELECT partition, workflow_id, name, app, routing_key, status, input, output, error,
        run_at, deadline_at, claim_count, created_at, updated_at, completed_at,
-       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for, parent_id, parent_key
+       CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for, parent_id, parent_key,
+       app_version
 FROM {schema}.workflows
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s;
 
 -- name: workflow_list
-SELECT partition, workflow_id, name, app, routing_key, status, run_at, created_at, updated_at,
-       completed_at,
+SELECT partition, workflow_id, name, app, app_version, routing_key, status, run_at, created_at,
+       updated_at, completed_at,
        CASE WHEN status = 'pending' THEN waiting_for END AS waiting_for
 FROM {schema}.workflows
 WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND (%(app_version)s::text IS NULL OR app_version = %(app_version)s::text)
   AND (%(created_since)s::timestamptz IS NULL OR created_at >= %(created_since)s::timestamptz)
   AND (%(created_until)s::timestamptz IS NULL OR created_at < %(created_until)s::timestamptz)
   AND (%(after_created)s::timestamptz IS NULL
@@ -95,6 +97,20 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND status = '
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
+-- name: workflow_resume
+-- A parked workflow (stuck: its code did not match its history) runs again, after a deploy of
+-- code that matches; it replays from the start of its history.
+WITH fence AS (
+    SELECT epoch FROM {schema}.partition_ownership
+    WHERE partition = %(partition)s AND state = 'owned'
+    FOR SHARE
+)
+UPDATE {schema}.workflows
+SET status = 'pending', run_at = now(), updated_at = now(), error = NULL
+WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND status = 'stuck'
+  AND EXISTS (SELECT 1 FROM fence)
+RETURNING workflow_id;
+
 -- name: workflow_steps
 SELECT step_seq, step_name, status, output, error, attempts, recorded_at
 FROM {schema}.steps
@@ -129,15 +145,15 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-     trace_context, retention_seconds)
+     trace_context, retention_seconds, app_version)
 SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
-       now() + r.timeout, r.trace_context, r.retention
+       now() + r.timeout, r.trace_context, r.retention, r.app_version
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
             %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[],
-            %(retention_list)s::float8[])
+            %(retention_list)s::float8[], %(app_version_list)s::text[])
      AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context,
-           retention)
+           retention, app_version)
 WHERE r.partition IN (SELECT partition FROM fence)
 -- One global order for the unique-index entries: two batches naming the same ids cannot wait
 -- on each other in opposite orders.

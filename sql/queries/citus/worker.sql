@@ -88,13 +88,19 @@ RETURNING partition, workflow_id, step_seq;
 
 -- name: progress_finish_row
 -- One workflow's end, guarded like the rest (its row is locked by progress_lock_partition).
+-- A 'stuck' one (parked) has not ended: no completion time, nothing to purge.
 UPDATE {schema}.workflows
 SET status = %(status)s, output = %(output)s::json, error = %(error)s::json,
-    completed_at = now(), updated_at = now(), lease_expiries = 0,
+    -- now() outside the CASE (Citus refuses it inside one), in UTC timestamps (IMMUTABLE).
+    completed_at = timezone('UTC', timezone('UTC', now())
+                                   + CASE WHEN %(status)s = 'stuck' THEN NULL::interval
+                                          ELSE interval '0' END),
+    updated_at = now(), lease_expiries = 0,
     -- When it may be removed (NULL retention: never). In UTC timestamps, IMMUTABLE: Citus
     -- refuses timestamptz + interval (STABLE) over a column in an UPDATE.
     purge_at = timezone('UTC', timezone('UTC', now())
-                               + make_interval(secs => retention_seconds)),
+                               + make_interval(secs => CASE WHEN %(status)s = 'stuck' THEN NULL
+                                                            ELSE retention_seconds END)),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
   AND lease_token = %(lease_token)s AND status = 'running'
