@@ -15,7 +15,7 @@ RETENTION_SOAK_SECONDS ?= 3600
 CITUS_SRC ?= ../shared/citus/citus-13.2.2-src.tar.gz
 
 .DEFAULT_GOAL := help
-.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak soak-retention bench-gc bench bench-interaction bench-dashboard bench-citus bench-rebalance bench-dbos clean
+.PHONY: help install citus demo examples demo-citus demo-status demo-down load lint format test test-all chaos soak soak-retention bench-gc bench-schedules bench bench-interaction bench-dashboard bench-citus bench-rebalance bench-dbos clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -80,6 +80,9 @@ chaos: install ## The long fault scenarios only (worker churn, latency isolation
 
 soak: install ## Open-loop load at 50% and 90% of the measured maximum, SOAK_SECONDS each (30 min); every workflow must end
 	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --out bench-results
+
+bench-schedules: install ## 50 schedules ticking every second for 2 minutes on 3 nodes: one run per tick, tick -> start p50/p99
+	$(BIN)/python benchmarks/schedule_precision.py --out bench-results
 
 soak-retention: install ## Steady load with a 2-minute retention, RETENTION_SOAK_SECONDS (1 h); the tables' size must stay flat
 	$(BIN)/pip install -q -e '.[bench]'

@@ -44,6 +44,7 @@ from shardflow.errors import (
 )
 from shardflow.manage import check_fork, events_of
 from shardflow.routing import Placement
+from shardflow.schedules.client import Schedules
 from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.client_store import EventRecord
@@ -92,6 +93,8 @@ class Client:
         self.coordinator_fallbacks = 0
         self._wake_ups: dict[str, WakeUp] = {}
         self._start_batchers: dict[str, WriteBatcher[dict[str, Any]]] = {}
+        # Create, pause, resume, delete, list and backfill schedules.
+        self.schedules = Schedules(self)
 
     async def __aenter__(self) -> Client:
         await self.connect()

@@ -51,6 +51,10 @@ class WorkflowConflict(ShardflowError):
     """The workflow id already exists under another workflow name. Use a different id."""
 
 
+class ScheduleNotFound(ShardflowError):
+    """No schedule of that name exists. `shardflow schedule list` shows them."""
+
+
 class WorkflowNotFound(ShardflowError):
     """No workflow with this id (and routing key) exists. Check the id and routing key."""
 

@@ -15,7 +15,7 @@ from shardflow.errors import InvalidInput, ShardflowError
 
 _AGO = re.compile(r"^(\d{1,9})\s*([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_FORMS = "a duration ago like 30s, 15m, 2h, 7d, 1w, or an ISO 8601 time like 2026-12-06T14:00"
+_FORMS = "a duration ago like 30s, 15m, 2h, 7d, 1w, an ISO 8601 time like 2026-12-06T14:00, or now"
 
 
 FOREVER = "forever"
@@ -62,6 +62,8 @@ def parse_time_bound(text: str, *, what: str, now: datetime | None = None) -> da
     """The instant ``text`` names, timezone-aware. A time without an offset is UTC (the
     database's clock, whatever the machine's local zone is)."""
     cleaned = text.strip()
+    if cleaned.lower() == "now":
+        return now or datetime.now(UTC)
     if _AGO.match(cleaned.lower()):
         try:
             return (now or datetime.now(UTC)) - parse_duration(cleaned, what=what)

@@ -44,6 +44,8 @@ GRANT SELECT ON {schema}.placements, {schema}.node_identity, {schema}.partition_
     TO {worker};
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {worker};
 
+-- Schedules: the worker's scheduler advances them (and registers @app.workflow(schedule=)).
+GRANT SELECT, INSERT, UPDATE ON {schema}.schedules TO {worker};
 -- The SQL API's catalog: each worker registers what its app can run.
 GRANT SELECT, INSERT, UPDATE ON {schema}.workflow_catalog TO {worker};
 
@@ -66,6 +68,9 @@ GRANT SELECT ON {schema}.steps, {schema}.placements, {schema}.node_identity,
     {schema}.partition_ownership TO {client};
 GRANT UPDATE (updated_at) ON {schema}.partition_ownership TO {client};
 GRANT INSERT ON {schema}.audit_log TO {client};
+
+-- Schedules: created, paused, resumed, deleted and backfilled by clients.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.schedules TO {client};
 
 -- The SQL API (migration 0011): the client role only; the functions run with its privileges.
 GRANT SELECT ON {schema}.workflow_catalog TO {client};

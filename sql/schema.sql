@@ -253,3 +253,29 @@ CREATE TABLE {schema}.workflow_catalog (
     registered_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (app, name)
 );
+
+-- Schedules: workflows started on a clock (migration 0013). A schedule lives on the partition
+-- of its name, and so do its runs (their routing key is the schedule's name).
+CREATE TABLE {schema}.schedules (
+    partition integer NOT NULL,
+    name text NOT NULL,
+    workflow_name text NOT NULL,
+    app text NOT NULL,
+    app_version text,
+    input json,
+    timeout_seconds double precision,
+    retention_seconds double precision,
+    cron text NOT NULL,
+    timezone text NOT NULL,
+    missed text NOT NULL CHECK (missed IN ('skip', 'once', 'all')),
+    catchup_seconds double precision NOT NULL,
+    paused boolean NOT NULL DEFAULT false,
+    next_tick_at timestamptz NOT NULL,
+    last_tick_at timestamptz,
+    last_run_id text,
+    source text NOT NULL CHECK (source IN ('code', 'api')),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (partition, name)
+);
+CREATE INDEX schedules_due_idx ON {schema}.schedules (partition, next_tick_at) WHERE NOT paused;

@@ -39,3 +39,8 @@ def test_the_forms_people_type(text: str, expected: datetime) -> None:
 def test_anything_else_is_refused_with_the_forms(text: str) -> None:
     with pytest.raises(InvalidInput, match=r"--since must be a duration ago like 30s.*got"):
         parse_time_bound(text, what="--since", now=NOW)
+
+
+def test_now_is_a_bound() -> None:
+    at = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    assert parse_time_bound(" NOW ", what="--until", now=at) == at

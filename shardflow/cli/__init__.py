@@ -10,6 +10,7 @@ from shardflow.cli import (
     bench_cmds,
     cluster_cmds,
     dashboard_cmds,
+    schedule_cmds,
     top_cmds,
     workflow_cmds,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "dashboard_cmds",
     "load_app",
     "main",
+    "schedule_cmds",
     "top_cmds",
     "workflow_cmds",
 ]

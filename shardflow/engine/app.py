@@ -12,10 +12,15 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from shardflow.errors import ConfigurationError, InvalidInput, UnknownWorkflow
+from shardflow.schedules.cron import check_cron
+from shardflow.schedules.policy import check_missed
 from shardflow.timebounds import retention_seconds
+
+if TYPE_CHECKING:
+    from shardflow.storage.schedule_store import ScheduleSpec
 
 WorkflowFn = Callable[..., Awaitable[Any]]
 
@@ -37,6 +42,10 @@ class WorkflowDef:
     retention: str | timedelta | None = None
     # The registering App's version, recorded on every workflow it starts (None: unversioned).
     app_version: str | None = None
+    # @app.workflow(schedule=...): a cron expression its workers keep a schedule of.
+    schedule: str | None = None
+    schedule_timezone: str = "UTC"
+    schedule_missed: str = "skip"
 
     def retention_seconds(self, default: float | None) -> float | None:
         """Seconds a finished run of it is kept (None: for ever); ``default`` is the
@@ -151,6 +160,32 @@ class App:
             for wf in self._workflows.values()
         ]
 
+    def schedule_specs(
+        self, default_retention: float | None, max_payload_bytes: int
+    ) -> list[ScheduleSpec]:
+        """The schedules this app's code declares: one per @app.workflow(schedule=...),
+        named ``APP.WORKFLOW``, kept by its workers."""
+        # Imported here: the schedules' client module imports this one.
+        from shardflow.schedules.client import spec_for
+        from shardflow.schedules.policy import DEFAULT_CATCHUP
+
+        return [
+            spec_for(
+                wf,
+                name=f"{self.name}.{wf.name}",
+                cron=wf.schedule,
+                timezone=wf.schedule_timezone,
+                input=None,
+                missed=wf.schedule_missed,
+                catchup=DEFAULT_CATCHUP,
+                default_retention=default_retention,
+                source="code",
+                max_payload_bytes=max_payload_bytes,
+            )
+            for wf in self._workflows.values()
+            if wf.schedule is not None
+        ]
+
     def get_workflow(self, name: str) -> WorkflowDef:
         """The workflow registered as ``name``, or UnknownWorkflow listing the known ones."""
         try:
@@ -184,6 +219,9 @@ class App:
         name: str | None = None,
         timeout: float | None = None,
         retention: str | timedelta | None = None,
+        schedule: str | None = None,
+        timezone: str = "UTC",
+        missed: str = "skip",
     ) -> Callable[[WorkflowFn], WorkflowDef]: ...
 
     def workflow(
@@ -194,16 +232,27 @@ class App:
         name: str | None = None,
         timeout: float | None = None,
         retention: str | timedelta | None = None,
+        schedule: str | None = None,
+        timezone: str = "UTC",
+        missed: str = "skip",
     ) -> WorkflowDef | Callable[[WorkflowFn], WorkflowDef]:
         """Register an ``async def`` workflow taking ``(ctx)`` or ``(ctx, input)``.
 
         ``timeout`` (seconds from start) fails the workflow with WorkflowTimeout when exceeded.
         ``retention`` ("1d", a timedelta, "forever"): how long a finished run is kept before
         the collector removes it; None: the cluster's ``retention`` setting.
+        ``schedule`` (a cron expression, in ``timezone``): the app's workers keep a schedule
+        named ``APP.WORKFLOW`` that starts it on every tick (``missed``: skip, once or all).
         """
         if timeout is not None and timeout <= 0:
             raise ConfigurationError("workflow timeout must be positive seconds, or None")
         retention_seconds(retention, what="workflow retention", error=ConfigurationError)
+        if schedule is not None:
+            try:
+                check_cron(schedule, timezone)
+                check_missed(missed)
+            except InvalidInput as exc:
+                raise ConfigurationError(str(exc)) from None
 
         def register(func: WorkflowFn) -> WorkflowDef:
             if not inspect.iscoroutinefunction(func):
@@ -228,7 +277,15 @@ class App:
                 timeout=timeout,
                 retention=retention,
                 app_version=self.version,
+                schedule=schedule,
+                schedule_timezone=timezone,
+                schedule_missed=missed,
             )
+            if schedule is not None and wf.input_required:
+                raise ConfigurationError(
+                    f"scheduled workflow {wf.name!r} needs an input, and a tick has none: give "
+                    "its input parameter a default"
+                )
             self._workflows[wf.name] = wf
             return wf
 

@@ -63,6 +63,10 @@ class BenchStore:
         status and timings."""
         return await self.db.run("bench_finished_since", {"prefix": prefix + "%", "since": since})
 
+    async def runs_by_prefix(self, prefix: str) -> list[dict[str, Any]]:
+        """Id, status and timings (epoch seconds) of every workflow whose id starts so."""
+        return await self.db.run("bench_runs_by_prefix", {"prefix": prefix + "%"})
+
     async def signal_resume_seconds(self, prefix: str) -> list[float]:
         """Per received signal of a run: arrival on the node to the wait's checkpoint."""
         rows = await self.db.run("bench_signal_resume", {"prefix": prefix + "%"})

@@ -162,6 +162,7 @@ DISTRIBUTION_ORDER = (
     ("signals", "citus_distribute_signals"),
     ("events", "citus_distribute_events"),
     ("outbox", "citus_distribute_outbox"),
+    ("schedules", "citus_distribute_schedules"),
     ("service_leases", "citus_distribute_service_leases"),
     ("workers", "citus_distribute_workers"),
     ("audit_log", "citus_distribute_audit_log"),

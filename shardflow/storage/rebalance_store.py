@@ -30,6 +30,9 @@ MOVED_TABLES = (
     _MovedTable("signals", "copy_out_signals", "copy_in_signals", "delete_partition_signals"),
     _MovedTable("events", "copy_out_events", "copy_in_events", "delete_partition_events"),
     _MovedTable("outbox", "copy_out_outbox", "copy_in_outbox", "delete_partition_outbox"),
+    _MovedTable(
+        "schedules", "copy_out_schedules", "copy_in_schedules", "delete_partition_schedules"
+    ),
 )
 
 

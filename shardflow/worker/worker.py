@@ -31,6 +31,7 @@ from shardflow.storage import WorkerStore
 from shardflow.storage.records import ClaimedWorkflow
 from shardflow.storage.relay_store import RelayStore
 from shardflow.storage.retention_store import RetentionStore
+from shardflow.storage.schedule_store import ScheduleStore
 from shardflow.topology import Topology
 from shardflow.worker.collector import Collector
 from shardflow.worker.heartbeat import HeartbeatThread
@@ -47,6 +48,7 @@ from shardflow.worker.ports import NodeStore
 from shardflow.worker.producer import ClaimLoop
 from shardflow.worker.reaper import Reaper
 from shardflow.worker.relay import Relay
+from shardflow.worker.scheduler import Scheduler
 from shardflow.worker.service import Service
 from shardflow.worker.slots import Slots
 
@@ -108,6 +110,8 @@ class Worker:
         self._relays: dict[str, Relay] = {}
         self._relay_client: Client | None = None
         self._relay_client_lock = asyncio.Lock()
+        self._declare_lock = asyncio.Lock()
+        self._schedules_declared = False
         self._stores: dict[str, WorkerStore] = {}
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
@@ -249,6 +253,12 @@ class Worker:
             ),
             self._relay_for(name, store),
             self._collector_for(name, store),
+            Scheduler(
+                store=ScheduleStore(self.topology.connector(name), lambda: store.partitions),
+                acquire_lease=self._lease_taker(store),
+                declare=self._declare_schedules,
+                on_failure=self._service_failed,
+            ),
         ]
         if self._metrics_server is not None:
             self._node_services[name].append(
@@ -327,6 +337,28 @@ class Worker:
             batch=self.settings.gc_batch,
             on_failure=self._service_failed,
         )
+
+    async def _declare_schedules(self) -> None:
+        """Keep a schedule of every @app.workflow(schedule=...) (once per worker; each node's
+        scheduler asks at its start). A deploy that changed one replaces its definition."""
+        async with self._declare_lock:
+            if self._schedules_declared:
+                return
+            client = await self._delivery_client()
+            for spec in self.app.schedule_specs(
+                self.config.retention_seconds, self.config.limits.max_payload_bytes
+            ):
+                _, changed = await client.schedules.put(spec, replace=True)
+                if changed:
+                    log.info(
+                        "schedule %s: %s %s (%s)",
+                        spec.name,
+                        spec.workflow_name,
+                        spec.cron,
+                        spec.timezone,
+                        extra={"action": "schedule_declared", "schedule": spec.name},
+                    )
+            self._schedules_declared = True
 
     async def _delivery_client(self) -> Client:
         # One client for every node's relay: they ask for it at once when the worker starts,

@@ -106,3 +106,12 @@ FROM {schema}.workflows
 WHERE workflow_id LIKE %(prefix)s
   AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
   AND completed_at >= to_timestamp(%(since)s);
+
+-- name: bench_runs_by_prefix
+-- Every workflow of a run by id (schedule runs: the id holds the tick), with its timings.
+SELECT workflow_id, status,
+       extract(epoch FROM created_at)::float8 AS created,
+       extract(epoch FROM claimed_at)::float8 AS claimed,
+       extract(epoch FROM completed_at)::float8 AS completed
+FROM {schema}.workflows
+WHERE workflow_id LIKE %(prefix)s;

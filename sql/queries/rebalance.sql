@@ -85,6 +85,24 @@ COPY (
 -- name: copy_in_outbox
 COPY {schema}.outbox (partition, message_id, kind, body, created_at) FROM STDIN;
 
+-- name: copy_out_schedules
+COPY (
+    SELECT partition, name, workflow_name, app, app_version, input, timeout_seconds,
+           retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at,
+           last_tick_at, last_run_id, source, created_at, updated_at
+    FROM {schema}.schedules WHERE partition = %(partition)s
+) TO STDOUT;
+
+-- name: copy_in_schedules
+COPY {schema}.schedules (
+    partition, name, workflow_name, app, app_version, input, timeout_seconds,
+    retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at,
+    last_tick_at, last_run_id, source, created_at, updated_at
+) FROM STDIN;
+
+-- name: delete_partition_schedules
+DELETE FROM {schema}.schedules WHERE partition = %(partition)s;
+
 -- name: delete_partition_outbox
 DELETE FROM {schema}.outbox WHERE partition = %(partition)s;
 
@@ -130,7 +148,9 @@ SELECT partition FROM {schema}.signals GROUP BY partition
 UNION
 SELECT partition FROM {schema}.events GROUP BY partition
 UNION
-SELECT partition FROM {schema}.outbox GROUP BY partition;
+SELECT partition FROM {schema}.outbox GROUP BY partition
+UNION
+SELECT partition FROM {schema}.schedules GROUP BY partition;
 
 -- name: move_journal_done
 -- Partition moves this node (their source) finished: ever, and in the last hour (the

@@ -46,6 +46,10 @@ SELECT create_distributed_table('{schema}.events', 'partition',
 SELECT create_distributed_table('{schema}.outbox', 'partition',
                                 colocate_with => '{schema}.partition_ownership');
 
+-- name: citus_distribute_schedules
+SELECT create_distributed_table('{schema}.schedules', 'partition',
+                                colocate_with => '{schema}.partition_ownership');
+
 -- name: citus_distribute_service_leases
 -- Reference tables too: small, written rarely (a reaper's lease every few seconds, an admin
 -- action), and they never move in a rebalance (a distributed copy would add shards to move).

@@ -1,0 +1,1 @@
+"""Schedules: workflows started on a clock (cron), exactly one run per tick."""
