@@ -112,6 +112,7 @@ class Worker:
         self._relay_client_lock = asyncio.Lock()
         self._declare_lock = asyncio.Lock()
         self._schedules_declared = False
+        self._declares_schedules = any(wf.schedule for wf in app.workflows.values())
         self._stores: dict[str, WorkerStore] = {}
         self._node_services: dict[str, list[Service]] = {}
         self._loops: dict[str, ClaimLoop] = {}
@@ -256,7 +257,8 @@ class Worker:
             Scheduler(
                 store=ScheduleStore(self.topology.connector(name), lambda: store.partitions),
                 acquire_lease=self._lease_taker(store),
-                declare=self._declare_schedules,
+                # Only an app with @app.workflow(schedule=...) has schedules to declare.
+                declare=self._declare_schedules if self._declares_schedules else None,
                 on_failure=self._service_failed,
             ),
         ]
