@@ -148,6 +148,8 @@ def test_the_api_checks_before_it_writes(config: ClusterConfig) -> None:
         async with Client(config, app=apps.app) as client:
             refusals = (
                 (apps.no_input, "every day", "UTC", "skip", "not a cron expression"),
+                (apps.no_input, "0 0 30 2 *", "UTC", "skip", "not a cron expression"),
+                (apps.no_input, "* * * * * * 2020", "UTC", "skip", "not a cron expression"),
                 (apps.no_input, "*/5 * * * *", "Mars/Olympus", "skip", "unknown"),
                 (apps.no_input, "*/5 * * * *", "UTC", "sometimes", "missed must be one of"),
                 (apps.three_steps, "*/5 * * * *", "UTC", "skip", "needs an input"),

@@ -34,7 +34,7 @@ from shardflow.cluster.admin import init_cluster
 from shardflow.cluster.local import LocalCluster
 from shardflow.cluster.membership import ClusterAdmin
 from shardflow.config import ClusterConfig
-from shardflow.errors import ConfigurationError
+from shardflow.errors import ConfigurationError, ShardflowError
 from shardflow.storage.bench_store import BenchStore, RunTiming
 from shardflow.timebounds import retention_seconds
 
@@ -222,7 +222,10 @@ async def _wait_done(
 async def _look_every(harvest: RunHarvest | None, seconds: float) -> None:
     assert harvest is not None
     while True:
-        await harvest.look()
+        try:
+            await harvest.look()
+        except ShardflowError as exc:  # a slow look: the next one reads the rows again
+            print(f"bench: a harvest look failed ({exc}); looking again", file=sys.stderr)
         await asyncio.sleep(seconds)
 
 

@@ -750,6 +750,9 @@ class WorkflowContext:
             raise TimeoutError(f"step {step.name!r} ran past its {step.timeout}s timeout") from None
 
     def _take_seq(self) -> int:
+        if self.nondeterminism is not None:
+            # The code caught the mismatch and went on: nothing more runs or is recorded.
+            raise self.nondeterminism
         seq = self._next_seq
         self._next_seq += 1
         return seq

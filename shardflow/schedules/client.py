@@ -144,6 +144,8 @@ class Schedules:
 
     async def _set_paused(self, name: str, *, paused: bool) -> ScheduleRecord:
         current = await self.get(name)
+        if current.paused == paused:
+            return current  # resuming an active schedule must not drop its due ticks
         after = None
         if not paused:
             after = next_tick(current.spec.cron, current.spec.timezone, after=datetime.now(UTC))
@@ -171,9 +173,14 @@ class Schedules:
         """Every schedule of every node, by name."""
         client = self._client
         placement = client.placement
+        citus = client.config.backend == "citus"
         stores = [
-            ScheduleStore(client._connector_for(n), lambda n=n: placement.partitions_of(n))  # type: ignore[misc]
-            if client.config.backend == "citus"
+            ScheduleStore(
+                client._connector_for(n),
+                lambda n=n: placement.partitions_of(n),  # type: ignore[misc]
+                citus=citus,
+            )
+            if citus
             else ScheduleStore(client._connector_for(n))
             for n in placement.counts()
         ]
@@ -200,7 +207,7 @@ class Schedules:
             started += await self._client._routed(
                 name,
                 lambda store, partition, chunk=chunk: self._store(store).start_runs(  # type: ignore[misc]
-                    partition, spec, chunk
+                    partition, spec, chunk, actor=self._client.actor
                 ),
             )
         return started

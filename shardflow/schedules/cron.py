@@ -7,24 +7,37 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from shardflow.errors import InvalidInput
 
 
 def check_cron(expression: str, timezone: str) -> ZoneInfo:
-    """Refuse a malformed expression or an unknown time zone; the zone, checked."""
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
+    """Refuse a malformed expression, one that never ticks (30 February) or an unknown time
+    zone; the zone, checked."""
+    if (
+        not isinstance(expression, str)
+        or len(expression.split()) not in (5, 6)
+        or not croniter.is_valid(expression, strict=True)
+    ):
         raise InvalidInput(
             f"schedule {expression!r} is not a cron expression: five fields (minute hour "
             "day-of-month month day-of-week, e.g. '*/5 * * * *'), or six with seconds last"
         )
     try:
-        return ZoneInfo(timezone)
+        zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise InvalidInput(
             f"time zone {timezone!r} is unknown: use an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
+    try:
+        croniter(expression, datetime.now(UTC).astimezone(zone)).get_next(datetime)
+    except (CroniterError, ValueError):
+        raise InvalidInput(
+            f"schedule {expression!r} never ticks (a day that does not exist?): check the "
+            "day-of-month and month fields"
+        ) from None
+    return zone
 
 
 def ticks(expression: str, timezone: str, *, after: datetime) -> Iterator[datetime]:

@@ -47,15 +47,15 @@ class ManageStore:
         async with self.db.transaction() as conn:
             locked = await self.db.fetch(conn, "manage_lock", key)
             if not locked:
-                if await self.db.fetch(conn, "workflow_get", key):
-                    await self.store._raise_moved(conn, partition)
+                await self._raise_if_not_owned(conn, partition)
                 raise WorkflowNotFound(f"no workflow {workflow_id!r}: check the id and routing key")
             row = locked[0]
             history = (await self.db.fetch(conn, "manage_history", key))[0]
             _check_retryable(workflow_id, row, history)
             last = history["last_seq"]
-            failed = history["failed_seq"]
-            cut = failed if failed is not None else (last + 1 if last is not None else 0)
+            # From the failed step when the run ended on one; when its code raised after
+            # (a failure it caught, then steps that succeeded), from after its last step.
+            cut = 0 if last is None else last if history["last_status"] == "failed" else last + 1
             first_child = history["first_child_seq"]
             if first_child is not None and first_child >= cut:
                 raise NotRetryable(
@@ -65,6 +65,7 @@ class ManageStore:
             at = {**key, "step_seq": cut}
             await self.db.fetch(conn, "manage_drop_steps_from", at)
             await self.db.fetch(conn, "manage_drop_events_from", at)
+            await self.db.fetch(conn, "manage_restore_events_before", at)
             await self.db.fetch(conn, "manage_unread_signals_from", at)
             await self.db.fetch(conn, "manage_retry", {**key, "timeout": row["timeout"]})
             dropped_count = (last - cut + 1) if last is not None and last >= cut else 0
@@ -82,13 +83,22 @@ class ManageStore:
         await self.store.notify_work(str(partition))
         return RetryPoint(step_seq=cut, dropped=dropped_count)
 
+    async def _raise_if_not_owned(self, conn: Any, partition: int) -> None:
+        """PartitionMoved (the client follows the move) unless this node owns ``partition``."""
+        rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
+        if not rows or rows[0]["state"] != "owned":
+            await self.store._raise_moved(conn, partition)
+
     async def fork_source(self, partition: int, workflow_id: str, step_count: int) -> ForkSource:
-        rows = await self.db.run(
-            "manage_fork_source",
-            {"partition": partition, "workflow_id": workflow_id, "step_count": step_count},
-        )
-        if not rows:
-            raise WorkflowNotFound(f"no workflow {workflow_id!r}: check the id and routing key")
+        async with self.db.transaction() as conn:
+            rows = await self.db.fetch(
+                conn,
+                "manage_fork_source",
+                {"partition": partition, "workflow_id": workflow_id, "step_count": step_count},
+            )
+            if not rows:
+                await self._raise_if_not_owned(conn, partition)
+                raise WorkflowNotFound(f"no workflow {workflow_id!r}: check the id and routing key")
         row = rows[0]
         steps = row["steps"] if isinstance(row["steps"], list) else json.loads(row["steps"])
         return ForkSource(

@@ -90,11 +90,19 @@ def _spec_params(spec: ScheduleSpec) -> dict[str, Any]:
 
 
 class ScheduleStore:
-    def __init__(self, connector: NodeConnector, partitions: Callable[[], list[int]] = list):
+    def __init__(
+        self,
+        connector: NodeConnector,
+        partitions: Callable[[], list[int]] = list,
+        *,
+        citus: bool = False,
+    ):
         self.db = connector
         self._client = ClientStore(connector)
-        # On Citus the partitions this node holds now; plain nodes: [] (its rows are its own).
+        # On Citus the partitions this node holds now (none: it holds no schedules); plain
+        # nodes: [] (a node's rows are its own partitions').
         self._partitions = partitions
+        self._citus = citus
 
     @property
     def node(self) -> str:
@@ -155,8 +163,7 @@ class ScheduleStore:
                 conn, "schedule_lock", {"partition": partition, "name": name}
             )
             if not rows:
-                if not await self.db.fetch(conn, "ownership_get", {"partition": partition}):
-                    await self._client._raise_moved(conn, partition)
+                await self._raise_if_not_owned(conn, partition)
                 return None
             return _record(rows[0])
 
@@ -168,8 +175,7 @@ class ScheduleStore:
         async with self.db.transaction() as conn:
             rows = await self.db.fetch(conn, "schedule_lock", key)
             if not rows:
-                if not await self.db.fetch(conn, "ownership_get", {"partition": partition}):
-                    await self._client._raise_moved(conn, partition)
+                await self._raise_if_not_owned(conn, partition)
                 return None
             current = _record(rows[0])
             await self.db.fetch(
@@ -187,20 +193,25 @@ class ScheduleStore:
         key = {"partition": partition, "name": name}
         async with self.db.transaction() as conn:
             if not await self.db.fetch(conn, "schedule_lock", key):
-                if not await self.db.fetch(conn, "ownership_get", {"partition": partition}):
-                    await self._client._raise_moved(conn, partition)
+                await self._raise_if_not_owned(conn, partition)
                 return False
             await self.db.fetch(conn, "schedule_delete", key)
             await self._audit(conn, actor, "schedule_delete", name, partition, {})
             return True
 
     async def all(self) -> list[ScheduleRecord]:
-        rows = await self.db.run("schedule_list", {"partitions": self._partitions()})
+        partitions = self._partitions()
+        if self._citus and not partitions:
+            return []
+        rows = await self.db.run("schedule_list", {"partitions": partitions})
         return [_record(r) for r in rows]
 
     async def due_partitions(self) -> tuple[list[int], datetime | None]:
         """Partitions with a schedule due now, and the earliest next tick of this node."""
-        rows = await self.db.run("schedule_due_partitions", {"partitions": self._partitions()})
+        partitions = self._partitions()
+        if self._citus and not partitions:
+            return [], None
+        rows = await self.db.run("schedule_due_partitions", {"partitions": partitions})
         due = [int(r["partition"]) for r in rows if r["due"]]
         upcoming = min((r["next_tick_at"] for r in rows), default=None)
         return due, upcoming
@@ -244,13 +255,33 @@ class ScheduleStore:
         return created
 
     async def start_runs(
-        self, partition: int, spec: ScheduleSpec, runs: Sequence[TickRun]
+        self,
+        partition: int,
+        spec: ScheduleSpec,
+        runs: Sequence[TickRun],
+        *,
+        actor: str | None = None,
     ) -> list[str]:
-        """Start these runs now (a backfill): the ids created (an existing one is skipped)."""
-        rows = await self.db.run("workflow_insert_many", _run_rows(partition, spec, list(runs)))
+        """Start these runs now (a backfill): the ids created (an existing one is skipped).
+        Audited; PartitionMoved when this node does not own the schedule's partition."""
+        async with self.db.transaction() as conn:
+            await self._raise_if_not_owned(conn, partition)
+            rows = await self.db.fetch(
+                conn, "workflow_insert_many", _run_rows(partition, spec, list(runs))
+            )
+            if rows and actor is not None:
+                first, last = runs[0].tick.isoformat(), runs[-1].tick.isoformat()
+                details = {"first_tick": first, "last_tick": last, "started": len(rows)}
+                await self._audit(conn, actor, "schedule_backfill", spec.name, partition, details)
         if rows:
             await self._client.notify_work(str(partition))
         return [r["workflow_id"] for r in rows]
+
+    async def _raise_if_not_owned(self, conn: Any, partition: int) -> None:
+        """PartitionMoved (the client follows the move) unless this node owns ``partition``."""
+        rows = await self.db.fetch(conn, "ownership_get", {"partition": partition})
+        if not rows or rows[0]["state"] != "owned":
+            await self._client._raise_moved(conn, partition)
 
     async def _audit(
         self,

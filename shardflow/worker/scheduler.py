@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from shardflow.errors import NodeUnavailable, ShardflowError
+from shardflow.errors import InvalidInput, NodeUnavailable, ShardflowError
 from shardflow.schedules.policy import plan_ticks
 from shardflow.schedules.runs import run_id
 from shardflow.storage.schedule_store import ScheduleRecord, ScheduleStore, TickRun
@@ -50,10 +50,17 @@ class Scheduler(Service):
         declared = self._declare is None
         while not self.stopping.is_set():
             sleep = LOOK_SECONDS
-            try:
-                if not declared and self._declare is not None:
+            if not declared and self._declare is not None:
+                try:
                     await self._declare()
                     declared = True
+                except ShardflowError as exc:  # a node down: the other nodes tick meanwhile
+                    log.warning(
+                        "could not store this app's declared schedules yet: %s; retrying",
+                        exc,
+                        extra={"action": "schedules_declare_failed", "node": self.store.node},
+                    )
+            try:
                 if await self._acquire(service, ttl):
                     sleep = await self._pass()
             except NodeUnavailable:
@@ -83,6 +90,24 @@ class Scheduler(Service):
 
 
 def _plan(record: ScheduleRecord, now: datetime) -> tuple[list[TickRun], datetime]:
+    try:
+        return _planned(record, now)
+    except (InvalidInput, ValueError) as exc:
+        # A definition that cannot tick (stored before a check existed): say so, look again
+        # in an hour, keep ticking every other schedule.
+        name = record.spec.name
+        log.error(
+            "schedule %s cannot tick: %s; give it a valid cron with `shardflow schedule create "
+            "%s ... --replace`, or delete it",
+            name,
+            exc,
+            name,
+            extra={"action": "schedule_broken", "schedule": name},
+        )
+        return [], now + timedelta(hours=1)
+
+
+def _planned(record: ScheduleRecord, now: datetime) -> tuple[list[TickRun], datetime]:
     spec = record.spec
     plan = plan_ticks(
         spec.cron,

@@ -255,7 +255,11 @@ class Worker:
             self._relay_for(name, store),
             self._collector_for(name, store),
             Scheduler(
-                store=ScheduleStore(self.topology.connector(name), lambda: store.partitions),
+                store=ScheduleStore(
+                    self.topology.connector(name),
+                    lambda: store.partitions,
+                    citus=self.config.backend == "citus",
+                ),
                 acquire_lease=self._lease_taker(store),
                 # Only an app with @app.workflow(schedule=...) has schedules to declare.
                 declare=self._declare_schedules if self._declares_schedules else None,

@@ -245,7 +245,8 @@ BEGIN
     INSERT INTO {schema}.workflows AS w
         (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
          retention_seconds)
-    VALUES (part, wf_id, start.name, kind.app, start.routing_key, 'pending', start.input,
+    VALUES (part, wf_id, start.name, kind.app, start.routing_key, 'pending',
+            CASE WHEN given THEN start.input END,  -- JSON null is no input, as for a client
             now() + make_interval(secs => kind.timeout_seconds), kind.retention_seconds)
     ON CONFLICT (partition, workflow_id) DO NOTHING;
     IF FOUND THEN

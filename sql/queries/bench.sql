@@ -105,7 +105,8 @@ SELECT workflow_id,
 FROM {schema}.workflows
 WHERE workflow_id LIKE %(prefix)s
   AND status IN ('succeeded', 'failed', 'cancelled', 'dead')
-  AND completed_at >= to_timestamp(%(since)s);
+  -- A dead-lettered one has no completion time: when it was last changed.
+  AND coalesce(completed_at, updated_at) >= to_timestamp(%(since)s);
 
 -- name: bench_runs_by_prefix
 -- Every workflow of a run by id (schedule runs: the id holds the tick), with its timings.

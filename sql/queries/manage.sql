@@ -21,6 +21,7 @@ FOR UPDATE OF w;
 -- must not replay past (undo steps registered, children started).
 SELECT max(step_seq) FILTER (WHERE status = 'failed') AS failed_seq,
        max(step_seq) AS last_seq,
+       (array_agg(status ORDER BY step_seq DESC))[1] AS last_status,
        min(step_seq) FILTER (WHERE step_name LIKE 'shardflow.compensate:%%') AS first_undo_seq,
        min(step_seq) FILTER (WHERE step_name LIKE 'shardflow.start_child:%%') AS first_child_seq
 FROM {schema}.steps
@@ -35,6 +36,20 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND step_seq >
 -- Events published at those positions: the run publishes them again.
 DELETE FROM {schema}.events
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND step_seq >= %(step_seq)s;
+
+-- name: manage_restore_events_before
+-- A key published before `step_seq` and again after it: its earlier value is the current one
+-- again (the dropped position publishes anew when the run gets there).
+INSERT INTO {schema}.events (partition, workflow_id, key, value, step_seq)
+SELECT DISTINCT ON (s.step_name)
+       s.partition, s.workflow_id, substr(s.step_name, length('shardflow.event:') + 1),
+       s.output, s.step_seq
+FROM {schema}.steps AS s
+WHERE s.partition = %(partition)s AND s.workflow_id = %(workflow_id)s
+  AND s.step_seq < %(step_seq)s AND s.status = 'succeeded'
+  AND s.step_name LIKE 'shardflow.event:%%'
+ORDER BY s.step_name, s.step_seq DESC
+ON CONFLICT (partition, workflow_id, key) DO NOTHING;
 
 -- name: manage_unread_signals_from
 -- Signals taken at those positions are unread again: the run's waits take them again.

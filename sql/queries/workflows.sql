@@ -56,7 +56,7 @@ SET status = 'cancelled', completed_at = now(), updated_at = now(),
                                + make_interval(secs => retention_seconds)),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
-  AND status IN ('pending', 'running')
+  AND status IN ('pending', 'running', 'stuck')
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
@@ -74,7 +74,7 @@ SET status = 'pending', cancel_requested = true, run_at = now(), waiting_for = N
     updated_at = now(), lease_expiries = 0,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
-  AND status IN ('pending', 'running') AND NOT cancel_requested
+  AND status IN ('pending', 'running', 'stuck') AND NOT cancel_requested
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
