@@ -40,9 +40,8 @@ from shardflow.errors import (
     WorkflowConflict,
     WorkflowFailed,
     WorkflowNotFound,
-    WrongNode,
 )
-from shardflow.manage import check_fork, events_of
+from shardflow.manage import fork_workflow
 from shardflow.routing import Placement
 from shardflow.schedules.client import Schedules
 from shardflow.storage import ClientStore, NodeConnector
@@ -53,7 +52,7 @@ from shardflow.storage.manage_store import ManageStore, RetryPoint
 from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
 from shardflow.timebounds import check_time_range
 from shardflow.topology import Topology
-from shardflow.transactional import OwningNode, check_open_transaction, insert_in_transaction
+from shardflow.transactional import OwningNode, check_open_transaction, start_in_transaction
 from shardflow.wakeup import WakeUp
 
 log = logging.getLogger("shardflow.client")
@@ -267,30 +266,9 @@ class Client:
         timeout: timedelta | None,
     ) -> WorkflowHandle:
         """The start as one statement of the caller's transaction on ``conn``."""
-        partition, node = self.route(routing_key or wf_id)
-        params = {
-            "partition": partition,
-            "workflow_id": wf_id,
-            "name": definition.name,
-            "app": definition.app,
-            "routing_key": routing_key,
-            "input": text,
-            "timeout": timeout,
-            "parent_id": None,
-            "parent_key": None,
-            "trace_context": tracing.current_context(),
-            "retention": definition.retention_seconds(self.config.retention_seconds),
-            "app_version": definition.app_version,
-        }
-        store = ClientStore(self._connector_for(node))
-        try:
-            outcome = await insert_in_transaction(
-                store, conn, params, owner=node, citus=self.config.backend == "citus"
-            )
-        except WrongNode:
-            # The next node_for() must name the owner, if the partition just moved.
-            await self.refresh_placement()
-            raise
+        outcome = await start_in_transaction(
+            self, conn, definition, wf_id, routing_key, text, timeout
+        )
         if outcome.record is not None:
             _check_same_workflow(wf_id, outcome.record, definition)
         return WorkflowHandle(self, wf_id, routing_key, created=outcome.created)
@@ -738,23 +716,21 @@ class Client:
 
         False if the workflow is not dead-lettered.
         """
-        await self.get(workflow_id, routing_key=routing_key)
-        return await self._routed(
-            self._key(workflow_id, routing_key),
-            lambda store, partition: store.requeue_workflow(
-                partition, workflow_id, actor=self.actor
-            ),
-        )
+        return await self._status_change("requeue", workflow_id, routing_key)
 
     async def resume(self, workflow_id: str, *, routing_key: str | None = None) -> bool:
         """Run a stuck workflow again (parked when its code stopped matching its history),
         once code that matches is deployed: it replays from the start. Audited. False if it
         is not stuck."""
-        await self.get(workflow_id, routing_key=routing_key)
+        return await self._status_change("resume", workflow_id, routing_key)
+
+    async def _status_change(self, action: str, workflow_id: str, key: str | None) -> bool:
+        """An audited requeue or resume on the workflow's node (WorkflowNotFound first)."""
+        await self.get(workflow_id, routing_key=key)
         return await self._routed(
-            self._key(workflow_id, routing_key),
-            lambda store, partition: store.resume_workflow(
-                partition, workflow_id, actor=self.actor
+            self._key(workflow_id, key),
+            lambda store, partition: store.audited_change(
+                action, partition, workflow_id, actor=self.actor
             ),
         )
 
@@ -784,38 +760,10 @@ class Client:
         runs on from there; the source is not touched. It keeps the source's routing key (so
         its node) when it had one. ``new_workflow_id`` defaults to ``ID-fork-XXXXXXXX``.
         Audited. An existing ``new_workflow_id`` raises WorkflowConflict."""
-        if not isinstance(from_step, int) or isinstance(from_step, bool) or from_step < 0:
-            raise InvalidInput(f"from_step must be a step number >= 0, got {from_step!r}")
-        source_key = self._key(workflow_id, routing_key)
-        fork_id = new_workflow_id or f"{workflow_id}-fork-{uuid.uuid4().hex[:8]}"
-        check_identifier(
-            fork_id, what="new_workflow_id", max_length=self.config.limits.max_id_length
+        fork_id, key = await fork_workflow(
+            self, workflow_id, from_step, routing_key=routing_key, new_workflow_id=new_workflow_id
         )
-        source = await self._routed(
-            source_key,
-            lambda store, partition: ManageStore(store).fork_source(
-                partition, workflow_id, from_step
-            ),
-            read=True,
-        )
-        check_fork(workflow_id, source, from_step)
-        events = events_of(source.steps)
-
-        async def insert(store: ClientStore, partition: int) -> bool:
-            return await ManageStore(store).insert_fork(
-                partition,
-                fork_id,
-                source,
-                events=events,
-                source_id=workflow_id,
-                actor=self.actor,
-            )
-
-        if not await self._routed(source.routing_key or fork_id, insert):
-            raise WorkflowConflict(
-                f"workflow id {fork_id!r} exists already: choose another new_workflow_id"
-            )
-        return WorkflowHandle(self, fork_id, source.routing_key, created=True)
+        return WorkflowHandle(self, fork_id, key, created=True)
 
     async def list(
         self,

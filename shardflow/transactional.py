@@ -16,14 +16,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from shardflow import tracing
 from shardflow.errors import InvalidInput, WrongNode
 from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.client_store import InsertOutcome
+
+if TYPE_CHECKING:
+    from shardflow.client import Client
+    from shardflow.engine.app import WorkflowDef
 
 
 @dataclass(frozen=True)
@@ -98,3 +104,39 @@ async def insert_in_transaction(
         node=owner,
         placement_version=0,
     )
+
+
+async def start_in_transaction(
+    client: Client,
+    conn: psycopg.AsyncConnection[Any],
+    definition: WorkflowDef,
+    wf_id: str,
+    routing_key: str | None,
+    text: str | None,
+    timeout: timedelta | None,
+) -> InsertOutcome:
+    """``client.start(..., connection=conn)``: the insert, routed by the client's placement
+    (refreshed on WrongNode, so the next ``node_for()`` names the new owner)."""
+    partition, node = client.route(routing_key or wf_id)
+    params = {
+        "partition": partition,
+        "workflow_id": wf_id,
+        "name": definition.name,
+        "app": definition.app,
+        "routing_key": routing_key,
+        "input": text,
+        "timeout": timeout,
+        "parent_id": None,
+        "parent_key": None,
+        "trace_context": tracing.current_context(),
+        "retention": definition.retention_seconds(client.config.retention_seconds),
+        "app_version": definition.app_version,
+    }
+    store = ClientStore(client.topology.connector(node))
+    try:
+        return await insert_in_transaction(
+            store, conn, params, owner=node, citus=client.config.backend == "citus"
+        )
+    except WrongNode:
+        await client.refresh_placement()
+        raise

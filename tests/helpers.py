@@ -81,3 +81,14 @@ def local_node(cluster: LocalCluster, node: NodeConfig) -> LocalNode:
     """The local server behind a data node (by port: Citus workers are named host_port)."""
     port = int(parse_conninfo(node.dsn)["port"])
     return next(n for n in cluster.nodes() if n.port == port)
+
+
+async def workflow_exists(client: Any, wf_id: str) -> bool:
+    """Whether ``wf_id`` exists (a start that was rolled back, a removed one: no)."""
+    from shardflow.errors import WorkflowNotFound
+
+    try:
+        await client.get(wf_id)
+    except WorkflowNotFound:
+        return False
+    return True

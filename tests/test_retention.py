@@ -21,7 +21,7 @@ from shardflow.cluster.retention import collect_garbage
 from shardflow.config import ClusterConfig
 from shardflow.errors import ConfigurationError, WorkflowNotFound
 from shardflow.storage.retention_store import RetentionStore, collect
-from tests.helpers import run, wait_until
+from tests.helpers import run, wait_until, workflow_exists
 
 kept_app = App("retention-test")
 
@@ -57,14 +57,6 @@ def _ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{run_id}-{i}" for i in range(count)]
 
 
-async def _exists(client: Client, wf_id: str) -> bool:
-    try:
-        await client.get(wf_id)
-    except WorkflowNotFound:
-        return False
-    return True
-
-
 def test_removes_what_is_due_and_keeps_the_rest(config: ClusterConfig) -> None:
     # The workers' own collectors are slowed down: this test's pass does the work.
     quiet = config.replace(worker=dataclasses.replace(config.worker, gc_seconds=3600))
@@ -92,11 +84,11 @@ def test_removes_what_is_due_and_keeps_the_rest(config: ClusterConfig) -> None:
             assert all(not r.error for r in results), results
             assert sum(r.removed for r in results) >= 13
             for wf_id in [*short, waiting[0]]:
-                assert not await _exists(client, wf_id), wf_id
+                assert not await workflow_exists(client, wf_id), wf_id
                 with pytest.raises(WorkflowNotFound):
                     await client.steps(wf_id)
             for wf_id in [*forever, *default, waiting[1]]:
-                assert await _exists(client, wf_id), f"{wf_id} must be kept"
+                assert await workflow_exists(client, wf_id), f"{wf_id} must be kept"
             assert [s.step_seq for s in await client.steps(forever[0])] == [0]
             # Nothing is left due: a second pass removes nothing of ours.
             assert sum(r.due for r in await collect_garbage(quiet, dry_run=True)) == 0
@@ -131,7 +123,7 @@ def test_two_collectors_at_once_remove_each_workflow_once(config: ClusterConfig)
             assert sum(removed) == on_node
             rest = await collect_garbage(quiet)
             assert sum(removed) + sum(r.removed for r in rest) == expected
-            assert not any([await _exists(client, i) for i in ids])
+            assert not any([await workflow_exists(client, i) for i in ids])
 
     run(go(), timeout=90)
 
@@ -151,7 +143,7 @@ def test_the_workers_collect_on_their_own(config: ClusterConfig) -> None:
                 await h.result(timeout=30)
 
             async def all_gone() -> bool:
-                return not any([await _exists(client, i) for i in ids])
+                return not any([await workflow_exists(client, i) for i in ids])
 
             await wait_until(all_gone, what="the workers' collectors", timeout=30)
 
@@ -213,8 +205,8 @@ def test_dead_lettered_and_untold_children_are_kept_even_when_marked_due(
                         (partition, wf_id),
                     )
             await collect_garbage(quiet)
-            assert await _exists(client, dead) and await _exists(client, child)
-            assert not await _exists(client, done), "the filter does remove a due one"
+            assert await workflow_exists(client, dead) and await workflow_exists(client, child)
+            assert not await workflow_exists(client, done), "the filter does remove a due one"
             assert [s.step_seq for s in await client.steps(dead)] == [0]
 
     run(go(), timeout=60)

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from shardflow import Client, InvalidInput, Worker, WorkflowConflict, WorkflowNotFound, WrongNode
+from shardflow import Client, InvalidInput, Worker, WorkflowConflict, WrongNode
 from shardflow.config import ClusterConfig
 from tests import apps
-from tests.helpers import run
+from tests.helpers import run, workflow_exists
 
 pytestmark = pytest.mark.usefixtures("tx_effects_table")
 
@@ -38,14 +38,6 @@ async def _order_total(client: Client, wf_id: str) -> int:
         return int(row[0])
 
 
-async def _exists(client: Client, wf_id: str) -> bool:
-    try:
-        await client.get(wf_id)
-    except WorkflowNotFound:
-        return False
-    return True
-
-
 def test_rollback_leaves_neither_the_workflow_nor_the_rows(config: ClusterConfig) -> None:
     wf_id = _wf_id("rollback")
 
@@ -60,7 +52,7 @@ def test_rollback_leaves_neither_the_workflow_nor_the_rows(config: ClusterConfig
                         )
                         assert handle.created is True
                         raise _Abandon
-            assert not await _exists(client, wf_id)
+            assert not await workflow_exists(client, wf_id)
             assert await _order_total(client, wf_id) == 0
 
     run(go())
@@ -75,7 +67,7 @@ def test_commit_makes_both_visible_and_a_worker_runs_it(config: ClusterConfig) -
                 await conn.execute(apps.TX_EFFECT_INSERT, (wf_id, ORDER_ROW, 7))
                 handle = await client.start(apps.three_steps, 1, workflow_id=wf_id, connection=conn)
                 # Not visible to anyone else before the commit (nor to the workers).
-                assert not await _exists(client, wf_id)
+                assert not await workflow_exists(client, wf_id)
             assert await _order_total(client, wf_id) == 7
             # Idle workers: picked up by the wake-up (plain) or the poll (Citus).
             assert await handle.result(timeout=15) == 4
@@ -118,7 +110,7 @@ def test_connection_to_another_node(config: ClusterConfig) -> None:
                     with pytest.raises(WrongNode, match=f"the placement says {owner}"):
                         await client.start(apps.three_steps, 1, workflow_id=wf_id, connection=conn)
                 await conn.execute(apps.TX_EFFECT_INSERT, (wf_id, ORDER_ROW, 3))
-            assert await _exists(client, wf_id) is (config.backend == "citus")
+            assert await workflow_exists(client, wf_id) is (config.backend == "citus")
             if config.backend == "citus":
                 await client.cancel(wf_id)
 
@@ -159,6 +151,6 @@ def test_bad_connections_are_refused_before_anything_is_written(
             async with client.node_for(wf_id).connection() as conn, conn.transaction():
                 with pytest.raises(InvalidInput):
                     await client.start(apps.three_steps, 1, workflow_id="", connection=conn)
-            assert not await _exists(client, wf_id)
+            assert not await workflow_exists(client, wf_id)
 
     run(go())

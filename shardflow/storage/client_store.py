@@ -198,17 +198,13 @@ class ClientStore:
             cascade=True,
         )
 
-    async def requeue_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
-        """Make a dead-lettered workflow runnable again; False if it is not dead-lettered."""
-        return await self._audited_change(
-            "workflow_requeue", "requeue", partition, workflow_id, actor
-        )
-
-    async def resume_workflow(self, partition: int, workflow_id: str, *, actor: str) -> bool:
-        """Make a stuck (parked) workflow runnable again; False if it is not stuck."""
-        return await self._audited_change(
-            "workflow_resume", "resume", partition, workflow_id, actor
-        )
+    async def audited_change(
+        self, action: str, partition: int, workflow_id: str, *, actor: str
+    ) -> bool:
+        """``requeue`` a dead-lettered workflow or ``resume`` a stuck one (runnable again);
+        False when it is not in that state."""
+        query = {"requeue": "workflow_requeue", "resume": "workflow_resume"}[action]
+        return await self._audited_change(query, action, partition, workflow_id, actor)
 
     async def _audited_change(
         self,
