@@ -36,6 +36,7 @@ from shardflow.errors import (
     WorkflowTimeout,
     WrongNode,
 )
+from shardflow.queues import Queue
 from shardflow.storage.records import StepRecord, WorkflowRecord
 from shardflow.sync import SyncClient
 from shardflow.transactional import OwningNode
@@ -61,6 +62,7 @@ __all__ = [
     "PartitionMoved",
     "PayloadNotSerializable",
     "PayloadTooLarge",
+    "Queue",
     "ResultTimeout",
     "ScheduleNotFound",
     "ShardflowError",

@@ -42,6 +42,7 @@ from shardflow.errors import (
     WorkflowNotFound,
 )
 from shardflow.manage import fork_workflow
+from shardflow.queues.start import queue_fields
 from shardflow.routing import Placement
 from shardflow.schedules.client import Schedules
 from shardflow.storage import ClientStore, NodeConnector
@@ -212,12 +213,21 @@ class Client:
         workflow_id: str | None = None,
         routing_key: str | None = None,
         connection: psycopg.AsyncConnection[Any] | None = None,
+        priority: int = 0,
+        concurrency_key: str | None = None,
     ) -> WorkflowHandle:
         """Start a workflow, or return the existing one with the same id (idempotent).
 
         ``connection``: start it inside the caller's open transaction on that connection,
-        which must be to the node that owns the workflow (``node_for(routing_key or id)``):
-        the workflow exists once the caller commits, and never if it rolls back.
+        which must be to the node that owns the workflow (``node_for(key)``, the key being
+        the routing key, else the concurrency key, else the id): the workflow exists once
+        the caller commits, and never if it rolls back.
+
+        A workflow of a queue waits there until a worker admits it: ``priority`` (smaller
+        first) orders it among the waiting ones, ``concurrency_key`` counts it against the
+        queue's ``per_key`` limit. A key also routes the workflow when ``routing_key`` is not
+        given, so all workflows of one key share a node and the per-key limit is exact
+        cluster-wide (look them up with ``routing_key=`` the key, as the handle does).
 
         Raises InvalidInput subclasses before writing anything, WorkflowConflict when the id
         exists under another workflow name, NodeUnavailable when the owner is down, WrongNode
@@ -233,6 +243,14 @@ class Client:
         check_identifier(wf_id, what="workflow_id", max_length=limits.max_id_length)
         if routing_key is not None:
             check_identifier(routing_key, what="routing_key", max_length=limits.max_id_length)
+        flow = queue_fields(
+            definition,
+            priority=priority,
+            concurrency_key=concurrency_key,
+            max_id_length=limits.max_id_length,
+        )
+        if routing_key is None and concurrency_key is not None:
+            routing_key = concurrency_key
         payload = encode_payload(input, max_bytes=limits.max_payload_bytes, what="workflow input")
         timeout = timedelta(seconds=definition.timeout) if definition.timeout else None
         with tracing.span(
@@ -242,9 +260,9 @@ class Client:
         ):
             if connection is not None:
                 return await self._start_in(
-                    connection, definition, wf_id, routing_key, payload.text, timeout
+                    connection, definition, wf_id, routing_key, payload.text, timeout, flow
                 )
-            return await self._start(definition, wf_id, routing_key, payload.text, timeout)
+            return await self._start(definition, wf_id, routing_key, payload.text, timeout, flow)
 
     def node_for(self, routing_key: str) -> OwningNode:
         """The node that owns ``routing_key`` (a workflow id or routing key) now, with
@@ -264,10 +282,11 @@ class Client:
         routing_key: str | None,
         text: str | None,
         timeout: timedelta | None,
+        flow: dict[str, Any],
     ) -> WorkflowHandle:
         """The start as one statement of the caller's transaction on ``conn``."""
         outcome = await start_in_transaction(
-            self, conn, definition, wf_id, routing_key, text, timeout
+            self, conn, definition, wf_id, routing_key, text, timeout, flow
         )
         if outcome.record is not None:
             _check_same_workflow(wf_id, outcome.record, definition)
@@ -280,6 +299,7 @@ class Client:
         routing_key: str | None,
         text: str | None,
         timeout: timedelta | None,
+        flow: dict[str, Any],
     ) -> WorkflowHandle:
         name = definition.name
         # The worker's run continues this trace (None: nothing traced, nothing stored).
@@ -299,6 +319,7 @@ class Client:
                 "trace_context": trace_context,
                 "retention": retention,
                 "app_version": definition.app_version,
+                **flow,
             }
             # Concurrent starts to one node share a statement and a commit.
             if await self._start_batcher(store.db.name).submit(row):
@@ -316,6 +337,7 @@ class Client:
                 trace_context=trace_context,
                 retention=retention,
                 app_version=definition.app_version,
+                **flow,
             )
             if outcome.created:
                 self._wake(store, {partition})
@@ -378,6 +400,9 @@ class Client:
 
         trace_context = tracing.current_context()
         retention = definition.retention_seconds(self.config.retention_seconds)
+        flow = queue_fields(
+            definition, priority=0, concurrency_key=None, max_id_length=limits.max_id_length
+        )
 
         async def insert(node: str, rows: list[tuple[int, str, str | None]]) -> set[Hashable]:
             store = ClientStore(self._connector_for(node))
@@ -395,6 +420,7 @@ class Client:
                             "trace_context": trace_context,
                             "retention": retention,
                             "app_version": definition.app_version,
+                            **flow,
                         }
                         for partition, wf_id, text in rows
                     ]
@@ -645,6 +671,7 @@ class Client:
                 trace_context=start.get("trace_context"),
                 retention=start.get("retention"),
                 app_version=start.get("app_version"),
+                queue=start.get("queue"),
             )
             if outcome.created:
                 self._wake(store, {partition})

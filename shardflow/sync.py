@@ -68,9 +68,18 @@ class SyncClient:
         *,
         workflow_id: str | None = None,
         routing_key: str | None = None,
+        priority: int = 0,
+        concurrency_key: str | None = None,
     ) -> SyncWorkflowHandle:
         handle = self._call(
-            self._client.start(workflow, input, workflow_id=workflow_id, routing_key=routing_key)
+            self._client.start(
+                workflow,
+                input,
+                workflow_id=workflow_id,
+                routing_key=routing_key,
+                priority=priority,
+                concurrency_key=concurrency_key,
+            )
         )
         return SyncWorkflowHandle(self, handle.workflow_id, handle.routing_key, handle.created)
 

@@ -114,6 +114,7 @@ async def start_in_transaction(
     routing_key: str | None,
     text: str | None,
     timeout: timedelta | None,
+    flow: dict[str, Any],
 ) -> InsertOutcome:
     """``client.start(..., connection=conn)``: the insert, routed by the client's placement
     (refreshed on WrongNode, so the next ``node_for()`` names the new owner)."""
@@ -131,6 +132,7 @@ async def start_in_transaction(
         "trace_context": tracing.current_context(),
         "retention": definition.retention_seconds(client.config.retention_seconds),
         "app_version": definition.app_version,
+        **flow,
     }
     store = ClientStore(client.topology.connector(node))
     try:

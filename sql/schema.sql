@@ -41,8 +41,8 @@ CREATE TABLE {schema}.workflows (
     routing_key text,
     status text NOT NULL
         CONSTRAINT workflows_status_check
-        CHECK (status IN ('pending', 'running', 'succeeded', 'failed', 'cancelled', 'dead',
-                          'stuck')),
+        CHECK (status IN ('queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled',
+                          'dead', 'stuck')),
     input json,
     output json,
     error json,
@@ -80,6 +80,12 @@ CREATE TABLE {schema}.workflows (
     purge_at timestamptz,
     -- The starting App's version (NULL: unversioned). Migration 0012.
     app_version text,
+    -- Flow control (migration 0014): the queue it waits in while 'queued' (NULL: none), its
+    -- priority there (smaller first), its concurrency key, and when it was admitted.
+    queue text,
+    priority integer NOT NULL DEFAULT 0,
+    concurrency_key text,
+    dequeued_at timestamptz,
     PRIMARY KEY (partition, workflow_id)
 );
 
@@ -117,6 +123,16 @@ CREATE INDEX workflows_created_idx
 -- The collector's scan (retention): removable rows only, oldest first per partition.
 CREATE INDEX workflows_purge_idx
     ON {schema}.workflows (partition, purge_at) WHERE purge_at IS NOT NULL;
+
+-- Admission to a queue (migration 0014): waiting rows in admission order, the slots held,
+-- the admissions in the rate window. Rows of no queue are in none of these indexes.
+CREATE INDEX workflows_queued_idx
+    ON {schema}.workflows (app, queue, priority, run_at) WHERE status = 'queued';
+CREATE INDEX workflows_queue_slots_idx
+    ON {schema}.workflows (app, queue, concurrency_key)
+    WHERE queue IS NOT NULL AND status IN ('pending', 'running');
+CREATE INDEX workflows_queue_admitted_idx
+    ON {schema}.workflows (app, queue, dequeued_at) WHERE dequeued_at IS NOT NULL;
 
 -- The relay's scan: ended children whose parent has not been told.
 CREATE INDEX workflows_untold_parents_idx
@@ -243,7 +259,8 @@ CREATE INDEX audit_log_at_idx ON {schema}.audit_log (at DESC);
 -- What the workers of each app can run, registered by every worker on every node it serves:
 -- the SQL API takes a workflow's app, input shape, timeout and retention from here.
 -- The SQL API's functions (shardflow.start, signal, status, result, partition_for) are in
--- sql/migrations/0011_sql_api.sql: functions are replaced whole, never altered.
+-- sql/migrations/0011_sql_api.sql (start and signal replaced by 0014_flow_control.sql):
+-- functions are replaced whole, never altered.
 CREATE TABLE {schema}.workflow_catalog (
     app text NOT NULL,
     name text NOT NULL,
@@ -251,6 +268,8 @@ CREATE TABLE {schema}.workflow_catalog (
     timeout_seconds double precision,
     retention_seconds double precision,
     registered_at timestamptz NOT NULL DEFAULT now(),
+    -- The queue a start enters (migration 0014; NULL: none).
+    queue text,
     PRIMARY KEY (app, name)
 );
 
@@ -276,6 +295,8 @@ CREATE TABLE {schema}.schedules (
     source text NOT NULL CHECK (source IN ('code', 'api')),
     created_at timestamptz NOT NULL DEFAULT now(),
     updated_at timestamptz NOT NULL DEFAULT now(),
+    -- The queue its runs enter (migration 0014; NULL: none).
+    queue text,
     PRIMARY KEY (partition, name)
 );
 CREATE INDEX schedules_due_idx ON {schema}.schedules (partition, next_tick_at) WHERE NOT paused;

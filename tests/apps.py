@@ -452,3 +452,51 @@ def metered_step(fail: bool) -> str:
 @app.workflow
 async def metered(ctx: WorkflowContext, fail: bool) -> str:
     return await metered_step(fail)
+
+
+# -- flow control (issue 13) -----------------------------------------------------------------
+
+# An app of its own (tests.apps:flow_app): only its workers look at queues. Per node: at most
+# 2 hold a slot at once; at most 1 per concurrency key; 1 at a time in priority order; at
+# most 3 admissions per second.
+flow_app = App("tests-flow")
+flow_app.queue("limited", concurrency=2)
+flow_app.queue("keyed", per_key=1)
+flow_app.queue("ranked", concurrency=1)
+flow_app.queue("paced", rate=(3, "1s"))
+
+
+@flow_app.step
+async def occupy(log_path: str, seconds: float) -> str:
+    """Holds its slot for ``seconds`` (the work a limit protects), logging when it ran and in
+    which process: the tests rebuild every run's interval from the log."""
+    step = current_step()
+    assert step is not None
+    _log(log_path, f"start {step.workflow_id} {os.getpid()} {time.time()!r}")
+    await asyncio.sleep(seconds)
+    _log(log_path, f"end {step.workflow_id} {os.getpid()} {time.time()!r}")
+    return step.workflow_id
+
+
+@flow_app.workflow(queue="limited")
+async def limited_work(ctx: WorkflowContext, spec: dict[str, Any]) -> str:
+    return await occupy(spec["log"], spec["seconds"])
+
+
+@flow_app.workflow(queue="keyed")
+async def keyed_work(ctx: WorkflowContext, spec: dict[str, Any]) -> str:
+    return await occupy(spec["log"], spec["seconds"])
+
+
+@flow_app.workflow(queue="ranked")
+async def ranked_work(ctx: WorkflowContext, spec: dict[str, Any]) -> str:
+    """Waits for signal "go" first when told to: a waiting workflow keeps its slot."""
+    if spec.get("hold"):
+        await ctx.wait_for_signal("go", timeout=60)
+    _log(spec["log"], spec["label"])
+    return str(spec["label"])
+
+
+@flow_app.workflow(queue="paced")
+async def paced_work(ctx: WorkflowContext) -> str:
+    return ctx.workflow_id

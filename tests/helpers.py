@@ -44,8 +44,10 @@ async def wait_until(
 REPO = Path(__file__).resolve().parent.parent
 
 
-def worker_command(config_file: Path) -> tuple[list[str], dict[str, Any]]:
-    """argv and keyword arguments to start ``shardflow worker`` for tests.apps in a subprocess."""
+def worker_command(
+    config_file: Path, app: str = "tests.apps:app"
+) -> tuple[list[str], dict[str, Any]]:
+    """argv and keyword arguments to start ``shardflow worker`` for ``app`` in a subprocess."""
     argv = [
         sys.executable,
         "-m",
@@ -54,16 +56,16 @@ def worker_command(config_file: Path) -> tuple[list[str], dict[str, Any]]:
         str(config_file),
         "worker",
         "--app",
-        "tests.apps:app",
+        app,
     ]
     return argv, {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": str(REPO)}}
 
 
 async def spawn_worker(
-    config_file: Path, env: dict[str, str] | None = None
+    config_file: Path, env: dict[str, str] | None = None, *, app: str = "tests.apps:app"
 ) -> asyncio.subprocess.Process:
-    """``shardflow worker`` for tests.apps in a process of its own (``env`` added to ours)."""
-    argv, options = worker_command(config_file)
+    """``shardflow worker`` for ``app`` in a process of its own (``env`` added to ours)."""
+    argv, options = worker_command(config_file, app)
     if env:
         options["env"] = {**options["env"], **env}
     return await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, **options)

@@ -128,6 +128,17 @@ def worker(
 )
 @click.option("--id", "workflow_id", help="Workflow id (default: a new UUID).")
 @click.option("--routing-key", help="Co-locate with other workflows of this key.")
+@click.option(
+    "--priority",
+    type=int,
+    default=0,
+    show_default=True,
+    help="A queued workflow's place among the waiting ones: smaller is admitted first.",
+)
+@click.option(
+    "--concurrency-key",
+    help="Counts against its queue's per-key limit (and routes it, without --routing-key).",
+)
 @click.option("--wait", type=float, help="Wait up to this many seconds for the result.")
 @pass_state
 def start(
@@ -138,6 +149,8 @@ def start(
     input_file: TextIO | None,
     workflow_id: str | None,
     routing_key: str | None,
+    priority: int,
+    concurrency_key: str | None,
     wait: float | None,
 ) -> None:
     """Start workflow NAME (idempotent for a given --id)."""
@@ -147,9 +160,17 @@ def start(
     async def go() -> None:
         async with Client(state.config(), app=app) as client:
             handle = await client.start(
-                name, payload, workflow_id=workflow_id, routing_key=routing_key
+                name,
+                payload,
+                workflow_id=workflow_id,
+                routing_key=routing_key,
+                priority=priority,
+                concurrency_key=concurrency_key,
             )
-            click.echo(json.dumps({"workflow_id": handle.workflow_id, "created": handle.created}))
+            started: dict[str, Any] = {"workflow_id": handle.workflow_id, "created": handle.created}
+            if handle.routing_key is not None:
+                started["routing_key"] = handle.routing_key  # what looks it up again
+            click.echo(json.dumps(started))
             if wait is not None:
                 click.echo(json.dumps(await handle.result(timeout=wait)))
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, overload
 
 from shardflow.errors import ConfigurationError, InvalidInput, UnknownWorkflow
+from shardflow.queues.queue import Period, Queue, declare_queue
 from shardflow.schedules.cron import check_cron
 from shardflow.schedules.policy import check_missed
 from shardflow.timebounds import retention_seconds
@@ -46,6 +47,8 @@ class WorkflowDef:
     schedule: str | None = None
     schedule_timezone: str = "UTC"
     schedule_missed: str = "skip"
+    # @app.workflow(queue=...): the queue its runs wait in for admission (None: none).
+    queue: str | None = None
 
     def retention_seconds(self, default: float | None) -> float | None:
         """Seconds a finished run of it is kept (None: for ever); ``default`` is the
@@ -139,10 +142,50 @@ class App:
         self.name = name
         self._workflows: dict[str, WorkflowDef] = {}
         self._steps: dict[str, StepDef] = {}
+        self._queues: dict[str, Queue] = {}
 
     @property
     def workflows(self) -> dict[str, WorkflowDef]:
         return dict(self._workflows)
+
+    @property
+    def queues(self) -> dict[str, Queue]:
+        return dict(self._queues)
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        per_key: int | None = None,
+        rate: tuple[int, Period] | None = None,
+    ) -> Queue:
+        """Declare a named queue; its workflows (``@app.workflow(queue=name)``) wait in it
+        until a worker admits them under its limits, each holding per node:
+
+        ``concurrency``: at most that many hold a slot at once (from admission until they
+        end, sleeping included); ``per_key``: at most that many per ``concurrency_key`` given
+        at start; ``rate=(n, period)``: at most n admissions in any ``period`` ("1m", seconds
+        or a timedelta). Waiting ones are admitted smallest ``priority`` first, then oldest.
+        """
+        if name in self._queues:
+            raise ConfigurationError(f"queue {name!r} is declared twice in app {self.name!r}")
+        queue = declare_queue(
+            name, app=self.name, concurrency=concurrency, per_key=per_key, rate=rate
+        )
+        self._queues[name] = queue
+        return queue
+
+    def get_queue(self, name: str) -> Queue:
+        """The declared queue ``name``, or ConfigurationError listing the declared ones."""
+        try:
+            return self._queues[name]
+        except KeyError:
+            known = ", ".join(sorted(self._queues)) or "none"
+            raise ConfigurationError(
+                f"no queue named {name!r} is declared in app {self.name!r} (declared: {known}); "
+                "declare it with app.queue(name, ...) before the workflows that use it"
+            ) from None
 
     def catalog(self, default_retention: float | None) -> list[dict[str, Any]]:
         """What a worker of this app registers on every node for the SQL API: per workflow
@@ -156,6 +199,7 @@ class App:
                 else ("optional" if wf.takes_input else "none"),
                 "timeout_seconds": wf.timeout,
                 "retention_seconds": wf.retention_seconds(default_retention),
+                "queue": wf.queue,
             }
             for wf in self._workflows.values()
         ]
@@ -222,6 +266,7 @@ class App:
         schedule: str | None = None,
         timezone: str = "UTC",
         missed: str = "skip",
+        queue: str | Queue | None = None,
     ) -> Callable[[WorkflowFn], WorkflowDef]: ...
 
     def workflow(
@@ -235,6 +280,7 @@ class App:
         schedule: str | None = None,
         timezone: str = "UTC",
         missed: str = "skip",
+        queue: str | Queue | None = None,
     ) -> WorkflowDef | Callable[[WorkflowFn], WorkflowDef]:
         """Register an ``async def`` workflow taking ``(ctx)`` or ``(ctx, input)``.
 
@@ -243,6 +289,7 @@ class App:
         the collector removes it; None: the cluster's ``retention`` setting.
         ``schedule`` (a cron expression, in ``timezone``): the app's workers keep a schedule
         named ``APP.WORKFLOW`` that starts it on every tick (``missed``: skip, once or all).
+        ``queue`` (declared with ``app.queue``): its runs wait there for admission.
         """
         if timeout is not None and timeout <= 0:
             raise ConfigurationError("workflow timeout must be positive seconds, or None")
@@ -253,6 +300,9 @@ class App:
                 check_missed(missed)
             except InvalidInput as exc:
                 raise ConfigurationError(str(exc)) from None
+        queue_name = None
+        if queue is not None:
+            queue_name = self.get_queue(queue.name if isinstance(queue, Queue) else queue).name
 
         def register(func: WorkflowFn) -> WorkflowDef:
             if not inspect.iscoroutinefunction(func):
@@ -280,6 +330,7 @@ class App:
                 schedule=schedule,
                 schedule_timezone=timezone,
                 schedule_missed=missed,
+                queue=queue_name,
             )
             if schedule is not None and wf.input_required:
                 raise ConfigurationError(

@@ -428,6 +428,8 @@ class WorkflowContext:
             "trace_context": tracing.current_context(),
             "retention": workflow.retention_seconds(self._default_retention),
             "app_version": workflow.app_version,
+            # A child of a queued workflow waits in its queue like any start.
+            "queue": workflow.queue,
         }
         output = {"workflow_id": child_id, "routing_key": key}
         await self.settle()

@@ -62,6 +62,7 @@ def spec_for(
         timeout_seconds=definition.timeout,
         retention_seconds=definition.retention_seconds(default_retention),
         source=source,
+        queue=definition.queue,
     )
 
 

@@ -68,8 +68,12 @@ class ClientStore:
         trace_context: str | None = None,
         retention: float | None = None,
         app_version: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        concurrency_key: str | None = None,
     ) -> InsertOutcome:
-        """Insert a pending workflow; an existing id returns the existing row instead.
+        """Insert a pending workflow (queued when it has a ``queue``); an existing id
+        returns the existing row instead.
 
         ``input`` is JSON text, already validated by the caller; ``retention``: seconds it is
         kept once ended (None: for ever).
@@ -87,6 +91,9 @@ class ClientStore:
             "trace_context": trace_context,
             "retention": retention,
             "app_version": app_version,
+            "queue": queue,
+            "priority": priority,
+            "concurrency_key": concurrency_key,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         # The common case is one round trip: a single autocommit statement.
@@ -136,6 +143,9 @@ class ClientStore:
         params["trace_context_list"] = [row.get("trace_context") for row in rows]
         params["retention_list"] = [row.get("retention") for row in rows]
         params["app_version_list"] = [row.get("app_version") for row in rows]
+        params["queue_list"] = [row.get("queue") for row in rows]
+        params["priority_list"] = [row.get("priority", 0) for row in rows]
+        params["concurrency_key_list"] = [row.get("concurrency_key") for row in rows]
         return {r["workflow_id"] for r in await self.db.run("workflow_insert_many", params)}
 
     async def notify_work(self, payload: str = "") -> None:

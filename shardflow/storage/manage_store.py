@@ -28,6 +28,10 @@ class ForkSource:
     name: str
     app: str
     app_version: str | None
+    # Its queue, priority and concurrency key: a fork waits in the same queue.
+    queue: str | None
+    priority: int
+    concurrency_key: str | None
     input: Any
     routing_key: str | None
     retention_seconds: float | None
@@ -105,6 +109,9 @@ class ManageStore:
             name=row["name"],
             app=row["app"],
             app_version=row["app_version"],
+            queue=row["queue"],
+            priority=row["priority"],
+            concurrency_key=row["concurrency_key"],
             input=row["input"],
             routing_key=row["routing_key"],
             retention_seconds=row["retention_seconds"],
@@ -137,6 +144,9 @@ class ManageStore:
             "trace_context": None,
             "retention": source.retention_seconds,
             "app_version": source.app_version,
+            "queue": source.queue,
+            "priority": source.priority,
+            "concurrency_key": source.concurrency_key,
         }
         key = {"partition": partition, "workflow_id": workflow_id}
         async with self.db.transaction() as conn:

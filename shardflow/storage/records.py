@@ -59,8 +59,18 @@ class WorkflowRecord:
 
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "dead"})
-# "stuck": parked after a NonDeterminismError; not ended (`shardflow resume` runs it again).
-STATUSES = ("pending", "running", "succeeded", "failed", "cancelled", "dead", "stuck")
+# "queued": waiting in its queue for admission (docs/flow-control.md). "stuck": parked after
+# a NonDeterminismError; not ended (`shardflow resume` runs it again).
+STATUSES = (
+    "queued",
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "dead",
+    "stuck",
+)
 
 
 @dataclass(frozen=True, kw_only=True)

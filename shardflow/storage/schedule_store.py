@@ -29,6 +29,8 @@ class ScheduleSpec:
     timeout_seconds: float | None = None
     retention_seconds: float | None = None
     source: str = "api"
+    # The queue its runs wait in (the workflow's; None: none).
+    queue: str | None = None
 
     def same_definition(self, other: ScheduleSpec) -> bool:
         return asdict(self) == asdict(other)
@@ -70,6 +72,7 @@ def _record(row: dict[str, Any]) -> ScheduleRecord:
         timeout_seconds=row["timeout_seconds"],
         retention_seconds=row["retention_seconds"],
         source=row["source"],
+        queue=row["queue"],
     )
     return ScheduleRecord(
         partition=row["partition"],
@@ -317,4 +320,7 @@ def _run_rows(partition: int, spec: ScheduleSpec, runs: list[TickRun]) -> dict[s
         "trace_context_list": [None] * count,
         "retention_list": [spec.retention_seconds] * count,
         "app_version_list": [spec.app_version] * count,
+        "queue_list": [spec.queue] * count,
+        "priority_list": [0] * count,
+        "concurrency_key_list": [None] * count,
     }

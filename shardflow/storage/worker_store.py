@@ -411,6 +411,9 @@ class WorkerStore:
                 "trace_context": start.get("trace_context"),
                 "retention": start.get("retention"),
                 "app_version": start.get("app_version"),
+                "queue": start.get("queue"),
+                "priority": 0,
+                "concurrency_key": None,
             },
         )
         if created:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from shardflow import tracing
 from shardflow.config import WorkerSettings
@@ -21,6 +22,9 @@ from shardflow.worker.ports import NodeStore
 from shardflow.worker.service import Backoff, Service, jittered
 from shardflow.worker.slots import Slots
 from shardflow.worker.timers import LocalTimers
+
+if TYPE_CHECKING:
+    from shardflow.worker.admissions import Admissions
 
 log = logging.getLogger("shardflow.worker")
 
@@ -37,6 +41,7 @@ class ClaimLoop(Service):
         settings: WorkerSettings,
         execute: Callable[[NodeStore, ClaimedWorkflow, int], None],
         on_claim: Callable[[float, int], None] | None = None,
+        admissions: Admissions | None = None,
         **kwargs: object,
     ):
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -48,6 +53,8 @@ class ClaimLoop(Service):
         self._execute = execute
         # Told each claim's duration (seconds) and size (the worker's metrics).
         self._on_claim = on_claim
+        # The app's queues (None: it declares none): admitted before the plain claim.
+        self.admissions = admissions
         self._woken = asyncio.Event()
         self.claimed_total = 0
         # Suspects appear only when a reaper requeues expired leases: look for them when this
@@ -65,13 +72,17 @@ class ClaimLoop(Service):
         self._scanned_at = 0.0
 
     def wake(self) -> None:
-        """Look for work now (called on NOTIFY, or when the executor frees a slot)."""
+        """Look for work now (called when the executor frees a slot)."""
+        if self.admissions is not None:
+            self.admissions.slot_freed()
         self._woken.set()
 
     def notified(self, payload: str | None) -> None:
         """A NOTIFY (``payload`` names partitions that got work) or a lost listener (None:
         look everywhere)."""
         partitions = decode_partitions(payload) if payload is not None else None
+        if self.admissions is not None:
+            self.admissions.announced()
         if partitions is None:
             self._scan_due = True
         else:
@@ -138,31 +149,49 @@ class ClaimLoop(Service):
         reserved = self.slots.reserve(self.settings.claim_batch, node=self.store.node)
         if reserved == 0:
             return 0, False
-        batch: list[ClaimedWorkflow] = []
+        admitted: list[ClaimedWorkflow] = []
+        claimed: list[ClaimedWorkflow] = []
         started = time.monotonic()
         started_ns = time.time_ns()
         try:
-            if self.store.claims_by_partition:
-                batch = await self._claim_where_hinted(reserved, lease)
-            else:
-                batch = await self.store.claim_ready(
-                    limit=reserved, owner=self.owner, lease=lease, backlog=self._backlog
+            if self.admissions is not None:
+                # With a backlog of pending work (sleepers coming back, workflows of no
+                # queue), admissions take at most half the slots: neither side starves.
+                share = max(1, reserved // 2) if self._backlog else reserved
+                admitted = await self.admissions.admit(share, lease)
+            asked = reserved - len(admitted)
+            if asked > 0 and self.store.claims_by_partition:
+                claimed = await self._claim_where_hinted(asked, lease)
+            elif asked > 0:
+                claimed = await self.store.claim_ready(
+                    limit=asked, owner=self.owner, lease=lease, backlog=self._backlog
                 )
+        except BaseException:
+            # Admitted workflows are leased to this worker: run them (the claim after them
+            # failed) rather than leave their slots held until the leases lapse.
+            self._run(admitted)
+            raise
         finally:
-            await self.slots.give_back(reserved - len(batch), node=self.store.node)
+            await self.slots.give_back(
+                reserved - len(admitted) - len(claimed), node=self.store.node
+            )
+        batch = admitted + claimed
         if self._on_claim is not None:
             self._on_claim(time.monotonic() - started, len(batch))
         tracing.claim_span(
             self.store.node, started_ns, [(w.workflow_id, w.trace_context) for w in batch]
         )
+        self._run(batch)
+        # A full claim means a backlog: the next claim walks partitions; otherwise it takes
+        # the oldest few. Each query is cheap in its own regime, whatever the statistics say.
+        self._backlog = asked > 0 and len(claimed) == asked
+        # Fewer than asked for: nothing else is runnable now; wait for a wake-up.
+        return len(batch), len(batch) < reserved
+
+    def _run(self, batch: list[ClaimedWorkflow]) -> None:
         for work in batch:
             self._execute(self.store, work, 1)
         self.claimed_total += len(batch)
-        # A full claim means a backlog: the next claim walks partitions; otherwise it takes
-        # the oldest few. Each query is cheap in its own regime, whatever the statistics say.
-        self._backlog = len(batch) == reserved
-        # Fewer than asked for: nothing else is runnable now; wait for a wake-up.
-        return len(batch), len(batch) < reserved
 
     async def _claim_where_hinted(self, limit: int, lease: timedelta) -> list[ClaimedWorkflow]:
         """Citus: a statement spanning shards costs tens of milliseconds, one naming a
@@ -222,6 +251,10 @@ class ClaimLoop(Service):
             node_due = await self.store.next_due_seconds()
             if node_due is not None:
                 due = node_due if due is None else min(due, node_due)
+        if self.admissions is not None:
+            queues_due = self.admissions.next_in(now)
+            if queues_due is not None:
+                due = queues_due if due is None else min(due, queues_due)
         if due is None:
             return poll
         return max(0.0, min(poll, due + 0.005))

@@ -25,14 +25,17 @@ from shardflow.config import ClusterConfig
 from shardflow.engine.app import App
 from shardflow.engine.runner import Outcome, WorkflowRunner
 from shardflow.errors import ClusterNotInitialized, ShardflowError, WriteStalled
+from shardflow.queues.limits import check_rate_windows_kept
 from shardflow.routing import Placement
 from shardflow.stalls import watch_running_loop
 from shardflow.storage import WorkerStore
+from shardflow.storage.queue_store import QueueStore
 from shardflow.storage.records import ClaimedWorkflow
 from shardflow.storage.relay_store import RelayStore
 from shardflow.storage.retention_store import RetentionStore
 from shardflow.storage.schedule_store import ScheduleStore
 from shardflow.topology import Topology
+from shardflow.worker.admissions import Admissions
 from shardflow.worker.collector import Collector
 from shardflow.worker.heartbeat import HeartbeatThread
 from shardflow.worker.listener import Listener
@@ -96,6 +99,7 @@ class Worker:
             else None
         )
         self.stopped = asyncio.Event()
+        check_rate_windows_kept(app, config.retention_seconds)
         self.topology = Topology(config, role="worker")
         self._runner = WorkflowRunner(
             app,
@@ -215,6 +219,21 @@ class Worker:
         self._membership.start()
         log.info("worker started", extra={"action": "worker_started", "owner": self.owner})
 
+    def _admissions_for(self, name: str, store: WorkerStore) -> Admissions | None:
+        """The node's admissions of the app's queues (None: the app declares none)."""
+        queues = list(self.app.queues.values())
+        if not queues:
+            return None
+        queue_store = QueueStore(
+            self.topology.connector(name),
+            lambda: store.partitions,
+            app_name=self.app.name,
+            workflow_names=list(self.app.workflows),
+        )
+        return Admissions(
+            queue_store, queues, owner=self.owner, poll_seconds=self.settings.poll_seconds
+        )
+
     def _serve_node(self, name: str, *, partitions: list[int] | None = None) -> None:
         """Start this node's claim loop, listener and reaper (on Citus, for ``partitions``)."""
         store = WorkerStore(
@@ -232,6 +251,7 @@ class Worker:
             settings=self.settings,
             execute=self._execute,
             on_claim=lambda seconds, size: self.metrics.claimed(name, seconds, size),
+            admissions=self._admissions_for(name, store),
             on_failure=self._service_failed,
         )
         self._loops[name] = loop

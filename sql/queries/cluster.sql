@@ -46,11 +46,11 @@ WHERE expires_at > now()
 GROUP BY app ORDER BY app;
 
 -- name: pending_without_worker
--- Pending workflows that no live worker can run: their app has no live worker, or no live
--- worker of that app defines the name (a deploy that dropped it, a typo in a start).
+-- Pending (or queued) workflows that no live worker can run: their app has no live worker, or
+-- no live worker of that app defines the name (a deploy that dropped it, a typo in a start).
 SELECT w.app, w.name, count(*) AS workflows, min(w.created_at) AS oldest
 FROM {schema}.workflows AS w
-WHERE w.status = 'pending'
+WHERE w.status IN ('pending', 'queued')
   AND NOT EXISTS (
       SELECT 1 FROM {schema}.workers AS k
       WHERE k.expires_at > now() AND k.app = w.app AND w.name = ANY(k.workflow_names)

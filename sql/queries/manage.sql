@@ -60,9 +60,10 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
 
 -- name: manage_retry
 -- A failed workflow runnable again, as if it had not ended: a fresh deadline of the same
--- length, no retry state, no lease; its retention starts over when it ends.
+-- length, no retry state, no lease; its retention starts over when it ends. One of a queue
+-- waits for admission again (it gave its slot up when it failed).
 UPDATE {schema}.workflows
-SET status = 'pending', run_at = now(), updated_at = now(), output = NULL, error = NULL,
+SET status = CASE WHEN queue IS NULL THEN 'pending' ELSE 'queued' END, run_at = now(), updated_at = now(), output = NULL, error = NULL,
     completed_at = NULL, purge_at = NULL, lease_token = NULL, lease_owner = NULL,
     lease_expires_at = NULL, lease_expiries = 0, retry_step_seq = NULL, retry_attempts = 0,
     waiting_for = NULL, cancel_requested = false,
@@ -73,6 +74,7 @@ RETURNING workflow_id;
 -- name: manage_fork_source
 -- What a fork copies: the workflow's kind and input, and its first `step_count` checkpoints.
 SELECT w.name, w.app, w.app_version, w.input, w.routing_key, w.retention_seconds,
+       w.queue, w.priority, w.concurrency_key,
        w.deadline_at - w.created_at AS timeout,
        coalesce(json_agg(json_build_object(
                     'step_seq', s.step_seq, 'step_name', s.step_name, 'status', s.status,

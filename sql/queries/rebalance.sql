@@ -30,7 +30,8 @@ COPY (
                 ELSE lease_expires_at END AS lease_expires_at,
            claimed_at, created_at, updated_at, completed_at, lease_expiries, signal_seq,
            waiting_for, parent_id, parent_key, parent_told, cancel_requested, trace_context,
-           retention_seconds, purge_at, app_version
+           retention_seconds, purge_at, app_version, queue, priority, concurrency_key,
+           dequeued_at
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -40,7 +41,8 @@ COPY {schema}.workflows (
     deadline_at, claim_count, retry_step_seq, retry_attempts, lease_token, lease_owner,
     lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries,
     signal_seq, waiting_for, parent_id, parent_key, parent_told, cancel_requested,
-    trace_context, retention_seconds, purge_at, app_version
+    trace_context, retention_seconds, purge_at, app_version, queue, priority, concurrency_key,
+    dequeued_at
 ) FROM STDIN;
 
 -- name: copy_out_steps
@@ -89,7 +91,7 @@ COPY {schema}.outbox (partition, message_id, kind, body, created_at) FROM STDIN;
 COPY (
     SELECT partition, name, workflow_name, app, app_version, input, timeout_seconds,
            retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at,
-           last_tick_at, last_run_id, source, created_at, updated_at
+           last_tick_at, last_run_id, source, created_at, updated_at, queue
     FROM {schema}.schedules WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -97,7 +99,7 @@ COPY (
 COPY {schema}.schedules (
     partition, name, workflow_name, app, app_version, input, timeout_seconds,
     retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at,
-    last_tick_at, last_run_id, source, created_at, updated_at
+    last_tick_at, last_run_id, source, created_at, updated_at, queue
 ) FROM STDIN;
 
 -- name: delete_partition_schedules

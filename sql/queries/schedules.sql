@@ -13,12 +13,13 @@ WITH fence AS (
 )
 INSERT INTO {schema}.schedules
     (partition, name, workflow_name, app, app_version, input, timeout_seconds,
-     retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at, source)
+     retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at, source,
+     queue)
 SELECT %(partition)s::integer, %(name)s::text, %(workflow_name)s::text, %(app)s::text,
        %(app_version)s::text, %(input)s::json, %(timeout_seconds)s::float8,
        %(retention_seconds)s::float8, %(cron)s::text, %(timezone)s::text, %(missed)s::text,
        %(catchup_seconds)s::float8, %(paused)s::boolean, %(next_tick_at)s::timestamptz,
-       %(source)s::text
+       %(source)s::text, %(queue)s::text
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, name) DO NOTHING
 RETURNING name;
@@ -32,7 +33,8 @@ WITH fence AS (
 )
 SELECT s.partition, s.name, s.workflow_name, s.app, s.app_version, s.input, s.timeout_seconds,
        s.retention_seconds, s.cron, s.timezone, s.missed, s.catchup_seconds, s.paused,
-       s.next_tick_at, s.last_tick_at, s.last_run_id, s.source, s.created_at, s.updated_at
+       s.next_tick_at, s.last_tick_at, s.last_run_id, s.source, s.created_at, s.updated_at,
+       s.queue
 FROM {schema}.schedules AS s
 WHERE s.partition = %(partition)s AND s.name = %(name)s AND EXISTS (SELECT 1 FROM fence)
 FOR UPDATE OF s;
@@ -44,7 +46,8 @@ SET workflow_name = %(workflow_name)s, app = %(app)s, app_version = %(app_versio
     input = %(input)s::json, timeout_seconds = %(timeout_seconds)s::float8,
     retention_seconds = %(retention_seconds)s::float8, cron = %(cron)s, timezone = %(timezone)s,
     missed = %(missed)s, catchup_seconds = %(catchup_seconds)s, paused = %(paused)s,
-    next_tick_at = %(next_tick_at)s::timestamptz, source = %(source)s, updated_at = now()
+    next_tick_at = %(next_tick_at)s::timestamptz, source = %(source)s, queue = %(queue)s::text,
+    updated_at = now()
 WHERE partition = %(partition)s AND name = %(name)s;
 
 -- name: schedule_set_paused
@@ -58,7 +61,7 @@ DELETE FROM {schema}.schedules WHERE partition = %(partition)s AND name = %(name
 -- name: schedule_list
 SELECT partition, name, workflow_name, app, app_version, input, timeout_seconds,
        retention_seconds, cron, timezone, missed, catchup_seconds, paused, next_tick_at,
-       last_tick_at, last_run_id, source, created_at, updated_at
+       last_tick_at, last_run_id, source, created_at, updated_at, queue
 FROM {schema}.schedules
 WHERE cardinality(%(partitions)s::integer[]) = 0 OR partition = ANY(%(partitions)s::integer[])
 ORDER BY name;
@@ -83,7 +86,7 @@ WITH fence AS (
 SELECT s.partition, s.name, s.workflow_name, s.app, s.app_version, s.input, s.timeout_seconds,
        s.retention_seconds, s.cron, s.timezone, s.missed, s.catchup_seconds, s.paused,
        s.next_tick_at, s.last_tick_at, s.last_run_id, s.source, s.created_at, s.updated_at,
-       now() AS now
+       s.queue, now() AS now
 FROM {schema}.schedules AS s
 WHERE s.partition = %(partition)s AND NOT s.paused AND s.next_tick_at <= now()
   AND EXISTS (SELECT 1 FROM fence)

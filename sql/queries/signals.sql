@@ -21,7 +21,7 @@ RETURNING workflow_id;
 -- name: signal_count
 -- A send, first statement: counts the signal in the workflow's row (the row lock serialises
 -- concurrent sends, so each gets the next number, and orders the send with a release). Only
--- pending or running workflows take signals.
+-- queued, pending or running workflows take signals.
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
@@ -30,7 +30,7 @@ WITH fence AS (
 UPDATE {schema}.workflows
 SET signal_seq = signal_seq + 1, updated_at = now()
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
-  AND status IN ('pending', 'running')
+  AND status IN ('queued', 'pending', 'running')
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING signal_seq;
 

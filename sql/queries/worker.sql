@@ -366,13 +366,15 @@ SET app = EXCLUDED.app, workflow_names = EXCLUDED.workflow_names,
 -- What this worker's app can run (the SQL API's catalog): written once per node the worker
 -- serves, at its first beat there; a deploy with other timeouts or retentions replaces them.
 INSERT INTO {schema}.workflow_catalog AS c
-    (app, name, input, timeout_seconds, retention_seconds, registered_at)
-SELECT e.app, e.name, e.input, e.timeout_seconds, e.retention_seconds, now()
+    (app, name, input, timeout_seconds, retention_seconds, queue, registered_at)
+SELECT e.app, e.name, e.input, e.timeout_seconds, e.retention_seconds, e.queue, now()
 FROM json_to_recordset(%(entries)s::json)
-    AS e(app text, name text, input text, timeout_seconds float8, retention_seconds float8)
+    AS e(app text, name text, input text, timeout_seconds float8, retention_seconds float8,
+         queue text)
 ON CONFLICT (app, name) DO UPDATE
 SET input = EXCLUDED.input, timeout_seconds = EXCLUDED.timeout_seconds,
-    retention_seconds = EXCLUDED.retention_seconds, registered_at = EXCLUDED.registered_at;
+    retention_seconds = EXCLUDED.retention_seconds, queue = EXCLUDED.queue,
+    registered_at = EXCLUDED.registered_at;
 
 -- name: worker_unregister
 DELETE FROM {schema}.workers WHERE owner = %(owner)s;

@@ -11,10 +11,14 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
-     parent_key, trace_context, retention_seconds, app_version)
-SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s, 'pending',
+     parent_key, trace_context, retention_seconds, app_version, queue, priority,
+     concurrency_key)
+SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s,
+       -- A workflow of a queue waits for admission (queues.sql); others are runnable now.
+       CASE WHEN %(queue)s::text IS NULL THEN 'pending' ELSE 'queued' END,
        %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s,
-       %(trace_context)s, %(retention)s::float8, %(app_version)s
+       %(trace_context)s, %(retention)s::float8, %(app_version)s, %(queue)s::text,
+       %(priority)s::integer, %(concurrency_key)s::text
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
@@ -56,25 +60,28 @@ SET status = 'cancelled', completed_at = now(), updated_at = now(),
                                + make_interval(secs => retention_seconds)),
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
-  AND status IN ('pending', 'running', 'stuck')
+  AND status IN ('queued', 'pending', 'running', 'stuck')
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
 -- name: workflow_cancel_to_undo
 -- Cancelling a workflow that registered compensations: runnable at once with
 -- cancel_requested, so the next run undoes what it did instead of going on; a run in progress
--- loses its lease (its next write is refused), like a plain cancel.
+-- loses its lease (its next write is refused), like a plain cancel. One of a queue that holds
+-- no slot (queued: retried or requeued with history; stuck) undoes once admitted.
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
 UPDATE {schema}.workflows
-SET status = 'pending', cancel_requested = true, run_at = now(), waiting_for = NULL,
+SET status = CASE WHEN queue IS NOT NULL AND status IN ('queued', 'stuck') THEN 'queued'
+                  ELSE 'pending' END,
+    cancel_requested = true, run_at = now(), waiting_for = NULL,
     updated_at = now(), lease_expiries = 0,
     lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
-  AND status IN ('pending', 'running', 'stuck') AND NOT cancel_requested
+  AND status IN ('queued', 'pending', 'running', 'stuck') AND NOT cancel_requested
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
@@ -85,28 +92,31 @@ WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s
 
 -- name: workflow_requeue
 -- Gives a dead-lettered workflow another chance (after the code that killed workers is fixed).
+-- One of a queue waits for admission again: it gave its slot up when it ended.
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
 UPDATE {schema}.workflows
-SET status = 'pending', run_at = now(), updated_at = now(), lease_expiries = 0, error = NULL,
-    completed_at = NULL
+SET status = CASE WHEN queue IS NULL THEN 'pending' ELSE 'queued' END,
+    run_at = now(), updated_at = now(), lease_expiries = 0, error = NULL, completed_at = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND status = 'dead'
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
 
 -- name: workflow_resume
 -- A parked workflow (stuck: its code did not match its history) runs again, after a deploy of
--- code that matches; it replays from the start of its history.
+-- code that matches; it replays from the start of its history (one of a queue through
+-- admission: a stuck workflow holds no slot).
 WITH fence AS (
     SELECT epoch FROM {schema}.partition_ownership
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
 UPDATE {schema}.workflows
-SET status = 'pending', run_at = now(), updated_at = now(), error = NULL
+SET status = CASE WHEN queue IS NULL THEN 'pending' ELSE 'queued' END,
+    run_at = now(), updated_at = now(), error = NULL
 WHERE partition = %(partition)s AND workflow_id = %(workflow_id)s AND status = 'stuck'
   AND EXISTS (SELECT 1 FROM fence)
 RETURNING workflow_id;
@@ -145,15 +155,19 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-     trace_context, retention_seconds, app_version)
-SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
-       now() + r.timeout, r.trace_context, r.retention, r.app_version
+     trace_context, retention_seconds, app_version, queue, priority, concurrency_key)
+SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key,
+       CASE WHEN r.queue IS NULL THEN 'pending' ELSE 'queued' END, r.input::json,
+       now() + r.timeout, r.trace_context, r.retention, r.app_version, r.queue, r.priority,
+       r.concurrency_key
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
             %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[],
-            %(retention_list)s::float8[], %(app_version_list)s::text[])
+            %(retention_list)s::float8[], %(app_version_list)s::text[],
+            %(queue_list)s::text[], %(priority_list)s::integer[],
+            %(concurrency_key_list)s::text[])
      AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context,
-           retention, app_version)
+           retention, app_version, queue, priority, concurrency_key)
 WHERE r.partition IN (SELECT partition FROM fence)
 -- One global order for the unique-index entries: two batches naming the same ids cannot wait
 -- on each other in opposite orders.

@@ -14,7 +14,7 @@ ORDER BY partition;
 -- name: pending_without_worker
 SELECT w.app, w.name, count(*) AS workflows, min(w.created_at) AS oldest
 FROM {schema}.workflows AS w
-WHERE w.partition = ANY(%(partitions)s::integer[]) AND w.status = 'pending'
+WHERE w.partition = ANY(%(partitions)s::integer[]) AND w.status IN ('pending', 'queued')
   AND NOT EXISTS (
       SELECT 1 FROM {schema}.workers AS k
       WHERE k.expires_at > now() AND k.app = w.app AND w.name = ANY(k.workflow_names)

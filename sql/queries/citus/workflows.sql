@@ -6,15 +6,19 @@
 -- fence of the plain query locks ownership rows of many partitions, which Citus refuses).
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-     trace_context, retention_seconds, app_version)
-SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key, 'pending', r.input::json,
-       now() + r.timeout, r.trace_context, r.retention, r.app_version
+     trace_context, retention_seconds, app_version, queue, priority, concurrency_key)
+SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key,
+       CASE WHEN r.queue IS NULL THEN 'pending' ELSE 'queued' END, r.input::json,
+       now() + r.timeout, r.trace_context, r.retention, r.app_version, r.queue, r.priority,
+       r.concurrency_key
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
             %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[],
-            %(retention_list)s::float8[], %(app_version_list)s::text[])
+            %(retention_list)s::float8[], %(app_version_list)s::text[],
+            %(queue_list)s::text[], %(priority_list)s::integer[],
+            %(concurrency_key_list)s::text[])
      AS r (partition, workflow_id, name, app, routing_key, input, timeout, trace_context,
-           retention, app_version)
+           retention, app_version, queue, priority, concurrency_key)
 ORDER BY r.partition, r.workflow_id
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
