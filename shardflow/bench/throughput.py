@@ -150,7 +150,7 @@ class _Workers:
             str(self.config_path),
             "worker",
             "--app",
-            WORKER_APP,
+            workloads.WORKER_APPS.get(self.settings.workload, WORKER_APP),
             "--concurrency",
             str(self.settings.concurrency),
         ]
@@ -292,10 +292,12 @@ async def _timings(nodes: list[BenchStore], prefix: str) -> tuple[list[RunTiming
     return rows, per_node
 
 
-async def _warm_up(client: Client, prefix: str) -> None:
+async def _warm_up(client: Client, prefix: str, workload: str) -> None:
     """Run a few workflows end to end: every worker is up and every pool is open."""
     ids = [f"{prefix}warm-{i}" for i in range(20)]
-    await client.start_many(workloads.w, list(range(len(ids))), workflow_ids=ids)
+    # W, or the workload's own workflow where its workers run another app (wq).
+    wf = workloads.WORKLOADS[workload] if workload in workloads.WORKER_APPS else workloads.w
+    await client.start_many(wf, list(range(len(ids))), workflow_ids=ids)
     for wf_id in ids:
         await client.result(wf_id, timeout=60)
 
@@ -325,7 +327,7 @@ async def run_throughput_bench(settings: BenchSettings, root: Path) -> BenchResu
         run_id = uuid.uuid4().hex[:8]
         prefix = f"b{run_id}-"
         async with Client(config, app=workloads.app) as client, ClusterAdmin(config) as admin:
-            await _warm_up(client, f"warm{run_id}-")
+            await _warm_up(client, f"warm{run_id}-", settings.workload)
             workers.rss_first = max(rss_mb(pid) for pid in workers.pids)
             meter = CpuMeter(workers=workers.pids, postmasters=postmasters)
             # Progress: every plain node; on Citus one node sees the whole database.

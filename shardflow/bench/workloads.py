@@ -6,7 +6,9 @@
 - **sleepy**: a step, a durable sleep of ``SLEEP_SECONDS``, a step (timers, release, re-claim);
 - **waiter**: waits for the signal ``go`` and returns its payload (``benchmarks/interaction.py``);
 - **parent**: starts ``n`` **leaf** children, each with its own routing key (all over the
-  cluster, through the outbox and the relay), and sums their results.
+  cluster, through the outbox and the relay), and sums their results;
+- **wq**: W in a queue without limits (``shardflow.bench.workloads:queued_app``, an app of
+  its own so the others' workers run no admissions): what admission costs next to W.
 """
 
 from __future__ import annotations
@@ -71,6 +73,23 @@ async def parent(ctx: WorkflowContext, n: int) -> int:
     return sum(await asyncio.gather(*(child.result() for child in children)))
 
 
-WORKLOADS = {"w": w, "fanout": fanout, "sleepy": sleepy}
+queued_app = App("shardflow-bench-queued")
+queued_app.queue("bench")
+
+
+@queued_app.step(name="plus_one")
+async def queued_plus_one(n: int) -> int:
+    return n + 1
+
+
+@queued_app.workflow(name="wq", queue="bench")
+async def wq(ctx: WorkflowContext, n: int) -> int:
+    """W, admitted from a queue."""
+    return int(await queued_plus_one(await queued_plus_one(await queued_plus_one(n))))
+
+
+WORKLOADS = {"w": w, "fanout": fanout, "sleepy": sleepy, "wq": wq}
 # Checkpoints each workload writes (a sleep is one).
-CHECKPOINTS = {"w": 3, "fanout": FANOUT + 1, "sleepy": 3}
+CHECKPOINTS = {"w": 3, "fanout": FANOUT + 1, "sleepy": 3, "wq": 3}
+# The app a workload's workers run (default: ``app``).
+WORKER_APPS = {"wq": "shardflow.bench.workloads:queued_app"}

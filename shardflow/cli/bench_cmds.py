@@ -126,7 +126,7 @@ def bench_gc(
 
 
 @bench.command("run")
-@click.argument("workload", type=click.Choice(["w", "fanout", "sleepy"]), default="w")
+@click.argument("workload", type=click.Choice(["w", "fanout", "sleepy", "wq"]), default="w")
 @click.option("--nodes", default=1, show_default=True, help="Database nodes in the cluster.")
 @click.option("--workers", default=2, show_default=True, help="Worker processes.")
 @click.option("--concurrency", default=64, show_default=True, help="Slots per worker.")
@@ -189,7 +189,7 @@ def bench_run(
     repeat: int,
     json_path: str | None,
 ) -> None:
-    """Run WORKLOAD (w, fanout, sleepy) on a fresh local cluster and report throughput,
+    """Run WORKLOAD (w, fanout, sleepy, wq) on a fresh local cluster and report throughput,
     latency from the database clock, CPU split, commits per workflow and worker memory."""
     from shardflow.bench.common import bench_directory
     from shardflow.bench.report import append_results, print_summary

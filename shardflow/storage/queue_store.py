@@ -116,21 +116,30 @@ class QueueStore:
     async def _lease(
         self, conn: Any, chosen: list[Waiting], *, owner: str, lease: timedelta
     ) -> list[ClaimedWorkflow]:
+        if not chosen:
+            return []
+        token = str(uuid.uuid4())
+        leased = {"owner": owner, "lease": lease, "lease_token": token}
+        if self.db.dialect != "citus":  # one statement for every partition
+            ordered = sorted(chosen, key=lambda w: (w.partition, w.workflow_id))
+            rows = await self.db.fetch(
+                conn,
+                "queue_admit_many",
+                {
+                    **leased,
+                    "partition_list": [w.partition for w in ordered],
+                    "workflow_id_list": [w.workflow_id for w in ordered],
+                },
+            )
+            return [ClaimedWorkflow(lease_token=token, **row) for row in rows]
         by_partition: dict[int, list[str]] = defaultdict(list)
         for work in chosen:
             by_partition[work.partition].append(work.workflow_id)
-        token = str(uuid.uuid4())
         answers = await self.db.fetch_many(
             conn,
             "queue_admit",
             [
-                {
-                    "partition": partition,
-                    "workflow_ids": ids,
-                    "owner": owner,
-                    "lease": lease,
-                    "lease_token": token,
-                }
+                {**leased, "partition": partition, "workflow_ids": ids}
                 for partition, ids in sorted(by_partition.items())
             ],
         )

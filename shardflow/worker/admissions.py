@@ -18,7 +18,7 @@ from shardflow.storage.records import ClaimedWorkflow
 
 # Another worker was admitting a queue on the node: look again this soon (it may have left
 # room, and what it read is gone).
-BUSY_RETRY_SECONDS = 0.05
+BUSY_RETRY_SECONDS = 0.01
 # Announcements (every start on the node, every run this worker ends) make a queue due no
 # sooner than this after its last admission: a busy node announces hundreds of times a
 # second, and an admission is a transaction.

@@ -80,3 +80,40 @@ RETURNING w.partition, w.workflow_id, w.routing_key, w.parent_id, w.cancel_reque
           w.name, w.input,
           w.deadline_at, w.claim_count,
           w.retry_step_seq, w.retry_attempts, w.claimed_at, w.trace_context;
+
+-- name: queue_admit_many
+-- Plain nodes: queue_admit for the chosen rows of many partitions in one statement, as
+-- claim_oldest claims: the fence locks the ownership rows of the partitions named, FOR SHARE,
+-- in partition order; the rows are locked in (partition, workflow_id) order. Citus refuses
+-- row locks across shards: there the store sends queue_admit per partition.
+WITH fence AS (
+    SELECT partition FROM {schema}.partition_ownership
+    WHERE partition = ANY(%(partition_list)s::integer[]) AND state = 'owned'
+    ORDER BY partition
+    FOR SHARE
+), chosen AS MATERIALIZED (
+    SELECT w.partition, w.workflow_id
+    FROM {schema}.workflows AS w
+    JOIN unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[])
+        AS c (partition, workflow_id)
+        ON w.partition = c.partition AND w.workflow_id = c.workflow_id
+    WHERE w.status = 'queued' AND w.partition IN (SELECT partition FROM fence)
+    ORDER BY w.partition, w.workflow_id
+    FOR UPDATE OF w SKIP LOCKED
+)
+UPDATE {schema}.workflows AS w
+SET status = 'running',
+    lease_token = %(lease_token)s,
+    lease_owner = %(owner)s,
+    lease_expires_at = now() + %(lease)s::interval,
+    claimed_at = now(),
+    dequeued_at = now(),
+    deadline_at = timezone('UTC', timezone('UTC', now()) + (w.deadline_at - w.created_at)),
+    claim_count = w.claim_count + 1,
+    updated_at = now()
+FROM chosen AS c
+WHERE w.partition = c.partition AND w.workflow_id = c.workflow_id
+RETURNING w.partition, w.workflow_id, w.routing_key, w.parent_id, w.cancel_requested,
+          w.name, w.input,
+          w.deadline_at, w.claim_count,
+          w.retry_step_seq, w.retry_attempts, w.claimed_at, w.trace_context;
