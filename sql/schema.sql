@@ -86,6 +86,8 @@ CREATE TABLE {schema}.workflows (
     priority integer NOT NULL DEFAULT 0,
     concurrency_key text,
     dequeued_at timestamptz,
+    -- The timeout it was started with (an admission gives it all of it from then on).
+    timeout_seconds double precision,
     PRIMARY KEY (partition, workflow_id)
 );
 

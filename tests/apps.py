@@ -497,6 +497,6 @@ async def ranked_work(ctx: WorkflowContext, spec: dict[str, Any]) -> str:
     return str(spec["label"])
 
 
-@flow_app.workflow(queue="paced")
+@flow_app.workflow(queue="paced", timeout=30)
 async def paced_work(ctx: WorkflowContext) -> str:
     return ctx.workflow_id

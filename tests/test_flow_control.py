@@ -15,6 +15,7 @@ import itertools
 import signal
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +332,8 @@ def test_priority_orders_admission_and_a_waiting_workflow_keeps_its_slot(
 
 def test_the_rate_limit_admits_at_most_n_per_period(config: ClusterConfig) -> None:
     """Queue "paced" (3 per second per node): 9 workflows on one node are admitted in
-    three windows; any 4 consecutive admissions span at least a second (database clock)."""
+    three windows; any 4 consecutive admissions span at least a second (database clock).
+    Each one's 30 s timeout counts from its admission, not from its start."""
     key = f"paced-{uuid.uuid4()}"
 
     async def go() -> None:
@@ -339,8 +341,10 @@ def test_the_rate_limit_admits_at_most_n_per_period(config: ClusterConfig) -> No
             handles = [await client.start(apps.paced_work, routing_key=key) for _ in range(9)]
             for handle in handles:
                 await handle.result(timeout=60)
-            times = await asyncio.to_thread(_admitted_at, config, client, key)
+            admissions = await asyncio.to_thread(_admitted_at, config, client, key)
+        times = [admitted for admitted, _ in admissions]
         assert len(times) == 9
+        assert {deadline - admitted for admitted, deadline in admissions} == {timedelta(seconds=30)}
         gaps = [(times[i + 3] - times[i]).total_seconds() for i in range(len(times) - 3)]
         assert min(gaps) >= 1.0, gaps
 
@@ -389,8 +393,8 @@ def _catalogued(config: ClusterConfig, client: Client, key: str) -> bool:
 def _admitted_at(config: ClusterConfig, client: Client, key: str) -> list[Any]:
     with psycopg.connect(_node_dsn(config, client, key)) as conn:
         rows = conn.execute(
-            "SELECT dequeued_at FROM shardflow.workflows WHERE routing_key = %s"
+            "SELECT dequeued_at, deadline_at FROM shardflow.workflows WHERE routing_key = %s"
             " ORDER BY dequeued_at",
             (key,),
         ).fetchall()
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]

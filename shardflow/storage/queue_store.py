@@ -104,22 +104,35 @@ class QueueStore:
                 )
                 waiting = [Waiting(**r) for r in rows]
                 chosen = choose(queue, usage, waiting, slots)
-                claimed = await self._lease(conn, chosen, owner=owner, lease=lease)
+                claimed = await self._lease(conn, queue, chosen, owner=owner, lease=lease)
         rate_full = queue.rate is not None and admitted + len(claimed) >= queue.rate
+        # The queue's concurrency or per-key limits, not this worker's slots nor the rate
+        # window (it frees at rate_frees_in), stopped the admission: a slot freed may let the
+        # next one in. Waiters of full keys were not even read.
+        held_back = (
+            not rate_full
+            and len(claimed) < slots
+            and (limit == 0 or len(waiting) > len(claimed) or bool(saturated_keys(queue, usage)))
+        )
         return Admitted(
             claimed=claimed,
-            # The queue's limits, not this worker's slots, stopped the admission.
-            held_back=len(claimed) < slots and (limit == 0 or len(waiting) > len(claimed)),
+            held_back=held_back,
             rate_frees_in=max(0.0, frees_in) if rate_full and frees_in is not None else None,
         )
 
     async def _lease(
-        self, conn: Any, chosen: list[Waiting], *, owner: str, lease: timedelta
+        self, conn: Any, queue: Queue, chosen: list[Waiting], *, owner: str, lease: timedelta
     ) -> list[ClaimedWorkflow]:
         if not chosen:
             return []
         token = str(uuid.uuid4())
-        leased = {"owner": owner, "lease": lease, "lease_token": token}
+        leased = {
+            "owner": owner,
+            "lease": lease,
+            "lease_token": token,
+            "app": self.app,
+            "queue": queue.name,
+        }
         if self.db.dialect != "citus":  # one statement for every partition
             ordered = sorted(chosen, key=lambda w: (w.partition, w.workflow_id))
             rows = await self.db.fetch(

@@ -62,28 +62,31 @@ class Admissions:
             return None
         return max(0.0, min(self._due_at.values()) - now)
 
-    async def admit(self, slots: int, lease: timedelta) -> list[ClaimedWorkflow]:
-        """Admit up to ``slots`` from the queues that are due, in rotation. Each queue's
-        admission commits on its own: when a later one fails, what the earlier ones admitted
-        is returned (it is leased to this worker and must run) and the error waits for the
-        next round."""
-        claimed: list[ClaimedWorkflow] = []
+    async def admit(
+        self, slots: int, lease: timedelta, claimed: list[ClaimedWorkflow]
+    ) -> list[ClaimedWorkflow]:
+        """Admit up to ``slots`` from the queues that are due, in rotation, appending them to
+        ``claimed`` as each queue's admission commits: what is there is leased to this worker
+        and must run, even when a later admission fails or the round is cancelled. A failure
+        after an admission waits for the next round."""
+        before = len(claimed)
         count = len(self.queues)
         order = [self.queues[(self._turn + i) % count] for i in range(count)]
         self._turn = (self._turn + 1) % max(1, count)
         for queue in order:
-            left = slots - len(claimed)
+            left = slots - (len(claimed) - before)
             if left <= 0 or self._due_at[queue.name] > time.monotonic():
                 continue
             try:
                 outcome = await self.store.admit(queue, slots=left, owner=self.owner, lease=lease)
             except ShardflowError:
-                if not claimed:
+                if len(claimed) == before:
                     raise
                 break
             claimed.extend(outcome.claimed)
-            self._last_at[queue.name] = time.monotonic()
-            self._held_back[queue.name] = outcome.held_back
+            if not outcome.busy:
+                self._last_at[queue.name] = time.monotonic()
+                self._held_back[queue.name] = outcome.held_back
             if outcome.busy:
                 wait = BUSY_RETRY_SECONDS
             elif len(outcome.claimed) >= left:
@@ -93,5 +96,5 @@ class Admissions:
             else:
                 wait = self.poll_seconds
             self._due_at[queue.name] = time.monotonic() + wait
-        self.admitted_total += len(claimed)
+        self.admitted_total += len(claimed) - before
         return claimed

@@ -158,7 +158,7 @@ class ClaimLoop(Service):
                 # With a backlog of pending work (sleepers coming back, workflows of no
                 # queue), admissions take at most half the slots: neither side starves.
                 share = max(1, reserved // 2) if self._backlog else reserved
-                admitted = await self.admissions.admit(share, lease)
+                await self.admissions.admit(share, lease, admitted)
             asked = reserved - len(admitted)
             if asked > 0 and self.store.claims_by_partition:
                 claimed = await self._claim_where_hinted(asked, lease)

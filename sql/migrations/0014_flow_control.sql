@@ -11,6 +11,9 @@ ALTER TABLE {schema}.workflows ADD COLUMN priority integer NOT NULL DEFAULT 0;
 ALTER TABLE {schema}.workflows ADD COLUMN concurrency_key text;
 -- When it was admitted: the rate limit counts admissions in its window.
 ALTER TABLE {schema}.workflows ADD COLUMN dequeued_at timestamptz;
+-- The timeout it was started with (NULL: none): an admission gives it its whole timeout from
+-- then on, however often it goes through the queue (retry, requeue, resume).
+ALTER TABLE {schema}.workflows ADD COLUMN timeout_seconds double precision;
 ALTER TABLE {schema}.workflows DROP CONSTRAINT workflows_status_check;
 ALTER TABLE {schema}.workflows ADD CONSTRAINT workflows_status_check
     CHECK (status IN ('queued', 'pending', 'running', 'succeeded', 'failed', 'cancelled', 'dead',
@@ -82,12 +85,12 @@ BEGIN
     part := {schema}.owned_partition(coalesce(start.routing_key, wf_id));
     INSERT INTO {schema}.workflows AS w
         (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-         retention_seconds, queue)
+         retention_seconds, queue, timeout_seconds)
     VALUES (part, wf_id, start.name, kind.app, start.routing_key,
             CASE WHEN kind.queue IS NULL THEN 'pending' ELSE 'queued' END,
             CASE WHEN given THEN start.input END,  -- JSON null is no input, as for a client
             now() + make_interval(secs => kind.timeout_seconds), kind.retention_seconds,
-            kind.queue)
+            kind.queue, kind.timeout_seconds)
     ON CONFLICT (partition, workflow_id) DO NOTHING;
     IF FOUND THEN
         IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN

@@ -10,7 +10,9 @@ WITH fence AS (
     WHERE partition = %(partition)s AND state = 'owned'
     FOR SHARE
 )
-SELECT w.status, w.parent_id, w.deadline_at - w.created_at AS timeout
+SELECT w.status, w.parent_id,
+       coalesce(make_interval(secs => w.timeout_seconds), w.deadline_at - w.created_at)
+           AS timeout
 FROM {schema}.workflows w
 WHERE w.partition = %(partition)s AND w.workflow_id = %(workflow_id)s
   AND EXISTS (SELECT 1 FROM fence)
@@ -75,7 +77,8 @@ RETURNING workflow_id;
 -- What a fork copies: the workflow's kind and input, and its first `step_count` checkpoints.
 SELECT w.name, w.app, w.app_version, w.input, w.routing_key, w.retention_seconds,
        w.queue, w.priority, w.concurrency_key,
-       w.deadline_at - w.created_at AS timeout,
+       coalesce(make_interval(secs => w.timeout_seconds), w.deadline_at - w.created_at)
+           AS timeout,
        coalesce(json_agg(json_build_object(
                     'step_seq', s.step_seq, 'step_name', s.step_name, 'status', s.status,
                     'output', s.output, 'error', s.error, 'attempts', s.attempts)

@@ -1,7 +1,8 @@
 -- Flow control: admitting a queue's waiting ('queued') workflows under its limits, on one
 -- node. One admission is one transaction: queue_lock (the node's lock for this app's queue:
 -- admissions of one queue on a node take turns, so what they count cannot change under
--- them), then the reads, then queue_admit per partition. The worker decides what to admit
+-- them), then the reads, then queue_admit_many (plain nodes) or queue_admit per partition
+-- (Citus). The worker decides what to admit
 -- between the reads and the writes (shardflow/queues/admission.py). A workflow holds its
 -- slot from admission until it ends: status 'pending' or 'running' with a queue. A worker
 -- killed while running one keeps the slot held until its lease expires and another worker
@@ -57,7 +58,8 @@ WITH fence AS (
 ), chosen AS MATERIALIZED (
     SELECT workflow_id FROM {schema}.workflows
     WHERE partition = %(partition)s AND workflow_id = ANY(%(workflow_ids)s::text[])
-      AND status = 'queued' AND EXISTS (SELECT 1 FROM fence)
+      AND status = 'queued' AND app = %(app)s AND queue = %(queue)s
+      AND EXISTS (SELECT 1 FROM fence)
     ORDER BY workflow_id
     FOR UPDATE SKIP LOCKED
 )
@@ -71,7 +73,8 @@ SET status = 'running',
     -- Its timeout counts from admission, not from the start (time waiting in the queue is
     -- not the workflow's). In UTC timestamps: Citus refuses timestamptz arithmetic (STABLE)
     -- over columns in an UPDATE.
-    deadline_at = timezone('UTC', timezone('UTC', now()) + (w.deadline_at - w.created_at)),
+    deadline_at = timezone('UTC', timezone('UTC', now())
+                                  + make_interval(secs => w.timeout_seconds)),
     claim_count = w.claim_count + 1,
     updated_at = now()
 FROM chosen AS c
@@ -97,7 +100,8 @@ WITH fence AS (
     JOIN unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[])
         AS c (partition, workflow_id)
         ON w.partition = c.partition AND w.workflow_id = c.workflow_id
-    WHERE w.status = 'queued' AND w.partition IN (SELECT partition FROM fence)
+    WHERE w.status = 'queued' AND w.app = %(app)s AND w.queue = %(queue)s
+      AND w.partition IN (SELECT partition FROM fence)
     ORDER BY w.partition, w.workflow_id
     FOR UPDATE OF w SKIP LOCKED
 )
@@ -108,7 +112,8 @@ SET status = 'running',
     lease_expires_at = now() + %(lease)s::interval,
     claimed_at = now(),
     dequeued_at = now(),
-    deadline_at = timezone('UTC', timezone('UTC', now()) + (w.deadline_at - w.created_at)),
+    deadline_at = timezone('UTC', timezone('UTC', now())
+                                  + make_interval(secs => w.timeout_seconds)),
     claim_count = w.claim_count + 1,
     updated_at = now()
 FROM chosen AS c

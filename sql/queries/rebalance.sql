@@ -31,7 +31,7 @@ COPY (
            claimed_at, created_at, updated_at, completed_at, lease_expiries, signal_seq,
            waiting_for, parent_id, parent_key, parent_told, cancel_requested, trace_context,
            retention_seconds, purge_at, app_version, queue, priority, concurrency_key,
-           dequeued_at
+           dequeued_at, timeout_seconds
     FROM {schema}.workflows WHERE partition = %(partition)s
 ) TO STDOUT;
 
@@ -42,7 +42,7 @@ COPY {schema}.workflows (
     lease_expires_at, claimed_at, created_at, updated_at, completed_at, lease_expiries,
     signal_seq, waiting_for, parent_id, parent_key, parent_told, cancel_requested,
     trace_context, retention_seconds, purge_at, app_version, queue, priority, concurrency_key,
-    dequeued_at
+    dequeued_at, timeout_seconds
 ) FROM STDIN;
 
 -- name: copy_out_steps

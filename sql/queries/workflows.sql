@@ -12,13 +12,14 @@ WITH fence AS (
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at, parent_id,
      parent_key, trace_context, retention_seconds, app_version, queue, priority,
-     concurrency_key)
+     concurrency_key, timeout_seconds)
 SELECT %(partition)s, %(workflow_id)s, %(name)s, %(app)s, %(routing_key)s,
        -- A workflow of a queue waits for admission (queues.sql); others are runnable now.
        CASE WHEN %(queue)s::text IS NULL THEN 'pending' ELSE 'queued' END,
        %(input)s::json, now() + %(timeout)s::interval, %(parent_id)s, %(parent_key)s,
        %(trace_context)s, %(retention)s::float8, %(app_version)s, %(queue)s::text,
-       %(priority)s::integer, %(concurrency_key)s::text
+       %(priority)s::integer, %(concurrency_key)s::text,
+       extract(epoch FROM %(timeout)s::interval)::float8
 WHERE EXISTS (SELECT 1 FROM fence)
 ON CONFLICT (partition, workflow_id) DO NOTHING
 RETURNING workflow_id;
@@ -155,11 +156,12 @@ WITH fence AS (
 )
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-     trace_context, retention_seconds, app_version, queue, priority, concurrency_key)
+     trace_context, retention_seconds, app_version, queue, priority, concurrency_key,
+     timeout_seconds)
 SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key,
        CASE WHEN r.queue IS NULL THEN 'pending' ELSE 'queued' END, r.input::json,
        now() + r.timeout, r.trace_context, r.retention, r.app_version, r.queue, r.priority,
-       r.concurrency_key
+       r.concurrency_key, extract(epoch FROM r.timeout)::float8
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
             %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[],

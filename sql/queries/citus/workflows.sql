@@ -6,11 +6,12 @@
 -- fence of the plain query locks ownership rows of many partitions, which Citus refuses).
 INSERT INTO {schema}.workflows
     (partition, workflow_id, name, app, routing_key, status, input, deadline_at,
-     trace_context, retention_seconds, app_version, queue, priority, concurrency_key)
+     trace_context, retention_seconds, app_version, queue, priority, concurrency_key,
+     timeout_seconds)
 SELECT r.partition, r.workflow_id, r.name, r.app, r.routing_key,
        CASE WHEN r.queue IS NULL THEN 'pending' ELSE 'queued' END, r.input::json,
        now() + r.timeout, r.trace_context, r.retention, r.app_version, r.queue, r.priority,
-       r.concurrency_key
+       r.concurrency_key, extract(epoch FROM r.timeout)::float8
 FROM unnest(%(partition_list)s::integer[], %(workflow_id_list)s::text[],
             %(name_list)s::text[], %(app_list)s::text[], %(routing_key_list)s::text[],
             %(input_list)s::text[], %(timeout_list)s::interval[], %(trace_context_list)s::text[],
