@@ -6,7 +6,7 @@ the node that owns the workflow's partition, fenced by that ownership.
 
 from __future__ import annotations
 
-from shardflow.client import Client, WorkflowHandle, WorkflowPage
+from shardflow.client import Client
 from shardflow.config import ClusterConfig, NodeConfig, load_config
 from shardflow.engine import App, StepInfo, WorkflowContext, current_step
 from shardflow.errors import (
@@ -36,6 +36,8 @@ from shardflow.errors import (
     WorkflowTimeout,
     WrongNode,
 )
+from shardflow.handle import WorkflowHandle
+from shardflow.listing import WorkflowPage
 from shardflow.queues import Queue
 from shardflow.storage.records import StepRecord, WorkflowRecord
 from shardflow.sync import SyncClient

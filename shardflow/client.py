@@ -9,13 +9,11 @@ and retries on the new owner.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,6 +39,10 @@ from shardflow.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
+
+# Re-exported: callers import them from here.
+from shardflow.handle import WorkflowHandle
+from shardflow.listing import WorkflowPage, list_workflows
 from shardflow.manage import fork_workflow
 from shardflow.queues.start import queue_fields
 from shardflow.routing import Placement
@@ -50,8 +52,7 @@ from shardflow.storage.batcher import WriteBatcher
 from shardflow.storage.client_store import EventRecord
 from shardflow.storage.connector import PoolExhausted
 from shardflow.storage.manage_store import ManageStore, RetryPoint
-from shardflow.storage.records import STATUSES, StepRecord, WorkflowRecord
-from shardflow.timebounds import check_time_range
+from shardflow.storage.records import StepRecord, WorkflowRecord
 from shardflow.topology import Topology
 from shardflow.transactional import OwningNode, check_open_transaction, start_in_transaction
 from shardflow.wakeup import WakeUp
@@ -61,18 +62,6 @@ log = logging.getLogger("shardflow.client")
 T = TypeVar("T")
 # How long a call keeps re-routing while a partition it needs is being moved.
 _MOVE_WAIT_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class WorkflowPage:
-    """One page of ``list()``: newest first; pass ``next_cursor`` to get the next page.
-
-    ``unavailable_nodes`` names nodes that could not be read: the page lacks their workflows.
-    """
-
-    items: list[WorkflowRecord]
-    next_cursor: str | None
-    unavailable_nodes: list[str]
 
 
 class Client:
@@ -292,6 +281,34 @@ class Client:
             _check_same_workflow(wf_id, outcome.record, definition)
         return WorkflowHandle(self, wf_id, routing_key, created=outcome.created)
 
+    def start_row(
+        self,
+        definition: WorkflowDef,
+        partition: int,
+        wf_id: str,
+        routing_key: str | None,
+        text: str | None,
+        timeout: timedelta | None,
+        flow: dict[str, Any],
+    ) -> dict[str, Any]:
+        """What a start of ``definition`` writes (``text``: its checked JSON input; ``flow``:
+        its queue fields), in every way a start is written."""
+        return {
+            "partition": partition,
+            "workflow_id": wf_id,
+            "name": definition.name,
+            "app": definition.app,
+            "routing_key": routing_key,
+            "input": text,
+            "timeout": timeout,
+            # The worker's run continues this trace (None: nothing traced, nothing stored).
+            "trace_context": tracing.current_context(),
+            # How long it is kept once ended: fixed now, whoever ends it (a worker, a cancel).
+            "retention": definition.retention_seconds(self.config.retention_seconds),
+            "app_version": definition.app_version,
+            **flow,
+        }
+
     async def _start(
         self,
         definition: WorkflowDef,
@@ -301,44 +318,14 @@ class Client:
         timeout: timedelta | None,
         flow: dict[str, Any],
     ) -> WorkflowHandle:
-        name = definition.name
-        # The worker's run continues this trace (None: nothing traced, nothing stored).
-        trace_context = tracing.current_context()
-        # How long it is kept once ended: fixed now, whoever ends it (a worker, a cancel).
-        retention = definition.retention_seconds(self.config.retention_seconds)
-
         async def insert(store: ClientStore, partition: int) -> WorkflowHandle:
-            row = {
-                "partition": partition,
-                "workflow_id": wf_id,
-                "name": name,
-                "app": definition.app,
-                "routing_key": routing_key,
-                "input": text,
-                "timeout": timeout,
-                "trace_context": trace_context,
-                "retention": retention,
-                "app_version": definition.app_version,
-                **flow,
-            }
+            row = self.start_row(definition, partition, wf_id, routing_key, text, timeout, flow)
             # Concurrent starts to one node share a statement and a commit.
             if await self._start_batcher(store.db.name).submit(row):
                 self._wake(store, {partition})
                 return WorkflowHandle(self, wf_id, routing_key, created=True)
             # Not created: the id exists, or the partition is not this node's (moved).
-            outcome = await store.insert_workflow(
-                partition=partition,
-                workflow_id=wf_id,
-                name=name,
-                app=definition.app,
-                routing_key=routing_key,
-                input=text,
-                timeout=timeout,
-                trace_context=trace_context,
-                retention=retention,
-                app_version=definition.app_version,
-                **flow,
-            )
+            outcome = await store.insert_workflow(**row)
             if outcome.created:
                 self._wake(store, {partition})
                 return WorkflowHandle(self, wf_id, routing_key, created=True)
@@ -371,7 +358,6 @@ class Client:
         a handle per input, in order, ``created`` False for an existing id.
         """
         definition = self._definition(workflow)
-        name = definition.name
         for value in inputs:
             definition.check_input(value is not None)
         limits = self.config.limits
@@ -398,8 +384,6 @@ class Client:
             partition, node = self.route(wf_id)
             by_node.setdefault(node, []).append((partition, wf_id, text))
 
-        trace_context = tracing.current_context()
-        retention = definition.retention_seconds(self.config.retention_seconds)
         flow = queue_fields(
             definition, priority=0, concurrency_key=None, max_id_length=limits.max_id_length
         )
@@ -409,19 +393,7 @@ class Client:
             try:
                 created = await store.insert_many(
                     [
-                        {
-                            "partition": partition,
-                            "workflow_id": wf_id,
-                            "name": name,
-                            "app": definition.app,
-                            "routing_key": None,
-                            "input": text,
-                            "timeout": timeout,
-                            "trace_context": trace_context,
-                            "retention": retention,
-                            "app_version": definition.app_version,
-                            **flow,
-                        }
+                        self.start_row(definition, partition, wf_id, None, text, timeout, flow)
                         for partition, wf_id, text in rows
                     ]
                 )
@@ -807,53 +779,17 @@ class Client:
         """Workflows across all nodes (or one ``node``), newest first, optionally filtered;
         paginated. ``created_since`` (inclusive) and ``created_until`` (exclusive) bound the
         start time; both must be timezone-aware. ``version``: started by that App version."""
-        check_time_range(created_since, created_until)
-        if status is not None and status not in STATUSES:
-            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-        if not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be between 1 and 1000")
-        after = _decode_cursor(cursor) if cursor else None
-        placement = self.placement
-        names = list(placement.counts())
-        if node is not None:
-            if node not in names:
-                raise InvalidInput(
-                    f"no node {node!r} in the placement; the nodes are {', '.join(names)}"
-                )
-            names = [node]
-        answers = await asyncio.gather(
-            *(
-                ClientStore(self._connector_for(n)).list_workflows(
-                    status=status,
-                    name=name,
-                    limit=limit,
-                    after=after,
-                    created_since=created_since,
-                    created_until=created_until,
-                    app_version=version,
-                    partitions=placement.partitions_of(n),
-                )
-                for n in names
-            ),
-            return_exceptions=True,
+        return await list_workflows(
+            self,
+            status=status,
+            name=name,
+            limit=limit,
+            cursor=cursor,
+            node=node,
+            created_since=created_since,
+            created_until=created_until,
+            version=version,
         )
-        items: list[WorkflowRecord] = []
-        unavailable = []
-        for node, answer in zip(names, answers, strict=True):
-            if isinstance(answer, NodeUnavailable):
-                unavailable.append(node)
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                items.extend(answer)
-        items.sort(key=lambda r: (r.created_at, r.workflow_id), reverse=True)
-        page = items[:limit]
-        next_cursor = None
-        if len(items) > limit or (len(page) == limit and page):
-            last = page[-1]
-            assert last.created_at is not None
-            next_cursor = _encode_cursor(last.created_at, last.workflow_id)
-        return WorkflowPage(items=page, next_cursor=next_cursor, unavailable_nodes=unavailable)
 
     def _key(self, workflow_id: str, routing_key: str | None) -> str:
         """The routing key of a lookup, after the same checks a start applies."""
@@ -871,72 +807,4 @@ def _check_same_workflow(wf_id: str, existing: WorkflowRecord, definition: Workf
             f"workflow id {wf_id!r} already exists as workflow {existing.name!r} of app "
             f"{existing.app!r}, not {definition.name!r} of app {definition.app!r}; choose "
             "another id"
-        )
-
-
-def _encode_cursor(created_at: datetime, workflow_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), workflow_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    bad = InvalidInput("cursor is not one that list() returned; start without it")
-    try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not (isinstance(decoded, list) and len(decoded) == 2):
-            raise bad
-        created, wf_id = decoded
-        if not (isinstance(created, str) and isinstance(wf_id, str)):
-            raise bad
-        at = datetime.fromisoformat(created)
-        check_identifier(wf_id, what="cursor", max_length=10_000)
-    except (ValueError, TypeError, UnicodeError) as exc:
-        raise bad from exc
-    if at.tzinfo is None:
-        raise bad
-    return at, wf_id
-
-
-class WorkflowHandle:
-    """A started workflow: wait for its result, read its status and events, signal or cancel
-    it.
-
-    ``created`` is True when this call created the workflow, False when the id already
-    existed, and None when the answer was lost (connection dropped after the commit) and the
-    workflow was found by looking it up.
-    """
-
-    def __init__(
-        self, client: Client, workflow_id: str, routing_key: str | None, *, created: bool | None
-    ):
-        self.client = client
-        self.workflow_id = workflow_id
-        self.routing_key = routing_key
-        self.created = created
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle({self.workflow_id!r}, created={self.created})"
-
-    async def result(self, timeout: float | None = None) -> Any:
-        return await self.client.result(
-            self.workflow_id, routing_key=self.routing_key, timeout=timeout
-        )
-
-    async def status(self) -> str:
-        return await self.client.status(self.workflow_id, routing_key=self.routing_key)
-
-    async def get(self) -> WorkflowRecord:
-        return await self.client.get(self.workflow_id, routing_key=self.routing_key)
-
-    async def cancel(self) -> bool:
-        return await self.client.cancel(self.workflow_id, routing_key=self.routing_key)
-
-    async def signal(self, name: str, payload: Any = None, *, signal_id: str | None = None) -> bool:
-        return await self.client.signal(
-            self.workflow_id, name, payload, signal_id=signal_id, routing_key=self.routing_key
-        )
-
-    async def get_event(self, key: str, *, timeout: float = 0) -> Any:
-        return await self.client.get_event(
-            self.workflow_id, key, timeout=timeout, routing_key=self.routing_key
         )

@@ -12,9 +12,10 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from shardflow.client import Client, WorkflowPage
+from shardflow.client import Client
 from shardflow.config import ClusterConfig
 from shardflow.engine.app import App, WorkflowDef
+from shardflow.listing import WorkflowPage
 from shardflow.storage.records import StepRecord, WorkflowRecord
 
 T = TypeVar("T")

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from shardflow import tracing
 from shardflow.errors import InvalidInput, WrongNode
 from shardflow.storage import ClientStore, NodeConnector
 from shardflow.storage.client_store import InsertOutcome
@@ -120,19 +119,9 @@ async def start_in_transaction(
     (refreshed on WrongNode, so the next ``node_for()`` names the new owner)."""
     partition, node = client.route(routing_key or wf_id)
     params = {
-        "partition": partition,
-        "workflow_id": wf_id,
-        "name": definition.name,
-        "app": definition.app,
-        "routing_key": routing_key,
-        "input": text,
-        "timeout": timeout,
+        **client.start_row(definition, partition, wf_id, routing_key, text, timeout, flow),
         "parent_id": None,
         "parent_key": None,
-        "trace_context": tracing.current_context(),
-        "retention": definition.retention_seconds(client.config.retention_seconds),
-        "app_version": definition.app_version,
-        **flow,
     }
     store = ClientStore(client.topology.connector(node))
     try:
