@@ -51,10 +51,6 @@ class QueueStore:
         # Citus: the partitions whose shards this node holds now (the claim store's).
         self._partitions = partitions
 
-    @property
-    def node(self) -> str:
-        return self.db.name
-
     async def admit(self, queue: Queue, *, slots: int, owner: str, lease: timedelta) -> Admitted:
         """Lease to ``owner`` up to ``slots`` waiting workflows of ``queue`` that its limits
         let in on this node, in one transaction holding the node's lock for the queue."""
@@ -88,6 +84,7 @@ class QueueStore:
                 )
             usage = Usage(held_by_key=held, admitted_in_window=admitted)
             limit = room(queue, usage, slots)
+            full_keys = saturated_keys(queue, usage)
             waiting: list[Waiting] = []
             claimed: list[ClaimedWorkflow] = []
             if limit > 0:
@@ -98,7 +95,7 @@ class QueueStore:
                         **scope,
                         "names": self.names,
                         "period": period,
-                        "saturated": saturated_keys(queue, usage),
+                        "saturated": full_keys,
                         "limit": limit * READ_AHEAD,
                     },
                 )
@@ -112,7 +109,7 @@ class QueueStore:
         held_back = (
             not rate_full
             and len(claimed) < slots
-            and (limit == 0 or len(waiting) > len(claimed) or bool(saturated_keys(queue, usage)))
+            and (limit == 0 or len(waiting) > len(claimed) or bool(full_keys))
         )
         return Admitted(
             claimed=claimed,
